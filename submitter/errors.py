@@ -1,0 +1,70 @@
+"""Errors raised by the submitter.
+
+Hierarchy::
+
+    SubmitterError
+    ├── InvalidRequest      the body breaks a documented Kling rule; nothing was sent
+    ├── KlingAPIError       Kling answered with a non-zero ``code`` or an HTTP error
+    └── KlingUnreachable    no answer from Kling after every retry (network, timeouts)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SubmitterError(Exception):
+    """Base of every error the submitter raises."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: the field (dotted path, e.g. ``image_list.0.image``) and the rule."""
+
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+class InvalidRequest(SubmitterError, ValueError):
+    """A create body breaks one or more documented rules (PROTOCOL.md section 1).
+
+    Attributes:
+        route: The route the body was meant for.
+        problems: Every broken rule, in field order.
+    """
+
+    def __init__(self, route: str, problems: list[Problem]) -> None:
+        self.route = str(route)
+        self.problems = problems
+        listed = "; ".join(str(p) for p in problems)
+        super().__init__(f"{listed} ({self.route})")
+
+
+class KlingAPIError(SubmitterError):
+    """Kling answered with an error (PROTOCOL.md section 3, Kling's "Error Code" page).
+
+    Attributes:
+        http_status: The HTTP status of the answer.
+        code: Kling's ``code`` (e.g. 1201, 1303), or None when the body was not Kling's envelope.
+        message: Kling's ``message``, or the start of the body when it was not an envelope.
+        request_id: Kling's ``request_id``, for Kling's support, or None.
+    """
+
+    def __init__(
+        self, http_status: int, code: int | None, message: str, request_id: str | None
+    ) -> None:
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        super().__init__(
+            f"Kling error: HTTP {http_status}, code {code}, message {message!r}, "
+            f"request_id {request_id}"
+        )
+
+
+class KlingUnreachable(SubmitterError):
+    """Kling could not be reached, or did not answer, after every retry."""
