@@ -1,0 +1,60 @@
+"""Wiring: settings + database + writer + routes -> a Starlette app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from receiver import credentials, store
+from receiver.api import api_routes
+from receiver.config import Settings
+from receiver.responses import http_exception, internal_error
+from receiver.routes import callback_routes
+from receiver.runtime import Runtime
+from receiver.writer import Writer
+
+log = structlog.get_logger("kling_hooks.app")
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
+    """The receiver's ASGI app. The database is opened (and migrated) by its lifespan.
+
+    Args:
+        settings: The settings (``receiver.config.load_settings``).
+        runtime: Pass one to reach the writer and reader from outside (tests, the demo);
+            by default a new one is made.
+    """
+    rt = runtime or Runtime(settings=settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = settings.kling_hooks_db
+        writer = await Writer.open(db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms)
+        reader_conn = await store.connect(db, read_only=True)
+        try:
+            creds = await credentials.resolve(settings, writer.connection)
+            rt.credentials, rt.tokens = creds, creds.tokens
+            rt.writer, rt.reader = writer, store.Reader(reader_conn)
+            if creds.api_token_generated:
+                log.warning("api_token_generated",
+                            how_to_read=f"kling-hooks token --db {db}")
+            writer.start()
+            rt.started = True
+            log.info("receiver_started", db=str(db),
+                     public_url=settings.kling_hooks_public_url)
+            yield
+        finally:
+            rt.started = False
+            await writer.close()
+            await reader_conn.close()
+            log.info("receiver_stopped")
+
+    return Starlette(
+        routes=[*callback_routes(rt), *api_routes(rt)],
+        exception_handlers={HTTPException: http_exception, Exception: internal_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,69 @@
+"""Parsing Kling callback bodies into a :class:`~submitter.protocol.TaskObject`.
+
+Accepted variants (PROTOCOL.md section 4): the bare task object; the query envelope
+``{"code", "message", "request_id", "data": {task}}`` that some resellers forward; the older
+schema without ``task_info`` and ``final_unit_deduction``; failed tasks whose ``task_info`` and
+``task_result`` are ``{}``. Unknown fields are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from submitter.protocol import TaskObject
+
+
+class CallbackError(Exception):
+    """Base of the parsing errors; ``status`` is the HTTP status to answer."""
+
+    status = 400
+
+
+class NotJSON(CallbackError):
+    """The body is not JSON (answered 400)."""
+
+    status = 400
+
+
+class NotATask(CallbackError):
+    """The body is JSON but not a Kling task object (answered 422)."""
+
+    status = 422
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_callback(raw: str) -> TaskObject:
+    """Parse one callback body.
+
+    Args:
+        raw: The request body, decoded from UTF-8.
+
+    Returns:
+        The task object, unwrapped from an envelope when the body was one.
+
+    Raises:
+        NotJSON: the body is not valid JSON.
+        NotATask: no ``task_id``, an unknown ``task_status``, or a wrong type; the message
+            names the field.
+    """
+    try:
+        doc = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise NotJSON(f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise NotATask(f"body is a JSON {type(doc).__name__}, not a task object")
+    data = doc.get("data")
+    if "task_id" not in doc and isinstance(data, dict) and "task_id" in data:
+        doc = data
+    try:
+        return TaskObject.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise NotATask(f"{field}: {first['msg']}") from None

@@ -1,0 +1,89 @@
+"""Settings, read once at start-up from the environment and an optional TOML file.
+
+The environment wins over the file. Names are the environment variables'; in the TOML file the
+same names are written in lower case (``kling_hooks_db = "/var/lib/kling-hooks/db.sqlite"``).
+A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_API_BASE = "https://api-singapore.klingai.com"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every setting of kling-hooks (environment variable = field name in upper case)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="forbid", frozen=True)
+
+    kling_api_base: str = DEFAULT_API_BASE
+    kling_api_key: SecretStr | None = None
+    kling_access_key: str | None = None
+    kling_secret_key: SecretStr | None = None
+    kling_hooks_public_url: str = DEFAULT_PUBLIC_URL
+    kling_hooks_api_url: str | None = None
+    kling_hooks_secret: SecretStr | None = None
+    kling_hooks_api_token: SecretStr | None = None
+    kling_hooks_db: Path = Path("kling-hooks.db")
+    kling_hooks_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    kling_hooks_busy_timeout_ms: int = Field(default=5000, ge=0)
+    kling_hooks_retry_after_s: int = Field(default=5, ge=1)
+    kling_hooks_log_format: Literal["auto", "json", "console"] = "auto"
+    kling_hooks_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    plugins: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then the values given in code (those read from the TOML file).
+        return env_settings, init_settings
+
+    @property
+    def api_url(self) -> str:
+        """Where the status API is reached: ``KLING_HOOKS_API_URL``, else the public URL."""
+        return (self.kling_hooks_api_url or self.kling_hooks_public_url).rstrip("/")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings.
+
+    Args:
+        config_file: A TOML file (``--config``) whose keys are the settings' names, lower case.
+        overrides: Values from command-line flags; they win over the file and the environment.
+
+    Raises:
+        ConfigError: the file cannot be read, or a value is wrong (the message names it).
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = {k.lower(): v for k, v in tomllib.loads(config_file.read_text()).items()}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+    try:
+        settings = Settings(**values)
+        if overrides:
+            settings = settings.model_copy(update={k: v for k, v in overrides.items() if v})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"bad setting: {problems}") from None
+    return settings

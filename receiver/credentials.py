@@ -1,0 +1,67 @@
+"""The receiver's two secrets: the callback URL secret(s) and the status API token.
+
+Each comes from its environment variable (``KLING_HOOKS_SECRET``, ``KLING_HOOKS_API_TOKEN``)
+or, when that is unset, is generated once and kept in the database's ``meta`` table, so the
+submitter (same database) and the receiver agree without configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from receiver import store
+from receiver.config import Settings
+from receiver.tokens import CallbackTokens, new_secret, parse_secrets
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """``secrets``: callback secrets, signing one first. ``api_token_generated``: True when the
+    API token was created just now (the server then says in its log how to read it)."""
+
+    secrets: list[str]
+    api_token: str
+    api_token_generated: bool
+
+    @property
+    def tokens(self) -> CallbackTokens:
+        return CallbackTokens(self.secrets)
+
+
+async def resolve(settings: Settings, conn: aiosqlite.Connection | None) -> Credentials:
+    """Read or create both secrets; ``conn`` (open, migrated) is needed only for those the
+    environment does not set.
+
+    Raises:
+        ValueError: a secret must come from the database and ``conn`` is None.
+    """
+
+    async def from_db(key: str) -> tuple[str, bool]:
+        if conn is None:
+            raise ValueError(f"{key} is not configured and no database was given")
+        return await store.get_or_create_meta(conn, key, new_secret)
+
+    if settings.kling_hooks_secret is not None:
+        secrets = parse_secrets(settings.kling_hooks_secret.get_secret_value())
+    else:
+        secrets = [(await from_db("callback_secret"))[0]]
+    if settings.kling_hooks_api_token is not None:
+        return Credentials(secrets, settings.kling_hooks_api_token.get_secret_value(), False)
+    token, created = await from_db("api_token")
+    return Credentials(secrets, token, created)
+
+
+async def resolve_from_file(settings: Settings, path: Path | None = None) -> Credentials:
+    """Like :func:`resolve`, opening (and migrating) the database at ``path`` or
+    ``KLING_HOOKS_DB`` only when a secret is not set in the environment."""
+    if settings.kling_hooks_secret is not None and settings.kling_hooks_api_token is not None:
+        return await resolve(settings, None)
+    conn = await store.connect(path or settings.kling_hooks_db)
+    try:
+        await store.migrate(conn)
+        return await resolve(settings, conn)
+    finally:
+        await conn.close()

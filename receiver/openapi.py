@@ -1,0 +1,107 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``.
+
+Request bodies come from the pydantic models that validate them, so the document cannot drift
+from what the server accepts; answers are described by small JSON schemas here.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from submitter.protocol import TaskObject, TaskStatus
+
+_ERROR = {
+    "type": "object",
+    "required": ["ok", "error"],
+    "properties": {"ok": {"const": False}, "error": {"type": "string"}},
+}
+_VERDICT = {
+    "type": "object",
+    "required": ["ok", "verdict"],
+    "properties": {"ok": {"const": True},
+                   "verdict": {"enum": ["new", "duplicate", "stale"]}},
+}
+_TRANSITION = {
+    "type": "object",
+    "properties": {"task_status": {"enum": [s.value for s in TaskStatus]},
+                   "updated_at": {"type": ["integer", "null"], "description": "Kling's, Unix ms"},
+                   "received_at": {"type": "integer", "description": "ours, Unix ms"}},
+}
+_TASK = {
+    "type": "object",
+    "required": ["task_id", "external_task_id", "task_status", "transitions"],
+    "properties": {
+        "task_id": {"type": "string"},
+        "external_task_id": {"type": "string"},
+        "route": {"type": ["string", "null"]},
+        "task_status": {"enum": [s.value for s in TaskStatus]},
+        "task_status_msg": {"type": ["string", "null"]},
+        "task_result": {"type": ["object", "null"]},
+        "final_unit_deduction": {"type": ["string", "null"]},
+        "created_at": {"type": ["integer", "null"], "description": "Unix ms"},
+        "updated_at": {"type": ["integer", "null"], "description": "Unix ms"},
+        "transitions": {"type": "array", "items": _TRANSITION},
+    },
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "error",
+                     "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+
+
+def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@cache
+def openapi_document(registration: type[BaseModel]) -> dict[str, Any]:
+    """The whole document; ``registration`` is the ``POST /tasks`` body model."""
+    bearer = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kling-hooks", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/callbacks/{external_task_id}/{token}": {"post": {
+                "summary": "Receive a Kling callback (bare task, envelope or old schema)",
+                "requestBody": {"content": {"application/json": {
+                    "schema": TaskObject.model_json_schema()}}},
+                "responses": {"200": _json(_VERDICT), **_errors(400, 401, 409, 413, 422, 503)},
+            }},
+            "/tasks": {
+                "get": {
+                    "summary": "List tasks, newest first",
+                    "security": bearer,
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": {"type": t}}
+                        for n, t in [("task_status", "string"), ("route", "string"),
+                                     ("limit", "integer"), ("cursor", "string")]],
+                    "responses": {"200": _json({"type": "object", "properties": {
+                        "tasks": {"type": "array", "items": _TASK},
+                        "next_cursor": {"type": ["string", "null"]}}}),
+                        **_errors(400, 401, 503)},
+                },
+                "post": {
+                    "summary": "Register a submission (the submitter calls this)",
+                    "security": bearer,
+                    "requestBody": {"content": {"application/json": {
+                        "schema": registration.model_json_schema()}}},
+                    "responses": {"200": _json(_VERDICT), **_errors(400, 401, 409, 413, 422)},
+                },
+            },
+            "/tasks/{id}": {"get": {
+                "summary": "One task by task_id or external_task_id",
+                "security": bearer,
+                "responses": {"200": _json(_TASK), **_errors(401, 404, 503)},
+            }},
+            "/healthz": {"get": {"summary": "The process is up",
+                                 "responses": {"200": _json({"type": "object"})}}},
+            "/readyz": {"get": {"summary": "The database answers",
+                                "responses": {"200": _json({"type": "object"}),
+                                              **_errors(503)}}},
+        },
+    }

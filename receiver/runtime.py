@@ -1,0 +1,35 @@
+"""What the HTTP handlers share: settings, credentials, the writer, the reader, the clock.
+
+Built by ``receiver.app`` at start-up (inside the lifespan, where the database is opened) and
+passed to the handlers; no module-level state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from receiver.config import Settings
+from receiver.credentials import Credentials
+from receiver.store import Reader
+from receiver.tokens import CallbackTokens
+from receiver.writer import Writer
+
+
+def now_ms() -> int:
+    """The wall clock, Unix epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Runtime:
+    """Filled in by the lifespan; handlers read it. ``None`` fields mean not started yet."""
+
+    settings: Settings
+    clock_ms: Callable[[], int] = now_ms
+    credentials: Credentials | None = None
+    tokens: CallbackTokens | None = None
+    writer: Writer | None = None
+    reader: Reader | None = None
+    started: bool = field(default=False)

@@ -1,0 +1,247 @@
+"""The SQLite store: schema migrations, the batch I/O the writer uses, and read queries.
+
+One process owns the database. Writes go through :class:`receiver.writer.Writer` on its own
+connection; the status API reads on a second, read-only connection, which WAL lets run beside
+the writer. ``synchronous=FULL``: a transition acknowledged with 200 survives a power cut.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from receiver.transitions import Batch, TaskRow
+
+SCHEMA_VERSION = 1
+_TASK_COLUMNS = [f.name for f in fields(TaskRow)]
+
+
+class StoreUnavailable(Exception):
+    """The database could not commit or answer; nothing of the operation was recorded."""
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("receiver") / "migrations"
+    found = [(int(p.name.split("_", 1)[0]), p.read_text()) for p in folder.iterdir()
+             if p.name.endswith(".sql")]
+    return sorted(found)
+
+
+async def connect(path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
+                  ) -> aiosqlite.Connection:
+    """Open a connection in autocommit mode with WAL and ``synchronous=FULL``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute("PRAGMA synchronous = FULL")
+    if read_only:
+        await conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; each step in its own transaction.
+
+    Returns:
+        The schema version now in force.
+
+    Raises:
+        StoreUnavailable: the database is newer than this program knows.
+    """
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(f"database schema {version} is newer than {SCHEMA_VERSION}")
+    for number, sql in _migrations():
+        if number <= version:
+            continue
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
+
+
+async def get_or_create_meta(conn: aiosqlite.Connection, key: str,
+                             factory: Callable[[], str]) -> tuple[str, bool]:
+    """Read ``meta[key]``, creating it with ``factory()`` if absent (atomic across processes).
+
+    Returns:
+        ``(value, created)``.
+    """
+    async with conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, factory())
+    ) as cur:
+        created = cur.rowcount == 1
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return str(row[0]), created
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+async def load_batch(conn: aiosqlite.Connection, task_ids: set[str],
+                     external_ids: set[str]) -> Batch:
+    """Load the rows a batch touches (inside the writer's open transaction)."""
+    ids, exts = sorted(task_ids), sorted(external_ids)
+    sql = (f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id IN ({_marks(len(ids))})"
+           f" OR external_task_id IN ({_marks(len(exts))})")
+    async with conn.execute(sql, [*ids, *exts]) as cur:
+        tasks = {r["task_id"]: TaskRow(**dict(r)) for r in await cur.fetchall()}
+    seen: set[tuple[str, str]] = set()
+    if tasks:
+        names = list(tasks)
+        sql = f"SELECT task_id, task_status FROM transitions WHERE task_id IN ({_marks(len(names))})"
+        async with conn.execute(sql, names) as cur:
+            seen = {(r[0], r[1]) for r in await cur.fetchall()}
+    async with conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM transitions") as cur:
+        row = await cur.fetchone()
+    return Batch(tasks=tasks, seen=seen, next_transition_id=int(row[0]) if row else 1)
+
+
+_UPSERT_TASK = (
+    f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({_marks(len(_TASK_COLUMNS))}) "
+    "ON CONFLICT (task_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS if c != "task_id")
+)
+
+
+async def write_batch(conn: aiosqlite.Connection, batch: Batch) -> None:
+    """Write what a batch produced: task rows, new transitions, the raw callbacks."""
+    if batch.changed:
+        await conn.executemany(
+            _UPSERT_TASK, [tuple(asdict(t).values()) for t in batch.changed.values()]
+        )
+    if batch.transitions:
+        await conn.executemany(
+            "INSERT INTO transitions (id, task_id, task_status, updated_at, received_at, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [tuple(asdict(t).values()) for t in batch.transitions],
+        )
+    if batch.callbacks:
+        await conn.executemany(
+            "INSERT INTO callbacks (task_id, task_status, verdict, received_at, body)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [tuple(asdict(c).values()) for c in batch.callbacks],
+        )
+
+
+def _task_json(row: aiosqlite.Row, transitions: Iterable[aiosqlite.Row]) -> dict[str, Any]:
+    return {
+        "task_id": row["task_id"],
+        "external_task_id": row["external_task_id"],
+        "route": row["route"],
+        "task_status": row["task_status"],
+        "task_status_msg": row["task_status_msg"],
+        "task_result": _load(row["task_result_json"]),
+        "task_info": _load(row["task_info_json"]),
+        "final_unit_deduction": row["final_unit_deduction"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "first_seen_at": row["first_seen_at"],
+        "last_received_at": row["last_received_at"],
+        "request": _load(row["request_json"]),
+        "transitions": [
+            {"task_status": t["task_status"], "updated_at": t["updated_at"],
+             "received_at": t["received_at"]}
+            for t in transitions
+        ],
+    }
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Reader:
+    """Read-only queries for the status API, on their own connection.
+
+    Every method raises :class:`StoreUnavailable` when the database does not answer.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def ping(self) -> None:
+        """Raises :class:`StoreUnavailable` unless ``SELECT 1`` succeeds."""
+        try:
+            await self._conn.execute("SELECT 1")
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def get_task(self, id_: str) -> dict[str, Any] | None:
+        """The task whose task_id (preferred) or external_task_id is ``id_``, or None.
+
+        Returns:
+            ``{task_id, external_task_id, route, task_status, task_status_msg, task_result,
+            task_info, final_unit_deduction, created_at, updated_at, first_seen_at,
+            last_received_at, request, transitions: [{task_status, updated_at, received_at}]}``;
+            times in Unix ms, transitions oldest first.
+        """
+        try:
+            async with self._conn.execute(
+                "SELECT * FROM tasks WHERE task_id = ? OR external_task_id = ? "
+                "ORDER BY task_id = ? DESC LIMIT 1", (id_, id_, id_)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            async with self._conn.execute(
+                "SELECT task_status, updated_at, received_at FROM transitions "
+                "WHERE task_id = ? ORDER BY id", (row["task_id"],)) as cur:
+                transitions = await cur.fetchall()
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return _task_json(row, transitions)
+
+    async def list_tasks(self, *, task_status: str | None, route: str | None, limit: int,
+                         before_id: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        """Tasks newest first (by first-seen order), filtered, at most ``limit``.
+
+        Returns:
+            ``(tasks, next_cursor)``; ``next_cursor`` is None on the last page. Tasks carry
+            no ``transitions``, ``request`` or ``task_info`` (fetch one task for those).
+        """
+        where, args = ["1 = 1"], []
+        if task_status:
+            where.append("task_status = ?")
+            args.append(task_status)
+        if route:
+            where.append("route = ?")
+            args.append(route)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        try:
+            async with self._conn.execute(sql, [*args, limit + 1]) as cur:
+                rows = list(await cur.fetchall())
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = []
+        for r in rows:
+            item = _task_json(r, [])
+            for key in ("transitions", "request", "task_info"):
+                item.pop(key)
+            items.append(item)
+        return items, (rows[-1]["id"] if more else None)

@@ -1,0 +1,200 @@
+"""The task state machine: what one callback or registration does to the stored state.
+
+Pure functions over an in-memory view of the rows a batch touches; ``receiver.writer`` loads
+that view, applies a whole batch and writes the result in one transaction.
+
+Rules (PROTOCOL.md section 4 and the receiver's response table):
+
+* ``(task_id, task_status)`` is the deduplication key: seen before -> ``duplicate``.
+* States are ordered ``submitted < processing < succeed | failed``. A status at or below the
+  task's current rank is ``stale``: a terminal state never moves, and ``processing`` after
+  ``succeed`` does not reopen the task.
+* Otherwise the transition is ``new`` and the task takes the callback's ``task_status_msg``,
+  ``task_result``, ``final_unit_deduction`` and timestamps.
+* The URL's ``external_task_id`` and the body's ``task_id`` must belong to the same task:
+  otherwise :class:`TaskConflict` (answered 409, nothing stored).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from submitter.protocol import TaskObject, TaskStatus
+
+
+class Verdict(StrEnum):
+    """What a callback did: recorded a transition, repeated one, or arrived too late."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+class TaskConflict(Exception):
+    """The task_id and external_task_id given belong to two different tasks."""
+
+
+@dataclass
+class TaskRow:
+    """One row of ``tasks``; JSON columns are kept as text."""
+
+    task_id: str
+    external_task_id: str
+    task_status: str
+    first_seen_at: int
+    last_received_at: int
+    route: str | None = None
+    request_json: str | None = None
+    task_status_msg: str | None = None
+    task_result_json: str | None = None
+    task_info_json: str | None = None
+    final_unit_deduction: str | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+
+
+@dataclass(frozen=True)
+class IncomingCallback:
+    """An authenticated, parsed callback: the URL's external_task_id, the task, the raw body."""
+
+    external_task_id: str
+    task: TaskObject
+    body: str
+    received_at_ms: int
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A submission reported by the submitter (``POST /tasks``)."""
+
+    task_id: str
+    external_task_id: str
+    route: str
+    request_json: str | None
+    task_status: TaskStatus
+    created_at: int | None
+    received_at_ms: int
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    id: int
+    task_id: str
+    task_status: str
+    updated_at: int | None
+    received_at: int
+    source: str
+
+
+@dataclass(frozen=True)
+class CallbackRow:
+    task_id: str
+    task_status: str
+    verdict: str
+    received_at: int
+    body: str
+
+
+@dataclass
+class Batch:
+    """The stored view a batch starts from, and the writes it has produced so far.
+
+    Args:
+        tasks: Every existing task the batch names, by task_id.
+        seen: The ``(task_id, task_status)`` pairs already stored for those tasks.
+        next_transition_id: The id the next new transition gets (ids are the event ids that
+            outbox rows will refer to, so they are assigned here, inside the transaction).
+    """
+
+    tasks: dict[str, TaskRow]
+    seen: set[tuple[str, str]]
+    next_transition_id: int
+    by_external: dict[str, str] = field(init=False)
+    changed: dict[str, TaskRow] = field(default_factory=dict)
+    transitions: list[TransitionRow] = field(default_factory=list)
+    callbacks: list[CallbackRow] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.by_external = {t.external_task_id: t.task_id for t in self.tasks.values()}
+
+    def _task_for(self, task_id: str, external_task_id: str) -> TaskRow | None:
+        task = self.tasks.get(task_id)
+        owner = self.by_external.get(external_task_id)
+        if (task is not None and task.external_task_id != external_task_id) or (
+            owner is not None and owner != task_id
+        ):
+            raise TaskConflict(
+                f"task_id {task_id} and external_task_id {external_task_id} belong to "
+                "different tasks"
+            )
+        return task
+
+    def _add(self, task: TaskRow) -> None:
+        self.tasks[task.task_id] = task
+        self.by_external[task.external_task_id] = task.task_id
+        self.changed[task.task_id] = task
+
+    def _transition(self, task: TaskRow, status: str, updated_at: int | None, now: int,
+                    source: str) -> None:
+        self.seen.add((task.task_id, status))
+        self.transitions.append(
+            TransitionRow(self.next_transition_id, task.task_id, status, updated_at, now, source)
+        )
+        self.next_transition_id += 1
+
+    def _judge(self, task: TaskRow | None, status: TaskStatus) -> Verdict:
+        if task is None:
+            return Verdict.NEW
+        if (task.task_id, status.value) in self.seen:
+            return Verdict.DUPLICATE
+        if status.rank <= TaskStatus(task.task_status).rank:
+            return Verdict.STALE
+        return Verdict.NEW
+
+    def apply_callback(self, cb: IncomingCallback) -> Verdict:
+        """Apply one callback; returns its verdict. Raises :class:`TaskConflict`."""
+        t = cb.task
+        task = self._task_for(t.task_id, cb.external_task_id)
+        verdict = self._judge(task, t.task_status)
+        now = cb.received_at_ms
+        if verdict is Verdict.NEW:
+            if task is None:
+                task = TaskRow(t.task_id, cb.external_task_id, t.task_status.value, now, now)
+            task.task_status = t.task_status.value
+            task.task_status_msg = t.task_status_msg
+            task.task_result_json = _dump(t.task_result)
+            task.task_info_json = _dump(t.task_info.model_dump() if t.task_info else None)
+            task.final_unit_deduction = t.final_unit_deduction
+            task.created_at = task.created_at or t.created_at
+            task.updated_at = t.updated_at if t.updated_at is not None else now
+            self._transition(task, task.task_status, t.updated_at, now, "callback")
+        if task is not None:
+            task.last_received_at = now
+            self._add(task)
+        self.callbacks.append(CallbackRow(t.task_id, t.task_status.value, verdict, now, cb.body))
+        return verdict
+
+    def apply_registration(self, reg: Registration) -> Verdict:
+        """Apply one registration: fills in route and request, and records ``submitted`` when
+        the task has no state yet. Raises :class:`TaskConflict`."""
+        task = self._task_for(reg.task_id, reg.external_task_id)
+        verdict = self._judge(task, reg.task_status)
+        now = reg.received_at_ms
+        if task is None:
+            task = TaskRow(reg.task_id, reg.external_task_id, reg.task_status.value, now, now)
+            task.updated_at = reg.created_at or now
+            self._transition(task, task.task_status, reg.created_at, now, "registration")
+        elif verdict is Verdict.NEW:
+            task.task_status = reg.task_status.value
+            self._transition(task, task.task_status, reg.created_at, now, "registration")
+        task.route = task.route or reg.route
+        task.request_json = task.request_json or reg.request_json
+        task.created_at = task.created_at or reg.created_at
+        self._add(task)
+        return verdict
+
+
+def _dump(value: object) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
