@@ -43,12 +43,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
                 log.warning("api_token_generated",
                             how_to_read=f"kling-hooks token --db {db}")
             writer.start()
-            rt.started = True
+            rt.ready.set()
             log.info("receiver_started", db=str(db),
                      public_url=settings.kling_hooks_public_url)
             yield
         finally:
-            rt.started = False
+            rt.ready.clear()
             await writer.close()
             await reader_conn.close()
             log.info("receiver_stopped")

@@ -6,6 +6,7 @@ passed to the handlers; no module-level state.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ def now_ms() -> int:
 
 @dataclass
 class Runtime:
-    """Filled in by the lifespan; handlers read it. ``None`` fields mean not started yet."""
+    """Filled in by the lifespan; handlers read it. ``ready`` is set once everything runs."""
 
     settings: Settings
     clock_ms: Callable[[], int] = now_ms
@@ -32,4 +33,4 @@ class Runtime:
     tokens: CallbackTokens | None = None
     writer: Writer | None = None
     reader: Reader | None = None
-    started: bool = field(default=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -28,13 +28,15 @@ def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
-                  log_level: str = "warning") -> AsyncIterator[str]:
-    """Serve ``app`` on ``host:port`` while the block runs; yields the base URL.
+                  log_level: str = "warning", sock: socket.socket | None = None
+                  ) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host:port`` (or on ``sock``, from :func:`listen`) while the block
+    runs; yields the base URL. The socket is closed afterwards.
 
     uvicorn's access log is off: it would print callback URLs, which carry tokens.
     """
-    sock = listen(host, port)
-    bound_port = sock.getsockname()[1]
+    sock = sock or listen(host, port)
+    host, bound_port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -194,7 +194,8 @@ class Reader:
         Returns:
             ``{task_id, external_task_id, route, task_status, task_status_msg, task_result,
             task_info, final_unit_deduction, created_at, updated_at, first_seen_at,
-            last_received_at, request, transitions: [{task_status, updated_at, received_at}]}``;
+            last_received_at, request, transitions: [{task_status, updated_at, received_at}],
+            callbacks: {verdict: count}}``;
             times in Unix ms, transitions oldest first.
         """
         try:
@@ -208,9 +209,13 @@ class Reader:
                 "SELECT task_status, updated_at, received_at FROM transitions "
                 "WHERE task_id = ? ORDER BY id", (row["task_id"],)) as cur:
                 transitions = await cur.fetchall()
+            async with self._conn.execute(
+                "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict",
+                (row["task_id"],)) as cur:
+                callbacks = {r[0]: r[1] for r in await cur.fetchall()}
         except Exception as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return _task_json(row, transitions)
+        return {**_task_json(row, transitions), "callbacks": callbacks}
 
     async def list_tasks(self, *, task_status: str | None, route: str | None, limit: int,
                          before_id: int | None) -> tuple[list[dict[str, Any]], int | None]:

@@ -1,0 +1,277 @@
+"""The ``kling-hooks`` command.
+
+Subcommands: ``serve``, ``submit``, ``tasks``, ``task``, ``token``, ``simulate``, ``demo``.
+Exit codes: 0 success; 1 Kling or the receiver answered with an error, or could not be
+reached; 2 bad usage, a bad setting, or a body that breaks a documented Kling rule (nothing
+was sent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from receiver import credentials
+from receiver.config import ConfigError, Settings, load_settings
+from receiver.logging import configure_logging
+from submitter.errors import InvalidRequest, SubmitterError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    settings = load_settings(args.config, kling_hooks_db=args.db, **overrides)
+    configure_logging(settings.kling_hooks_log_format, settings.kling_hooks_log_level)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False,
+                log_level=settings.kling_hooks_log_level, log_config=None)
+    return EXIT_OK
+
+
+def _read_data(value: str) -> dict[str, Any]:
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("--data must be a JSON object")
+    return data
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from submitter import KlingClient, Registrar, auth_from_keys, validate_body
+
+    settings = _settings(args)
+    try:
+        body = _read_data(args.data)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read --data: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    validate_body(args.route, body)  # before anything else: a bad body sends nothing
+    auth = auth_from_keys(
+        settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
+        settings.kling_access_key,
+        settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
+    )
+    creds = await credentials.resolve_from_file(settings)
+    registrar = Registrar(settings.api_url, creds.api_token)
+    try:
+        async with KlingClient(api_base=settings.kling_api_base, auth=auth, tokens=creds.tokens,
+                               public_url=settings.kling_hooks_public_url,
+                               registrar=registrar) as client:
+            submission = await client.submit(args.route, body, args.external_task_id)
+    finally:
+        await registrar.aclose()
+    if submission.warning:
+        print(f"warning: {submission.warning}", file=sys.stderr)
+    print(json.dumps(submission.to_json()))
+    return EXIT_OK
+
+
+async def _api_get(args: argparse.Namespace, path: str, params: dict[str, str]) -> Any:
+    settings = _settings(args)
+    creds = await credentials.resolve_from_file(settings)
+    base = args.url or settings.api_url
+    async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
+        response = await client.get(path, params=params,
+                                    headers={"Authorization": f"Bearer {creds.api_token}"})
+    if response.status_code != 200:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text[:200]
+        raise ApiError(f"{base}{path}: HTTP {response.status_code}: {message}")
+    return response.json()
+
+
+class ApiError(Exception):
+    """The status API answered with an error."""
+
+
+def _time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces, with a header line."""
+    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in r]
+                                          for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+async def _tasks(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in {"task_status": args.status, "route": args.route,
+                                 "limit": str(args.limit)}.items() if v}
+    page = await _api_get(args, "/tasks", params)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return EXIT_OK
+    rows = [(t["task_id"], t["external_task_id"], t["route"], t["task_status"],
+             _time(t["updated_at"])) for t in page["tasks"]]
+    print(format_table(["task_id", "external_task_id", "route", "task_status", "updated_at"],
+                       rows))
+    if page["next_cursor"]:
+        print(f"(more: --limit or the API's cursor={page['next_cursor']})")
+    return EXIT_OK
+
+
+async def _task(args: argparse.Namespace) -> int:
+    task = await _api_get(args, f"/tasks/{args.id}", {})
+    if args.json:
+        print(json.dumps(task, indent=2))
+        return EXIT_OK
+    fields = ["task_id", "external_task_id", "route", "task_status", "task_status_msg",
+              "final_unit_deduction"]
+    print(format_table(["field", "value"], [(f, task[f]) for f in fields]
+                       + [("created_at", _time(task["created_at"])),
+                          ("updated_at", _time(task["updated_at"]))]))
+    for kind, items in (task["task_result"] or {}).items():
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and "url" in item:
+                print(f"{kind[:-1] if kind.endswith('s') else kind}: {item['url']}")
+    print()
+    print(format_table(["transition", "updated_at", "received_at"],
+                       [(t["task_status"], _time(t["updated_at"]), _time(t["received_at"]))
+                        for t in task["transitions"]]))
+    return EXIT_OK
+
+
+async def _token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    creds = await credentials.resolve_from_file(settings)
+    print(creds.api_token)
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from submitter.simulator import Faults, Simulator
+
+    configure_logging("auto", "info")
+    faults = Faults(failure_rate=args.failure_rate, duplicate_rate=args.duplicate_rate,
+                    reorder=args.reorder, envelope_rate=args.envelope_rate,
+                    old_schema_rate=args.old_schema_rate,
+                    drop_nonterminal_rate=args.drop_nonterminal_rate)
+    sim = Simulator(faults=faults, prefix=args.prefix, delay_s=(args.min_delay, args.max_delay),
+                    api_key=args.api_key, seed=args.seed)
+    uvicorn.run(sim.app, host=args.host, port=args.port, access_log=False, log_config=None)
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from receiver.demo import run_demo
+
+    return await run_demo(seed=args.seed)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kling-hooks", description=(
+        "Receive Kling callbacks, store every task transition, submit tasks. "
+        "Settings come from the environment (KLING_*) and --config FILE."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", type=Path, help="TOML file with settings (env wins)")
+        p.add_argument("--db", type=Path, help="SQLite file (KLING_HOOKS_DB)")
+        return p
+
+    p = command("serve", "run the receiver (callbacks + status API) under uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(run=cmd_serve)
+
+    p = command("submit", "submit one task to Kling with our callback_url")
+    p.add_argument("route", help="images/generations, images/multi-image2image, "
+                   "videos/multi-image2video, videos/text2video or videos/image2video")
+    p.add_argument("--data", required=True, help="the body as JSON, or @file.json")
+    p.add_argument("--external-task-id", help="default: a generated kh-<ULID>")
+    p.set_defaults(run=_submit)
+
+    p = command("tasks", "list tasks from the status API, newest first")
+    p.add_argument("--status", choices=["submitted", "processing", "succeed", "failed"])
+    p.add_argument("--route")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
+    p.set_defaults(run=_tasks)
+
+    p = command("task", "show one task by task_id or external_task_id")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
+    p.set_defaults(run=_task)
+
+    p = command("token", "print the status API token (generated on first start if unset)")
+    p.set_defaults(run=_token)
+
+    p = sub.add_parser("simulate", help="run the Kling simulator (no account, no credits)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--prefix", default="", help="route prefix, e.g. /kling like a reseller")
+    p.add_argument("--api-key", help="accept only this bearer key (default: any)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--min-delay", type=float, default=0.5, help="seconds between states")
+    p.add_argument("--max-delay", type=float, default=2.0)
+    for name in ("failure-rate", "duplicate-rate", "envelope-rate", "old-schema-rate",
+                 "drop-nonterminal-rate"):
+        p.add_argument(f"--{name}", type=float, default=0.0, help="share in [0, 1]")
+    p.add_argument("--reorder", action="store_true", help="send callbacks out of order")
+    p.set_defaults(run=cmd_simulate)
+
+    p = sub.add_parser("demo", help="receiver + simulator in one process: one task per route")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kling-hooks`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        result = args.run(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidRequest as exc:
+        print(f"invalid request, nothing sent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SubmitterError as exc:
+        fields = {k: getattr(exc, k) for k in ("http_status", "code", "message", "request_id")
+                  if hasattr(exc, k)}
+        print(f"error: {exc}", file=sys.stderr)
+        if fields:
+            print(json.dumps(fields), file=sys.stderr)
+        return EXIT_ERROR
+    except (ApiError, httpx.HTTPError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

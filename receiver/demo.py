@@ -1,0 +1,150 @@
+"""``kling-hooks demo``: the whole pipeline in one process, on loopback, with no Kling account.
+
+It starts the simulator and the receiver on free ports, submits one task per route through
+the real submitter over real HTTP (duplicate and out-of-order callbacks switched on), waits
+until every task has ended (woken by the writer's commits: nothing polls), then prints each
+task's transitions as the status API reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from pydantic import SecretStr
+
+from receiver.app import create_app
+from receiver.cli import format_table
+from receiver.config import Settings
+from receiver.logging import configure_logging
+from receiver.runtime import Runtime
+from receiver.serving import listen, running
+from receiver.tokens import new_secret
+from receiver.transitions import TransitionRow
+from submitter import KlingClient, Registrar, Submission, auth_from_keys
+from submitter.protocol import Route, TaskStatus
+from submitter.simulator import Faults, Simulator
+
+EXAMPLE_IMAGE = "https://example.com/kling-hooks/subject.png"
+DEMO_TASKS: dict[Route, dict[str, Any]] = {
+    Route.IMAGES_GENERATIONS: {"prompt": "a lighthouse at dawn, watercolour", "n": 2},
+    Route.IMAGES_MULTI_IMAGE2IMAGE: {
+        "subject_image_list": [{"subject_image": EXAMPLE_IMAGE}],
+        "prompt": "the subject in a snowy forest",
+    },
+    Route.VIDEOS_MULTI_IMAGE2VIDEO: {
+        "image_list": [{"image": EXAMPLE_IMAGE}, {"image": EXAMPLE_IMAGE}],
+        "prompt": "the character turns and waves",
+    },
+    Route.VIDEOS_TEXT2VIDEO: {"prompt": "waves rolling onto a beach", "duration": "5"},
+    Route.VIDEOS_IMAGE2VIDEO: {"image": EXAMPLE_IMAGE, "prompt": "slow zoom in"},
+}
+TIMEOUT_S = 25.0
+
+
+class _Ended:
+    """Collects the task_ids whose terminal transition has committed (a writer listener)."""
+
+    def __init__(self) -> None:
+        self.task_ids: set[str] = set()
+        self.wanted: set[str] | None = None
+        self.done = asyncio.Event()
+
+    def on_commit(self, transitions: list[TransitionRow]) -> None:
+        self.task_ids |= {t.task_id for t in transitions if TaskStatus(t.task_status).is_terminal}
+        if self.wanted is not None and self.wanted <= self.task_ids:
+            self.done.set()
+
+    async def wait_for(self, task_ids: set[str]) -> None:
+        self.wanted = task_ids
+        self.on_commit([])
+        await self.done.wait()
+
+
+async def run_demo(seed: int = 7, out: TextIO | None = None, delay_s: tuple[float, float] = (
+        0.3, 1.2)) -> int:
+    """Run the demo; returns the exit code (0 when every task ended, 1 otherwise)."""
+    import sys
+
+    out = out or sys.stdout
+    configure_logging("console", "warning")
+    faults = Faults(failure_rate=0.2, duplicate_rate=0.5, reorder=True)
+    simulator = Simulator(faults=faults, delay_s=delay_s, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="kling-hooks-demo-") as tmp:
+        sock = listen()
+        receiver_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = Settings(
+            kling_hooks_db=Path(tmp) / "demo.db",
+            kling_hooks_public_url=receiver_url,
+            kling_api_key=SecretStr("demo-key"),
+            kling_hooks_secret=SecretStr(new_secret()),
+            kling_hooks_api_token=SecretStr(new_secret()),
+            kling_hooks_log_level="warning",
+        )
+        rt = Runtime(settings=settings)
+        started = time.monotonic()
+        async with running(simulator.app) as sim_url, running(create_app(settings, rt),
+                                                              sock=sock):
+            print(f"simulator  {sim_url}   (duplicates and reordering on)", file=out)
+            print(f"receiver   {receiver_url}   database {settings.kling_hooks_db}\n", file=out)
+            await rt.ready.wait()
+            assert rt.writer is not None and rt.credentials is not None
+            ended = _Ended()
+            rt.writer.add_listener(ended.on_commit)
+            submissions = await _submit_all(settings, rt, sim_url)
+            try:
+                await asyncio.wait_for(ended.wait_for({s.task_id for s in submissions}),
+                                       TIMEOUT_S)
+            except TimeoutError:
+                print(f"not every task ended within {TIMEOUT_S:.0f} s", file=out)
+                return 1
+            await simulator.wait_idle()
+            tasks = await _fetch(receiver_url, rt.credentials.api_token, submissions)
+        _report(tasks, submissions, time.monotonic() - started, out)
+    return 0
+
+
+async def _submit_all(settings: Settings, rt: Runtime, sim_url: str) -> list[Submission]:
+    assert rt.credentials is not None
+    registrar = Registrar(settings.api_url, rt.credentials.api_token)
+    async with KlingClient(api_base=sim_url, auth=auth_from_keys("demo-key", None, None),
+                           tokens=rt.credentials.tokens,
+                           public_url=settings.kling_hooks_public_url,
+                           registrar=registrar) as client:
+        try:
+            return list(await asyncio.gather(
+                *[client.submit(route, body) for route, body in DEMO_TASKS.items()]))
+        finally:
+            await registrar.aclose()
+
+
+async def _fetch(url: str, token: str, submissions: list[Submission]) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=url,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        answers = await asyncio.gather(*[client.get(f"/tasks/{s.external_task_id}")
+                                         for s in submissions])
+    return [a.raise_for_status().json() for a in answers]
+
+
+def _report(tasks: list[dict[str, Any]], submissions: list[Submission], elapsed_s: float,
+            out: TextIO) -> None:
+    rows = []
+    for task, sub in zip(tasks, submissions, strict=True):
+        start = task["transitions"][0]["received_at"]
+        steps = "  ".join(f"{t['task_status']} +{t['received_at'] - start}ms"
+                          for t in task["transitions"])
+        counts = task["callbacks"]
+        extra = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()) if v != "new")
+        received = f"{sum(counts.values())}" + (f" ({extra})" if extra else "")
+        rows.append((sub.external_task_id, task["route"], steps, received,
+                     task["task_status"]))
+    print(format_table(["task", "route", "transitions (time after submit)", "callbacks",
+                        "final"], rows), file=out)
+    final = [t["task_status"] for t in tasks]
+    print(f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count('succeed')} succeed, "
+          f"{final.count('failed')} failed. Try: kling-hooks serve, then kling-hooks submit.",
+          file=out)
