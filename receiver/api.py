@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,7 +25,7 @@ from receiver.runtime import Runtime
 from receiver.store import StoreUnavailable
 from receiver.transitions import Registration, TaskConflict
 from submitter.protocol import Route as KlingRoute
-from submitter.protocol import TaskStatus
+from submitter.protocol import Millis, TaskStatus
 
 log = structlog.get_logger("kling_hooks.api")
 
@@ -42,7 +42,7 @@ class RegistrationBody(BaseModel):
     task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     external_task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     task_status: TaskStatus = TaskStatus.SUBMITTED
-    created_at: StrictInt | None = None
+    created_at: Millis | None = None
     request: dict[str, Any] | None = None
 
 

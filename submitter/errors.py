@@ -5,7 +5,9 @@ Hierarchy::
     SubmitterError
     ├── InvalidRequest      the body breaks a documented Kling rule; nothing was sent
     ├── KlingAPIError       Kling answered with a non-zero ``code`` or an HTTP error
-    └── KlingUnreachable    no answer from Kling after every retry (network, timeouts)
+    ├── KlingUnreachable    no answer from Kling after every retry (network, timeouts)
+    ├── AuthNotConfigured   neither KLING_API_KEY nor KLING_ACCESS_KEY + KLING_SECRET_KEY is set
+    └── RegistrationFailed  the receiver did not accept a task registration (POST /tasks)
 """
 
 from __future__ import annotations
@@ -68,3 +70,18 @@ class KlingAPIError(SubmitterError):
 
 class KlingUnreachable(SubmitterError):
     """Kling could not be reached, or did not answer, after every retry."""
+
+
+class AuthNotConfigured(SubmitterError):
+    """No usable Kling credentials were given.
+
+    Set ``KLING_API_KEY`` (a reseller key, sent as ``Bearer <key>``), or both
+    ``KLING_ACCESS_KEY`` and ``KLING_SECRET_KEY`` (the official API's JWT signing pair).
+    """
+
+
+class RegistrationFailed(SubmitterError):
+    """The receiver could not be reached, or answered ``POST /tasks`` with a non-2xx status.
+
+    The Kling task exists regardless; it appears in the receiver with its first callback.
+    """

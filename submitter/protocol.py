@@ -65,6 +65,10 @@ class Route(StrEnum):
     VIDEOS_IMAGE2VIDEO = "videos/image2video"
 
 
+# Unix epoch milliseconds; bounded so that every value fits SQLite's 64-bit INTEGER.
+Millis = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
 class TaskInfo(BaseModel):
     """``task_info``: may be missing (old schema) or ``{}`` (failed tasks)."""
 
@@ -87,8 +91,8 @@ class TaskObject(BaseModel):
     task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     task_status: TaskStatus
     task_status_msg: StrictStr | None = None
-    created_at: StrictInt | None = None
-    updated_at: StrictInt | None = None
+    created_at: Millis | None = None
+    updated_at: Millis | None = None
     final_unit_deduction: StrictStr | None = None
     task_info: TaskInfo | None = None
     task_result: dict[str, Any] | None = None

@@ -1,0 +1,553 @@
+"""Creating Kling tasks with a callback URL: validation, retries and idempotent create.
+
+Source of the rules: ``shared/kling/PROTOCOL.md`` sections 1 (routes, ``callback_url``,
+``external_task_id``, query by either id) and 3 (error codes; 1302/1303 and 5000-5002 are
+transient, Kling advises exponential backoff from 1 s). Nothing here polls: a task's progress
+arrives at the receiver as callbacks.
+
+A create is made idempotent by its ``external_task_id``, which Kling keeps unique per account
+and accepts as a query id. When a create may have reached Kling but its answer was lost (a read
+timeout, a dropped connection, a 5xx answer), the client looks the task up by that id before it
+creates again, so a retry never makes a second task::
+
+    POST create ──ok──▶ Submission
+        │ lost answer (ReadTimeout, ReadError, RemoteProtocolError, Write*, 5xx)
+        ▼ back off
+    GET {route}/{external_task_id} ──task──▶ Submission (the first create worked)
+        │ 4xx (not found)            │ transient failure
+        ▼                            ▼ back off, query again
+    POST create again            (never create blindly)
+
+Connect errors (``ConnectError``, ``ConnectTimeout``, ``PoolTimeout``) mean nothing was sent,
+so the create is simply repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from dataclasses import replace as _replace
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+import structlog
+from pydantic import ValidationError
+from ulid import ULID
+
+from receiver.tokens import CallbackTokens
+from submitter.errors import (
+    InvalidRequest,
+    KlingAPIError,
+    KlingUnreachable,
+    Problem,
+    RegistrationFailed,
+    SubmitterError,
+)
+from submitter.protocol import RETRYABLE_CODES, Envelope, Route, TaskObject
+from submitter.routes import IMAGE_FIELDS, parse_route, validate_body
+
+log = structlog.get_logger("kling_hooks.submitter")
+
+EXTERNAL_TASK_ID_PREFIX = "kh-"
+REDACT_OVER_BYTES = 1024
+RATE_LIMIT_CODES = frozenset({1302, 1303})
+# The request never left this host: repeating the create cannot make a second task.
+NOTHING_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_external_task_id(now_ms: int | None = None) -> str:
+    """A fresh ``external_task_id``: ``"kh-"`` + a ULID (26 Crockford Base32 characters).
+
+    Args:
+        now_ms: Creation time, Unix epoch milliseconds; the current time when None.
+
+    Returns:
+        e.g. ``"kh-01JD0000000000000000000000"``; unique, and sorting the strings sorts them by
+        creation millisecond.
+    """
+    ulid = ULID() if now_ms is None else ULID.from_timestamp(now_ms)
+    return f"{EXTERNAL_TASK_ID_PREFIX}{ulid}"
+
+
+def redact(body: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``body`` fit to store: large inline images replaced by a fingerprint.
+
+    Every string of more than 1024 bytes (UTF-8) under a key in
+    :data:`submitter.routes.IMAGE_FIELDS`, at any depth (also ``image_list[].image``,
+    ``subject_image_list[].subject_image``, ``dynamic_masks[].mask``), becomes
+    ``{"redacted": True, "bytes": <UTF-8 length>, "sha256": "<hex of those bytes>"}``.
+    Everything else, a long prompt or an image URL included, is copied unchanged.
+    """
+    copied = _redact(body, None)
+    assert isinstance(copied, dict)
+    return copied
+
+
+def _redact(value: Any, key: str | None) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, str) and key in IMAGE_FIELDS:
+        raw = value.encode()
+        if len(raw) > REDACT_OVER_BYTES:
+            return {"redacted": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    return value
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A created Kling task.
+
+    Attributes:
+        task_id: Kling's id (a string; long digit ids stay strings).
+        external_task_id: Our id for the task, also the key of its callback URL.
+        callback_url: Where Kling sends the task's callbacks; carries the URL token, so it is
+            left out of ``repr``.
+        task_status: Status in Kling's create answer, normally ``"submitted"``.
+        created_at: Kling's ``created_at``, Unix epoch milliseconds, or None if absent.
+        route: The create route, e.g. ``"images/generations"``.
+        registered: True when the receiver accepted the registration (``POST /tasks``).
+        warning: Why registration failed, or None.
+    """
+
+    task_id: str
+    external_task_id: str
+    callback_url: str = field(repr=False)
+    task_status: str
+    created_at: int | None
+    route: str
+    registered: bool = False
+    warning: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, as a JSON-ready dict."""
+        return asdict(self)
+
+
+class Registrar:
+    """Tells the receiver about a new task (``POST {api_url}/tasks``), before any callback.
+
+    Args:
+        api_url: The receiver's API base URL, e.g. ``http://127.0.0.1:8000/api``.
+        api_token: The receiver's API token, sent as ``Authorization: Bearer <token>``.
+        transport: An httpx transport (tests pass ``httpx.MockTransport``).
+        timeout_s: Timeout of the whole call, seconds.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        api_token: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._url = f"{api_url.rstrip('/')}/tasks"
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {api_token}"},
+        )
+
+    def __repr__(self) -> str:
+        return f"Registrar(url={self._url!r}, api_token='***')"
+
+    async def register(self, *, route: str, submission: Submission, body: dict[str, Any]) -> None:
+        """Send ``{"route", "task_id", "external_task_id", "task_status", "created_at",
+        "request"}``, where ``request`` is :func:`redact` of the sent body without its
+        ``callback_url`` (the URL token is not stored anywhere; the receiver can rebuild it).
+
+        Raises:
+            RegistrationFailed: the receiver was not reached, or answered with a non-2xx status.
+        """
+        request = {k: v for k, v in body.items() if k != "callback_url"}
+        payload = {
+            "route": route,
+            "task_id": submission.task_id,
+            "external_task_id": submission.external_task_id,
+            "task_status": submission.task_status,
+            "created_at": submission.created_at,
+            "request": redact(request),
+        }
+        try:
+            response = await self._http.post(self._url, json=payload)
+        except httpx.HTTPError as exc:
+            raise RegistrationFailed(f"{type(exc).__name__} from {self._url}: {exc}") from exc
+        if not response.is_success:
+            raise RegistrationFailed(
+                f"HTTP {response.status_code} from {self._url}: {response.text[:200]}"
+            )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _is_transient(exc: KlingAPIError) -> bool:
+    """1302/1303 and 5000-5002, any 5xx, and a 408/429 without Kling's envelope."""
+    if exc.code in RETRYABLE_CODES or exc.http_status >= 500:
+        return True
+    return exc.code is None and exc.http_status in (408, 429)
+
+
+def _maybe_created(exc: Exception) -> bool:
+    """True when a failed create may have made the task anyway (the answer was lost)."""
+    if isinstance(exc, KlingAPIError):
+        return exc.http_status >= 500 or exc.code in (5000, 5001, 5002)
+    return not isinstance(exc, NOTHING_SENT)
+
+
+def _prepare(route: Route, body: dict[str, Any], external_task_id: str | None) -> dict[str, Any]:
+    """The body to send (before ``callback_url`` is added), checked by :func:`validate_body`.
+
+    ``external_task_id``, when given, replaces the body's. A caller's ``callback_url`` is a
+    problem: kling-hooks sets it, signed, for every task.
+
+    Raises:
+        InvalidRequest: every broken rule, the ``callback_url`` one first.
+    """
+    problems: list[Problem] = []
+    candidate: Any = body
+    if isinstance(body, dict):
+        if "callback_url" in body:
+            problems.append(Problem("callback_url", "is set by kling-hooks; leave it out"))
+        candidate = {k: v for k, v in body.items() if k != "callback_url"}
+        if external_task_id is not None:
+            candidate["external_task_id"] = external_task_id
+    try:
+        wire = validate_body(route, candidate)
+    except InvalidRequest as exc:
+        raise InvalidRequest(route, problems + exc.problems) from None
+    if problems:
+        raise InvalidRequest(route, problems)
+    return wire
+
+
+def _task_from(response: httpx.Response) -> TaskObject:
+    """Parse Kling's envelope and its task object.
+
+    Raises:
+        KlingAPIError: an HTTP error, ``code != 0``, a body that is not Kling's envelope
+            (code None, message = the first 200 characters), or ``data`` that is not a task.
+    """
+    try:
+        envelope = Envelope.model_validate(response.json())
+    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError included
+        raise KlingAPIError(response.status_code, None, response.text[:200], None) from None
+    if response.is_error or envelope.code != 0:
+        raise KlingAPIError(
+            response.status_code, envelope.code, envelope.message, envelope.request_id
+        )
+    try:
+        return TaskObject.model_validate(envelope.data)
+    except ValidationError as exc:
+        message = f"the answer's data is not a task object: {exc.errors()[0]['msg']}"
+        raise KlingAPIError(
+            response.status_code, envelope.code, message, envelope.request_id
+        ) from None
+
+
+def _error_fields(exc: Exception) -> dict[str, Any]:
+    """Log fields of an error: its type, and Kling's status, code and request id if any."""
+    if isinstance(exc, KlingAPIError):
+        return {
+            "error": "KlingAPIError",
+            "http_status": exc.http_status,
+            "code": exc.code,
+            "request_id": exc.request_id,
+            "message": exc.message,
+        }
+    return {"error": type(exc).__name__, "message": str(exc)}
+
+
+class KlingClient:
+    """Creates Kling tasks whose progress comes back as callbacks; queries one task on demand.
+
+    Use as ``async with KlingClient(...) as client:`` or call :meth:`aclose`. The client owns
+    its HTTP connection pool, not the ``registrar`` (close that yourself).
+
+    Args:
+        api_base: Kling's base URL, possibly with a reseller's path prefix
+            (``https://api-singapore.klingai.com``, ``http://127.0.0.1:9000/kling``); routes
+            are appended as ``/v1/<route>``. Trailing slashes are ignored.
+        auth: :class:`~submitter.auth.KlingJWTAuth` or :class:`~submitter.auth.BearerAuth`
+            (see :func:`~submitter.auth.auth_from_keys`).
+        tokens: Signs the callback URL of each task.
+        public_url: The receiver's public base URL; callbacks go to
+            ``{public_url}/callbacks/{external_task_id}/{token}``.
+        registrar: Tells the receiver about each new task; None to skip.
+        transport: An httpx transport (tests pass ``httpx.MockTransport``).
+        timeout_s: Timeout of each HTTP request, seconds.
+        max_attempts: Attempts in total per call (creates and the look-ups that guard them).
+        backoff_base_s: First retry delay, seconds; it doubles per retry.
+        backoff_max_s: Upper bound of one retry delay, seconds.
+        clock_ms: Current time, Unix epoch milliseconds; stamps generated external_task_ids.
+        sleep: Awaited with each retry delay in seconds; tests inject a recorder.
+
+    Raises:
+        ValueError: ``max_attempts`` < 1, or a URL is not http(s).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_base: str,
+        auth: httpx.Auth,
+        tokens: CallbackTokens,
+        public_url: str,
+        registrar: Registrar | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        clock_ms: Callable[[], int] = _now_ms,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        for name, url in (("api_base", api_base), ("public_url", public_url)):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name}={url!r} must be an http(s) URL")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts} must be at least 1")
+        self._api_base = api_base.rstrip("/")
+        self._tokens = tokens
+        self._public_url = public_url
+        self._registrar = registrar
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._clock_ms = clock_ms
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(auth=auth, transport=transport, timeout=timeout_s)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    def _url(self, route: Route, task_id: str | None = None) -> str:
+        url = f"{self._api_base}/v1/{route.value}"
+        return url if task_id is None else f"{url}/{quote(task_id, safe='')}"
+
+    async def submit(
+        self, route: str, body: dict[str, Any], external_task_id: str | None = None
+    ) -> Submission:
+        """Validate ``body``, create the task with our callback URL, then register it.
+
+        Args:
+            route: A create route, e.g. ``"images/generations"`` (PROTOCOL.md section 1).
+            body: The create body without ``callback_url``; unknown fields pass through.
+            external_task_id: Our id for the task; wins over ``body["external_task_id"]``.
+                When neither is given, :func:`new_external_task_id` makes one.
+
+        Returns:
+            The :class:`Submission`. A failed registration does not fail the call: it gives
+            ``registered=False`` and a ``warning``.
+
+        Raises:
+            InvalidRequest: the route is unknown, ``body`` carries ``callback_url``, or a
+                documented rule is broken; no request at all was sent.
+            KlingAPIError: Kling refused the create (final codes at once; transient ones after
+                ``max_attempts``).
+            KlingUnreachable: no answer after ``max_attempts``; the message says whether the
+                task may exist (query it by ``external_task_id``).
+        """
+        parsed = parse_route(route)
+        wire = _prepare(parsed, body, external_task_id)
+        ext = wire.get("external_task_id") or new_external_task_id(self._clock_ms())
+        wire["external_task_id"] = ext
+        callback_url = self._tokens.callback_url(self._public_url, ext)
+        wire["callback_url"] = callback_url
+        task = await self._create(parsed, wire)
+        submission = Submission(
+            task_id=task.task_id,
+            external_task_id=ext,
+            callback_url=callback_url,
+            task_status=task.task_status.value,
+            created_at=task.created_at,
+            route=parsed.value,
+        )
+        log.info(
+            "kling.task_created", route=parsed.value, task_id=task.task_id, external_task_id=ext
+        )
+        return await self._register(submission, wire)
+
+    async def query(self, route: str, id: str) -> TaskObject:
+        """Fetch one task: ``GET {api_base}/v1/{route}/{id}``, retrying transient failures.
+
+        Args:
+            route: The route the task was created on.
+            id: Its ``task_id`` or ``external_task_id`` (Kling accepts either).
+
+        Raises:
+            InvalidRequest: the route is unknown or ``id`` is empty.
+            KlingAPIError: Kling answered with an error (a final one at once).
+            KlingUnreachable: no answer after ``max_attempts``.
+        """
+        parsed = parse_route(route)
+        if not id:
+            raise InvalidRequest(parsed, [Problem("id", "is required")])
+        last: Exception | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            if last is not None:
+                await self._sleep(self._delay(attempt - 1, last))
+            try:
+                return await self._get(parsed, id)
+            except KlingAPIError as exc:
+                if not _is_transient(exc):
+                    raise
+                last = exc
+            except httpx.TransportError as exc:
+                last = exc
+            log.warning(
+                "kling.query_attempt_failed",
+                route=parsed.value,
+                id=id,
+                attempt=attempt,
+                **_error_fields(last),
+            )
+        raise self._gave_up(last, f"query {parsed.value}/{id}")
+
+    async def _get(self, route: Route, id: str) -> TaskObject:
+        return _task_from(await self._http.get(self._url(route, id)))
+
+    async def _create(self, route: Route, wire: dict[str, Any]) -> TaskObject:
+        """POST the create, retrying; after a lost answer, look the task up before re-creating."""
+        ext: str = wire["external_task_id"]
+        maybe_created = False
+        last: Exception | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            if last is not None:
+                await self._sleep(self._delay(attempt - 1, last))
+            try:
+                if maybe_created:
+                    found = await self._find(route, ext)
+                    if found is not None:
+                        log.info(
+                            "kling.create_recovered",
+                            route=route.value,
+                            external_task_id=ext,
+                            task_id=found.task_id,
+                            attempt=attempt,
+                        )
+                        return found
+                    maybe_created = False
+                return _task_from(await self._http.post(self._url(route), json=wire))
+            except KlingAPIError as exc:
+                if not _is_transient(exc):
+                    raise
+                last = exc
+            except httpx.TransportError as exc:
+                last = exc
+            maybe_created = maybe_created or _maybe_created(last)
+            log.warning(
+                "kling.create_attempt_failed",
+                route=route.value,
+                external_task_id=ext,
+                attempt=attempt,
+                maybe_created=maybe_created,
+                **_error_fields(last),
+            )
+        log.warning(
+            "kling.create_gave_up",
+            route=route.value,
+            external_task_id=ext,
+            maybe_created=maybe_created,
+        )
+        note = "; the task may exist: query it by external_task_id" if maybe_created else ""
+        raise self._gave_up(last, f"create {route.value} external_task_id={ext}", note)
+
+    async def _find(self, route: Route, ext: str) -> TaskObject | None:
+        """The task with this external_task_id, or None when Kling answers 4xx (not found).
+
+        Raises:
+            KlingAPIError: a transient answer (5xx, 1302/1303); look again later.
+            httpx.TransportError: no answer; look again later.
+        """
+        try:
+            return await self._get(route, ext)
+        except KlingAPIError as exc:
+            if _is_transient(exc):
+                raise
+            log.info(
+                "kling.create_not_found",
+                route=route.value,
+                external_task_id=ext,
+                **_error_fields(exc),
+            )
+            return None
+
+    async def _register(self, submission: Submission, wire: dict[str, Any]) -> Submission:
+        if self._registrar is None:
+            return submission
+        try:
+            await self._registrar.register(route=submission.route, submission=submission, body=wire)
+        except (RegistrationFailed, httpx.HTTPError) as exc:
+            warning = f"receiver not reached: {exc}; the task will appear with its first callback"
+            log.warning(
+                "receiver.registration_failed",
+                task_id=submission.task_id,
+                external_task_id=submission.external_task_id,
+                reason=str(exc),
+            )
+            return _replace(submission, registered=False, warning=warning)
+        return _replace(submission, registered=True)
+
+    def _delay(self, retry: int, last: Exception) -> float:
+        """Seconds before retry number ``retry`` (1 = first): exponential, jittered in
+        [50 %, 100 %], capped at ``backoff_max_s``; at least ``backoff_base_s`` after
+        1302/1303, since Kling advises backing off from 1 s (Rate Limits page)."""
+        delay = min(self._backoff_max_s, self._backoff_base_s * 2.0 ** (retry - 1))
+        delay *= random.uniform(0.5, 1.0)
+        if isinstance(last, KlingAPIError) and last.code in RATE_LIMIT_CODES:
+            delay = max(delay, min(self._backoff_base_s, self._backoff_max_s))
+        return delay
+
+    def _gave_up(self, last: Exception | None, what: str, note: str = "") -> SubmitterError:
+        """The error to raise once every attempt failed: the last Kling error as is, else
+        :class:`KlingUnreachable` caused by the last transport error."""
+        if isinstance(last, KlingAPIError):
+            return last
+        error = KlingUnreachable(
+            f"{what}: no answer from Kling after {self._max_attempts} attempts "
+            f"(last: {type(last).__name__}: {last}){note}"
+        )
+        error.__cause__ = last
+        return error
