@@ -169,7 +169,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     configure_logging("auto", "info")
     faults = Faults(failure_rate=args.failure_rate, duplicate_rate=args.duplicate_rate,
-                    reorder=args.reorder, envelope_rate=args.envelope_rate,
+                    reorder_rate=args.reorder_rate, envelope_rate=args.envelope_rate,
                     old_schema_rate=args.old_schema_rate,
                     drop_nonterminal_rate=args.drop_nonterminal_rate)
     sim = Simulator(faults=faults, prefix=args.prefix, delay_s=(args.min_delay, args.max_delay),
@@ -233,10 +233,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--min-delay", type=float, default=0.5, help="seconds between states")
     p.add_argument("--max-delay", type=float, default=2.0)
-    for name in ("failure-rate", "duplicate-rate", "envelope-rate", "old-schema-rate",
-                 "drop-nonterminal-rate"):
+    for name in ("failure-rate", "duplicate-rate", "reorder-rate", "envelope-rate",
+                 "old-schema-rate", "drop-nonterminal-rate"):
         p.add_argument(f"--{name}", type=float, default=0.0, help="share in [0, 1]")
-    p.add_argument("--reorder", action="store_true", help="send callbacks out of order")
     p.set_defaults(run=cmd_simulate)
 
     p = sub.add_parser("demo", help="receiver + simulator in one process: one task per route")

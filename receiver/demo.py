@@ -72,7 +72,7 @@ async def run_demo(seed: int = 7, out: TextIO | None = None, delay_s: tuple[floa
 
     out = out or sys.stdout
     configure_logging("console", "warning")
-    faults = Faults(failure_rate=0.2, duplicate_rate=0.5, reorder=True)
+    faults = Faults(failure_rate=0.2, duplicate_rate=0.5, reorder_rate=0.5)
     simulator = Simulator(faults=faults, delay_s=delay_s, seed=seed)
     with tempfile.TemporaryDirectory(prefix="kling-hooks-demo-") as tmp:
         sock = listen()

@@ -263,7 +263,7 @@ def _task_from(response: httpx.Response) -> TaskObject:
         raise KlingAPIError(response.status_code, None, response.text[:200], None) from None
     if response.is_error or envelope.code != 0:
         raise KlingAPIError(
-            response.status_code, envelope.code, envelope.message, envelope.request_id
+            response.status_code, envelope.code, envelope.message or "", envelope.request_id
         )
     try:
         return TaskObject.model_validate(envelope.data)

@@ -109,7 +109,7 @@ class Envelope(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     code: StrictInt
-    message: StrictStr = ""
+    message: StrictStr | None = None
     request_id: StrictStr | None = None
     data: Any = None
 

@@ -43,7 +43,7 @@ IMAGE_FIELDS = frozenset(
 
 def _check_image(value: str) -> str:
     """An image is an http(s) URL or raw Base64 of a JPEG/PNG of at most 10 MB, no ``data:``."""
-    if value.startswith(("http://", "https://")):
+    if value[:8].lower().startswith(("http://", "https://")):
         return value
     if value.startswith("data:"):
         raise ValueError("must be a URL or raw Base64 without a 'data:' prefix")
@@ -60,6 +60,7 @@ def _check_image(value: str) -> str:
 
 Image = Annotated[StrictStr, Field(min_length=1), AfterValidator(_check_image)]
 Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
+RequiredPrompt = Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 Unit = Annotated[StrictFloat, Field(ge=0, le=1)]
 Count = Annotated[StrictInt, Field(ge=1, le=9)]
 ImageAspect = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9"]
@@ -101,7 +102,7 @@ class ImagesGenerations(_Body):
     model_name: Literal["kling-v1", "kling-v1-5", "kling-v2", "kling-v2-new", "kling-v2-1"] = (
         "kling-v1"
     )
-    prompt: Prompt
+    prompt: RequiredPrompt
     negative_prompt: Prompt | None = None
     image: Image | None = None
     image_reference: Literal["subject", "face"] | None = None
@@ -143,7 +144,7 @@ class VideosMultiImage2Video(_Body):
 
     model_name: Literal["kling-v1-6"] = "kling-v1-6"
     image_list: Annotated[list[ListImage], Field(min_length=1, max_length=4)]
-    prompt: Prompt
+    prompt: RequiredPrompt
     negative_prompt: Prompt | None = None
     mode: Mode | None = None
     duration: Duration | None = None
@@ -154,7 +155,7 @@ class VideosText2Video(_Body):
     """``POST /v1/videos/text2video`` (PROTOCOL.md route table)."""
 
     model_name: StrictStr | None = None
-    prompt: Prompt
+    prompt: RequiredPrompt
     negative_prompt: Prompt | None = None
     mode: Mode | None = None
     duration: Duration | None = None

@@ -22,7 +22,8 @@ Choices where Kling documents nothing:
 * an unknown path answers HTTP 404, code 1203; a known path with the wrong method answers
   HTTP 404, code 1202 (Kling's "Error Code" page pairs both codes with 404);
 * a list is newest first;
-* with :attr:`Faults.reorder`, a task's callbacks are all sent after it ends, newest first
+* with :attr:`Faults.reorder_rate`, that share of tasks send all their callbacks after they
+  end, newest first
   (terminal, processing, submitted);
 * when both an API key and a JWT key pair are configured, either kind of bearer is accepted.
 
@@ -92,7 +93,8 @@ class Faults:
         failure_rate: Share of tasks that end ``failed``; ``task_status_msg`` gives a reason,
             ``task_info`` and ``task_result`` are ``{}``, ``final_unit_deduction`` is ``"0"``.
         duplicate_rate: Share of callbacks sent twice in a row.
-        reorder: Send each task's callbacks after it ends, newest first.
+        reorder_rate: Share of tasks whose callbacks are all sent after the task ends,
+            newest first (terminal, processing, submitted).
         envelope_rate: Share of callbacks wrapped as ``{"code": 0, "message": "SUCCEED",
             "request_id": ..., "data": <task>}``.
         old_schema_rate: Share of callbacks without ``task_info`` and ``final_unit_deduction``.
@@ -107,7 +109,7 @@ class Faults:
 
     failure_rate: float = 0.0
     duplicate_rate: float = 0.0
-    reorder: bool = False
+    reorder_rate: float = 0.0
     envelope_rate: float = 0.0
     old_schema_rate: float = 0.0
     drop_nonterminal_rate: float = 0.0
@@ -118,6 +120,7 @@ class Faults:
         for name in (
             "failure_rate",
             "duplicate_rate",
+            "reorder_rate",
             "envelope_rate",
             "old_schema_rate",
             "drop_nonterminal_rate",
@@ -229,6 +232,7 @@ class _Plan:
     """Every random choice about one task, drawn when it is created."""
 
     fails: bool
+    reorder: bool
     reason: str
     delays_s: tuple[float, float, float]
     video_id: str
@@ -613,6 +617,7 @@ class Simulator:
 
         return _Plan(
             fails=fails,
+            reorder=rng.random() < faults.reorder_rate,
             reason=reason,
             delays_s=delays,
             video_id=video_id,
@@ -644,7 +649,7 @@ class Simulator:
                 if status is not TaskStatus.SUBMITTED:
                     self._transition(task, status, plan, base_url)
                 held.append((status, task.to_object(), callback))
-                if not self.faults.reorder:
+                if not plan.reorder:
                     await self._send(task, *held.pop())
             for status, snapshot, callback in reversed(held):
                 await self._send(task, status, snapshot, callback)

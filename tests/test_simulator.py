@@ -565,7 +565,7 @@ async def test_duplicate_rate_1_sends_every_callback_twice(sink: Sink) -> None:
 
 
 async def test_reorder_sends_terminal_callback_before_earlier_ones(sink: Sink) -> None:
-    simulator = make_sim(sink, faults=Faults(reorder=True))
+    simulator = make_sim(sink, faults=Faults(reorder_rate=1.0))
     await create(simulator, {"prompt": "a", "callback_url": CALLBACK_URL})
     await simulator.wait_idle()
     await simulator.aclose()
