@@ -65,7 +65,7 @@ class _Ended:
         await self.done.wait()
 
 
-async def run_demo(seed: int = 7, out: TextIO | None = None, delay_s: tuple[float, float] = (
+async def run_demo(seed: int = 1, out: TextIO | None = None, delay_s: tuple[float, float] = (
         0.3, 1.2)) -> int:
     """Run the demo; returns the exit code (0 when every task ended, 1 otherwise)."""
     import sys
