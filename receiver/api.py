@@ -24,8 +24,8 @@ from receiver.routes import BodyTooLarge, read_bounded
 from receiver.runtime import Runtime
 from receiver.store import StoreUnavailable
 from receiver.transitions import Registration, TaskConflict
-from submitter.protocol import Route as KlingRoute
 from submitter.protocol import Millis, TaskStatus
+from submitter.protocol import Route as KlingRoute
 
 log = structlog.get_logger("kling_hooks.api")
 
@@ -56,8 +56,7 @@ class StatusAPI:
         assert self.rt.credentials is not None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         expected = self.rt.credentials.api_token
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(),
-                                                                  expected.encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode())
 
     def guarded(self, handler: Handler) -> Handler:
         """Wrap ``handler``: 401 without the token, 503 when the database does not answer."""
@@ -65,14 +64,16 @@ class StatusAPI:
         async def run(request: Request) -> Response:
             if not self._authorized(request):
                 log.warning("api_unauthorized", path=request.url.path)
-                return error(401, "missing or invalid bearer token",
-                             {"WWW-Authenticate": "Bearer"})
+                return error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
             try:
                 return await handler(request)
             except StoreUnavailable as exc:
                 log.error("api_store_unavailable", error=str(exc))
-                return error(503, "database unavailable, retry later",
-                             {"Retry-After": str(self.rt.settings.kling_hooks_retry_after_s)})
+                return error(
+                    503,
+                    "database unavailable, retry later",
+                    {"Retry-After": str(self.rt.settings.kling_hooks_retry_after_s)},
+                )
 
         return run
 
@@ -88,8 +89,10 @@ class StatusAPI:
         q = request.query_params
         status = q.get("task_status") or None
         if status is not None and status not in TaskStatus.__members__.values():
-            return error(400, f"task_status={status!r} is not one of "
-                              + ", ".join(s.value for s in TaskStatus))
+            return error(
+                400,
+                f"task_status={status!r} is not one of " + ", ".join(s.value for s in TaskStatus),
+            )
         try:
             limit = int(q.get("limit", "50"))
             before = int(q["cursor"]) if q.get("cursor") else None
@@ -98,9 +101,11 @@ class StatusAPI:
         if not 1 <= limit <= MAX_LIMIT:
             return error(400, f"limit={limit} is outside [1, {MAX_LIMIT}]")
         tasks, cursor = await self.rt.reader.list_tasks(
-            task_status=status, route=q.get("route") or None, limit=limit, before_id=before)
-        return JSONResponse({"tasks": tasks,
-                             "next_cursor": None if cursor is None else str(cursor)})
+            task_status=status, route=q.get("route") or None, limit=limit, before_id=before
+        )
+        return JSONResponse(
+            {"tasks": tasks, "next_cursor": None if cursor is None else str(cursor)}
+        )
 
     async def register(self, request: Request) -> Response:
         assert self.rt.writer is not None
@@ -118,10 +123,14 @@ class StatusAPI:
             field = ".".join(str(p) for p in first["loc"]) or "body"
             return error(422, f"{field}: {first['msg']}")
         reg = Registration(
-            task_id=body.task_id, external_task_id=body.external_task_id, route=body.route.value,
+            task_id=body.task_id,
+            external_task_id=body.external_task_id,
+            route=body.route.value,
             request_json=None if body.request is None else json.dumps(body.request),
-            task_status=body.task_status, created_at=body.created_at,
-            received_at_ms=self.rt.clock_ms())
+            task_status=body.task_status,
+            created_at=body.created_at,
+            received_at_ms=self.rt.clock_ms(),
+        )
         try:
             verdict = await self.rt.writer.submit(reg)
         except TaskConflict as exc:

@@ -40,12 +40,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
             rt.credentials, rt.tokens = creds, creds.tokens
             rt.writer, rt.reader = writer, store.Reader(reader_conn)
             if creds.api_token_generated:
-                log.warning("api_token_generated",
-                            how_to_read=f"kling-hooks token --db {db}")
+                log.warning("api_token_generated", how_to_read=f"kling-hooks token --db {db}")
             writer.start()
             rt.ready.set()
-            log.info("receiver_started", db=str(db),
-                     public_url=settings.kling_hooks_public_url)
+            log.info("receiver_started", db=str(db), public_url=settings.kling_hooks_public_url)
             yield
         finally:
             rt.ready.clear()

@@ -40,8 +40,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False,
-                log_level=settings.kling_hooks_log_level, log_config=None)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level=settings.kling_hooks_log_level,
+        log_config=None,
+    )
     return EXIT_OK
 
 
@@ -71,9 +77,13 @@ async def _submit(args: argparse.Namespace) -> int:
     creds = await credentials.resolve_from_file(settings)
     registrar = Registrar(settings.api_url, creds.api_token)
     try:
-        async with KlingClient(api_base=settings.kling_api_base, auth=auth, tokens=creds.tokens,
-                               public_url=settings.kling_hooks_public_url,
-                               registrar=registrar) as client:
+        async with KlingClient(
+            api_base=settings.kling_api_base,
+            auth=auth,
+            tokens=creds.tokens,
+            public_url=settings.kling_hooks_public_url,
+            registrar=registrar,
+        ) as client:
             submission = await client.submit(args.route, body, args.external_task_id)
     finally:
         await registrar.aclose()
@@ -88,8 +98,9 @@ async def _api_get(args: argparse.Namespace, path: str, params: dict[str, str]) 
     creds = await credentials.resolve_from_file(settings)
     base = args.url or settings.api_url
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
-        response = await client.get(path, params=params,
-                                    headers={"Authorization": f"Bearer {creds.api_token}"})
+        response = await client.get(
+            path, params=params, headers={"Authorization": f"Bearer {creds.api_token}"}
+        )
     if response.status_code != 200:
         try:
             message = response.json().get("error", response.text)
@@ -111,24 +122,32 @@ def _time(ms: int | None) -> str:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces, with a header line."""
-    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in r]
-                                          for r in rows]]
+    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
 
 
 async def _tasks(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in {"task_status": args.status, "route": args.route,
-                                 "limit": str(args.limit)}.items() if v}
+    params = {
+        k: v
+        for k, v in {
+            "task_status": args.status,
+            "route": args.route,
+            "limit": str(args.limit),
+        }.items()
+        if v
+    }
     page = await _api_get(args, "/tasks", params)
     if args.json:
         print(json.dumps(page, indent=2))
         return EXIT_OK
-    rows = [(t["task_id"], t["external_task_id"], t["route"], t["task_status"],
-             _time(t["updated_at"])) for t in page["tasks"]]
-    print(format_table(["task_id", "external_task_id", "route", "task_status", "updated_at"],
-                       rows))
+    rows = [
+        (t["task_id"], t["external_task_id"], t["route"], t["task_status"], _time(t["updated_at"]))
+        for t in page["tasks"]
+    ]
+    print(format_table(["task_id", "external_task_id", "route", "task_status", "updated_at"], rows))
     if page["next_cursor"]:
         print(f"(more: --limit or the API's cursor={page['next_cursor']})")
     return EXIT_OK
@@ -139,19 +158,38 @@ async def _task(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(task, indent=2))
         return EXIT_OK
-    fields = ["task_id", "external_task_id", "route", "task_status", "task_status_msg",
-              "final_unit_deduction"]
-    print(format_table(["field", "value"], [(f, task[f]) for f in fields]
-                       + [("created_at", _time(task["created_at"])),
-                          ("updated_at", _time(task["updated_at"]))]))
+    fields = [
+        "task_id",
+        "external_task_id",
+        "route",
+        "task_status",
+        "task_status_msg",
+        "final_unit_deduction",
+    ]
+    print(
+        format_table(
+            ["field", "value"],
+            [(f, task[f]) for f in fields]
+            + [
+                ("created_at", _time(task["created_at"])),
+                ("updated_at", _time(task["updated_at"])),
+            ],
+        )
+    )
     for kind, items in (task["task_result"] or {}).items():
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and "url" in item:
                 print(f"{kind[:-1] if kind.endswith('s') else kind}: {item['url']}")
     print()
-    print(format_table(["transition", "updated_at", "received_at"],
-                       [(t["task_status"], _time(t["updated_at"]), _time(t["received_at"]))
-                        for t in task["transitions"]]))
+    print(
+        format_table(
+            ["transition", "updated_at", "received_at"],
+            [
+                (t["task_status"], _time(t["updated_at"]), _time(t["received_at"]))
+                for t in task["transitions"]
+            ],
+        )
+    )
     return EXIT_OK
 
 
@@ -168,12 +206,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from submitter.simulator import Faults, Simulator
 
     configure_logging("auto", "info")
-    faults = Faults(failure_rate=args.failure_rate, duplicate_rate=args.duplicate_rate,
-                    reorder_rate=args.reorder_rate, envelope_rate=args.envelope_rate,
-                    old_schema_rate=args.old_schema_rate,
-                    drop_nonterminal_rate=args.drop_nonterminal_rate)
-    sim = Simulator(faults=faults, prefix=args.prefix, delay_s=(args.min_delay, args.max_delay),
-                    api_key=args.api_key, seed=args.seed)
+    faults = Faults(
+        failure_rate=args.failure_rate,
+        duplicate_rate=args.duplicate_rate,
+        reorder_rate=args.reorder_rate,
+        envelope_rate=args.envelope_rate,
+        old_schema_rate=args.old_schema_rate,
+        drop_nonterminal_rate=args.drop_nonterminal_rate,
+    )
+    sim = Simulator(
+        faults=faults,
+        prefix=args.prefix,
+        delay_s=(args.min_delay, args.max_delay),
+        api_key=args.api_key,
+        seed=args.seed,
+    )
     uvicorn.run(sim.app, host=args.host, port=args.port, access_log=False, log_config=None)
     return EXIT_OK
 
@@ -185,9 +232,13 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kling-hooks", description=(
-        "Receive Kling callbacks, store every task transition, submit tasks. "
-        "Settings come from the environment (KLING_*) and --config FILE."))
+    parser = argparse.ArgumentParser(
+        prog="kling-hooks",
+        description=(
+            "Receive Kling callbacks, store every task transition, submit tasks. "
+            "Settings come from the environment (KLING_*) and --config FILE."
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
@@ -202,8 +253,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_serve)
 
     p = command("submit", "submit one task to Kling with our callback_url")
-    p.add_argument("route", help="images/generations, images/multi-image2image, "
-                   "videos/multi-image2video, videos/text2video or videos/image2video")
+    p.add_argument(
+        "route",
+        help="images/generations, images/multi-image2image, "
+        "videos/multi-image2video, videos/text2video or videos/image2video",
+    )
     p.add_argument("--data", required=True, help="the body as JSON, or @file.json")
     p.add_argument("--external-task-id", help="default: a generated kh-<ULID>")
     p.set_defaults(run=_submit)
@@ -233,8 +287,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--min-delay", type=float, default=0.5, help="seconds between states")
     p.add_argument("--max-delay", type=float, default=2.0)
-    for name in ("failure-rate", "duplicate-rate", "reorder-rate", "envelope-rate",
-                 "old-schema-rate", "drop-nonterminal-rate"):
+    for name in (
+        "failure-rate",
+        "duplicate-rate",
+        "reorder-rate",
+        "envelope-rate",
+        "old-schema-rate",
+        "drop-nonterminal-rate",
+    ):
         p.add_argument(f"--{name}", type=float, default=0.0, help="share in [0, 1]")
     p.set_defaults(run=cmd_simulate)
 
@@ -259,8 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid request, nothing sent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SubmitterError as exc:
-        fields = {k: getattr(exc, k) for k in ("http_status", "code", "message", "request_id")
-                  if hasattr(exc, k)}
+        fields = {
+            k: getattr(exc, k)
+            for k in ("http_status", "code", "message", "request_id")
+            if hasattr(exc, k)
+        }
         print(f"error: {exc}", file=sys.stderr)
         if fields:
             print(json.dumps(fields), file=sys.stderr)

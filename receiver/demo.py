@@ -65,8 +65,9 @@ class _Ended:
         await self.done.wait()
 
 
-async def run_demo(seed: int = 1, out: TextIO | None = None, delay_s: tuple[float, float] = (
-        0.3, 1.2)) -> int:
+async def run_demo(
+    seed: int = 1, out: TextIO | None = None, delay_s: tuple[float, float] = (0.3, 1.2)
+) -> int:
     """Run the demo; returns the exit code (0 when every task ended, 1 otherwise)."""
     import sys
 
@@ -87,8 +88,7 @@ async def run_demo(seed: int = 1, out: TextIO | None = None, delay_s: tuple[floa
         )
         rt = Runtime(settings=settings)
         started = time.monotonic()
-        async with running(simulator.app) as sim_url, running(create_app(settings, rt),
-                                                              sock=sock):
+        async with running(simulator.app) as sim_url, running(create_app(settings, rt), sock=sock):
             print(f"simulator  {sim_url}   (duplicates and reordering on)", file=out)
             print(f"receiver   {receiver_url}   database {settings.kling_hooks_db}\n", file=out)
             await rt.ready.wait()
@@ -97,8 +97,7 @@ async def run_demo(seed: int = 1, out: TextIO | None = None, delay_s: tuple[floa
             rt.writer.add_listener(ended.on_commit)
             submissions = await _submit_all(settings, rt, sim_url)
             try:
-                await asyncio.wait_for(ended.wait_for({s.task_id for s in submissions}),
-                                       TIMEOUT_S)
+                await asyncio.wait_for(ended.wait_for({s.task_id for s in submissions}), TIMEOUT_S)
             except TimeoutError:
                 print(f"not every task ended within {TIMEOUT_S:.0f} s", file=out)
                 return 1
@@ -111,40 +110,55 @@ async def run_demo(seed: int = 1, out: TextIO | None = None, delay_s: tuple[floa
 async def _submit_all(settings: Settings, rt: Runtime, sim_url: str) -> list[Submission]:
     assert rt.credentials is not None
     registrar = Registrar(settings.api_url, rt.credentials.api_token)
-    async with KlingClient(api_base=sim_url, auth=auth_from_keys("demo-key", None, None),
-                           tokens=rt.credentials.tokens,
-                           public_url=settings.kling_hooks_public_url,
-                           registrar=registrar) as client:
+    async with KlingClient(
+        api_base=sim_url,
+        auth=auth_from_keys("demo-key", None, None),
+        tokens=rt.credentials.tokens,
+        public_url=settings.kling_hooks_public_url,
+        registrar=registrar,
+    ) as client:
         try:
-            return list(await asyncio.gather(
-                *[client.submit(route, body) for route, body in DEMO_TASKS.items()]))
+            return list(
+                await asyncio.gather(
+                    *[client.submit(route, body) for route, body in DEMO_TASKS.items()]
+                )
+            )
         finally:
             await registrar.aclose()
 
 
 async def _fetch(url: str, token: str, submissions: list[Submission]) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=url,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        answers = await asyncio.gather(*[client.get(f"/tasks/{s.external_task_id}")
-                                         for s in submissions])
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        answers = await asyncio.gather(
+            *[client.get(f"/tasks/{s.external_task_id}") for s in submissions]
+        )
     return [a.raise_for_status().json() for a in answers]
 
 
-def _report(tasks: list[dict[str, Any]], submissions: list[Submission], elapsed_s: float,
-            out: TextIO) -> None:
+def _report(
+    tasks: list[dict[str, Any]], submissions: list[Submission], elapsed_s: float, out: TextIO
+) -> None:
     rows = []
     for task, sub in zip(tasks, submissions, strict=True):
         start = task["transitions"][0]["received_at"]
-        steps = "  ".join(f"{t['task_status']} +{t['received_at'] - start}ms"
-                          for t in task["transitions"])
+        steps = "  ".join(
+            f"{t['task_status']} +{t['received_at'] - start}ms" for t in task["transitions"]
+        )
         counts = task["callbacks"]
         extra = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()) if v != "new")
         received = f"{sum(counts.values())}" + (f" ({extra})" if extra else "")
-        rows.append((sub.external_task_id, task["route"], steps, received,
-                     task["task_status"]))
-    print(format_table(["task", "route", "transitions (time after submit)", "callbacks",
-                        "final"], rows), file=out)
+        rows.append((sub.external_task_id, task["route"], steps, received, task["task_status"]))
+    print(
+        format_table(
+            ["task", "route", "transitions (time after submit)", "callbacks", "final"], rows
+        ),
+        file=out,
+    )
     final = [t["task_status"] for t in tasks]
-    print(f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count('succeed')} succeed, "
-          f"{final.count('failed')} failed. Try: kling-hooks serve, then kling-hooks submit.",
-          file=out)
+    print(
+        f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count('succeed')} succeed, "
+        f"{final.count('failed')} failed. Try: kling-hooks serve, then kling-hooks submit.",
+        file=out,
+    )

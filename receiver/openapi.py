@@ -21,14 +21,15 @@ _ERROR = {
 _VERDICT = {
     "type": "object",
     "required": ["ok", "verdict"],
-    "properties": {"ok": {"const": True},
-                   "verdict": {"enum": ["new", "duplicate", "stale"]}},
+    "properties": {"ok": {"const": True}, "verdict": {"enum": ["new", "duplicate", "stale"]}},
 }
 _TRANSITION = {
     "type": "object",
-    "properties": {"task_status": {"enum": [s.value for s in TaskStatus]},
-                   "updated_at": {"type": ["integer", "null"], "description": "Kling's, Unix ms"},
-                   "received_at": {"type": "integer", "description": "ours, Unix ms"}},
+    "properties": {
+        "task_status": {"enum": [s.value for s in TaskStatus]},
+        "updated_at": {"type": ["integer", "null"], "description": "Kling's, Unix ms"},
+        "received_at": {"type": "integer", "description": "ours, Unix ms"},
+    },
 }
 _TASK = {
     "type": "object",
@@ -49,8 +50,10 @@ _TASK = {
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": "error",
-                     "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+    return {
+        str(c): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+        for c in codes
+    }
 
 
 def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
@@ -60,48 +63,76 @@ def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
 @cache
 def openapi_document(registration: type[BaseModel]) -> dict[str, Any]:
     """The whole document; ``registration`` is the ``POST /tasks`` body model."""
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "kling-hooks", "version": "1"},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
-            "/callbacks/{external_task_id}/{token}": {"post": {
-                "summary": "Receive a Kling callback (bare task, envelope or old schema)",
-                "requestBody": {"content": {"application/json": {
-                    "schema": TaskObject.model_json_schema()}}},
-                "responses": {"200": _json(_VERDICT), **_errors(400, 401, 409, 413, 422, 503)},
-            }},
+            "/callbacks/{external_task_id}/{token}": {
+                "post": {
+                    "summary": "Receive a Kling callback (bare task, envelope or old schema)",
+                    "requestBody": {
+                        "content": {"application/json": {"schema": TaskObject.model_json_schema()}}
+                    },
+                    "responses": {"200": _json(_VERDICT), **_errors(400, 401, 409, 413, 422, 503)},
+                }
+            },
             "/tasks": {
                 "get": {
                     "summary": "List tasks, newest first",
                     "security": bearer,
                     "parameters": [
                         {"name": n, "in": "query", "schema": {"type": t}}
-                        for n, t in [("task_status", "string"), ("route", "string"),
-                                     ("limit", "integer"), ("cursor", "string")]],
-                    "responses": {"200": _json({"type": "object", "properties": {
-                        "tasks": {"type": "array", "items": _TASK},
-                        "next_cursor": {"type": ["string", "null"]}}}),
-                        **_errors(400, 401, 503)},
+                        for n, t in [
+                            ("task_status", "string"),
+                            ("route", "string"),
+                            ("limit", "integer"),
+                            ("cursor", "string"),
+                        ]
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "tasks": {"type": "array", "items": _TASK},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            }
+                        ),
+                        **_errors(400, 401, 503),
+                    },
                 },
                 "post": {
                     "summary": "Register a submission (the submitter calls this)",
                     "security": bearer,
-                    "requestBody": {"content": {"application/json": {
-                        "schema": registration.model_json_schema()}}},
+                    "requestBody": {
+                        "content": {
+                            "application/json": {"schema": registration.model_json_schema()}
+                        }
+                    },
                     "responses": {"200": _json(_VERDICT), **_errors(400, 401, 409, 413, 422)},
                 },
             },
-            "/tasks/{id}": {"get": {
-                "summary": "One task by task_id or external_task_id",
-                "security": bearer,
-                "responses": {"200": _json(_TASK), **_errors(401, 404, 503)},
-            }},
-            "/healthz": {"get": {"summary": "The process is up",
-                                 "responses": {"200": _json({"type": "object"})}}},
-            "/readyz": {"get": {"summary": "The database answers",
-                                "responses": {"200": _json({"type": "object"}),
-                                              **_errors(503)}}},
+            "/tasks/{id}": {
+                "get": {
+                    "summary": "One task by task_id or external_task_id",
+                    "security": bearer,
+                    "responses": {"200": _json(_TASK), **_errors(401, 404, 503)},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "The process is up",
+                    "responses": {"200": _json({"type": "object"})},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "The database answers",
+                    "responses": {"200": _json({"type": "object"}), **_errors(503)},
+                }
+            },
         },
     }

@@ -15,11 +15,9 @@ def ok(status_code: int = 200, **fields: Any) -> JSONResponse:
     return JSONResponse({"ok": True, **fields}, status_code=status_code)
 
 
-def error(status_code: int, message: str, headers: Mapping[str, str] | None = None
-          ) -> JSONResponse:
+def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """``{"ok": false, "error": message}`` with ``status_code``."""
-    return JSONResponse({"ok": False, "error": message}, status_code=status_code,
-                        headers=headers)
+    return JSONResponse({"ok": False, "error": message}, status_code=status_code, headers=headers)
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:

@@ -62,11 +62,21 @@ class CallbackEndpoint:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
-    def _reject(self, request: Request, status: int, message: str, reason: str,
-                headers: dict[str, str] | None = None) -> Response:
-        log.warning("callback_rejected", status=status, reason=reason,
-                    client=request.client.host if request.client else None,
-                    external_task_id=request.path_params.get("external_task_id", "")[:80])
+    def _reject(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        reason: str,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        log.warning(
+            "callback_rejected",
+            status=status,
+            reason=reason,
+            client=request.client.host if request.client else None,
+            external_task_id=request.path_params.get("external_task_id", "")[:80],
+        )
         return error(status, message, headers)
 
     async def handle(self, request: Request) -> Response:
@@ -87,28 +97,44 @@ class CallbackEndpoint:
         except CallbackError as exc:
             return self._reject(request, exc.status, str(exc), str(exc))
         if task.external_task_id is not None and task.external_task_id != ext:
-            return self._reject(request, 409, "body belongs to another task than the URL",
-                                "external_task_id differs from the URL's")
+            return self._reject(
+                request,
+                409,
+                "body belongs to another task than the URL",
+                "external_task_id differs from the URL's",
+            )
         op = IncomingCallback(ext, task, raw, rt.clock_ms())
         try:
             verdict = await rt.writer.submit(op)
         except TaskConflict as exc:
-            return self._reject(request, 409, "body belongs to another task than the URL",
-                                str(exc))
+            return self._reject(request, 409, "body belongs to another task than the URL", str(exc))
         except Exception as exc:  # StoreUnavailable, or anything else: never a 500
             if not isinstance(exc, StoreUnavailable):
                 log.exception("callback_store_error")
             retry = str(rt.settings.kling_hooks_retry_after_s)
-            return self._reject(request, 503, "database unavailable, retry later", str(exc),
-                                headers={"Retry-After": retry})
-        log.info("callback", verdict=verdict.value, task_id=task.task_id,
-                 task_status=task.task_status.value, external_task_id=ext)
+            return self._reject(
+                request,
+                503,
+                "database unavailable, retry later",
+                str(exc),
+                headers={"Retry-After": retry},
+            )
+        log.info(
+            "callback",
+            verdict=verdict.value,
+            task_id=task.task_id,
+            task_status=task.task_status.value,
+            external_task_id=ext,
+        )
         return ok(verdict=verdict.value)
 
 
 def callback_routes(runtime: Runtime) -> list[Route]:
     """The callback route; ``external_task_id`` may contain ``/`` (it is URL-quoted)."""
     return [
-        Route(CALLBACK_PATH + "/{external_task_id:path}/{token}", CallbackEndpoint(runtime).handle,
-              methods=["POST"]),
+        Route(
+            CALLBACK_PATH + "/{external_task_id:path}/{token}",
+            CallbackEndpoint(runtime).handle,
+            methods=["POST"],
+        ),
     ]

@@ -27,9 +27,13 @@ def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
-                  log_level: str = "warning", sock: socket.socket | None = None
-                  ) -> AsyncIterator[str]:
+async def running(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    sock: socket.socket | None = None,
+) -> AsyncIterator[str]:
     """Serve ``app`` on ``host:port`` (or on ``sock``, from :func:`listen`) while the block
     runs; yields the base URL. The socket is closed afterwards.
 

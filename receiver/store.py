@@ -28,13 +28,17 @@ class StoreUnavailable(Exception):
 
 def _migrations() -> list[tuple[int, str]]:
     folder = resources.files("receiver") / "migrations"
-    found = [(int(p.name.split("_", 1)[0]), p.read_text()) for p in folder.iterdir()
-             if p.name.endswith(".sql")]
+    found = [
+        (int(p.name.split("_", 1)[0]), p.read_text())
+        for p in folder.iterdir()
+        if p.name.endswith(".sql")
+    ]
     return sorted(found)
 
 
-async def connect(path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
-                  ) -> aiosqlite.Connection:
+async def connect(
+    path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
+) -> aiosqlite.Connection:
     """Open a connection in autocommit mode with WAL and ``synchronous=FULL``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)
@@ -78,8 +82,9 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return version
 
 
-async def get_or_create_meta(conn: aiosqlite.Connection, key: str,
-                             factory: Callable[[], str]) -> tuple[str, bool]:
+async def get_or_create_meta(
+    conn: aiosqlite.Connection, key: str, factory: Callable[[], str]
+) -> tuple[str, bool]:
     """Read ``meta[key]``, creating it with ``factory()`` if absent (atomic across processes).
 
     Returns:
@@ -99,18 +104,23 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-async def load_batch(conn: aiosqlite.Connection, task_ids: set[str],
-                     external_ids: set[str]) -> Batch:
+async def load_batch(
+    conn: aiosqlite.Connection, task_ids: set[str], external_ids: set[str]
+) -> Batch:
     """Load the rows a batch touches (inside the writer's open transaction)."""
     ids, exts = sorted(task_ids), sorted(external_ids)
-    sql = (f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id IN ({_marks(len(ids))})"
-           f" OR external_task_id IN ({_marks(len(exts))})")
+    sql = (
+        f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id IN ({_marks(len(ids))})"
+        f" OR external_task_id IN ({_marks(len(exts))})"
+    )
     async with conn.execute(sql, [*ids, *exts]) as cur:
         tasks = {r["task_id"]: TaskRow(**dict(r)) for r in await cur.fetchall()}
     seen: set[tuple[str, str]] = set()
     if tasks:
         names = list(tasks)
-        sql = f"SELECT task_id, task_status FROM transitions WHERE task_id IN ({_marks(len(names))})"
+        sql = (
+            f"SELECT task_id, task_status FROM transitions WHERE task_id IN ({_marks(len(names))})"
+        )
         async with conn.execute(sql, names) as cur:
             seen = {(r[0], r[1]) for r in await cur.fetchall()}
     async with conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM transitions") as cur:
@@ -161,8 +171,11 @@ def _task_json(row: aiosqlite.Row, transitions: Iterable[aiosqlite.Row]) -> dict
         "last_received_at": row["last_received_at"],
         "request": _load(row["request_json"]),
         "transitions": [
-            {"task_status": t["task_status"], "updated_at": t["updated_at"],
-             "received_at": t["received_at"]}
+            {
+                "task_status": t["task_status"],
+                "updated_at": t["updated_at"],
+                "received_at": t["received_at"],
+            }
             for t in transitions
         ],
     }
@@ -201,31 +214,38 @@ class Reader:
         try:
             async with self._conn.execute(
                 "SELECT * FROM tasks WHERE task_id = ? OR external_task_id = ? "
-                "ORDER BY task_id = ? DESC LIMIT 1", (id_, id_, id_)) as cur:
+                "ORDER BY task_id = ? DESC LIMIT 1",
+                (id_, id_, id_),
+            ) as cur:
                 row = await cur.fetchone()
             if row is None:
                 return None
             async with self._conn.execute(
                 "SELECT task_status, updated_at, received_at FROM transitions "
-                "WHERE task_id = ? ORDER BY id", (row["task_id"],)) as cur:
+                "WHERE task_id = ? ORDER BY id",
+                (row["task_id"],),
+            ) as cur:
                 transitions = await cur.fetchall()
             async with self._conn.execute(
                 "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict",
-                (row["task_id"],)) as cur:
+                (row["task_id"],),
+            ) as cur:
                 callbacks = {r[0]: r[1] for r in await cur.fetchall()}
         except Exception as exc:
             raise StoreUnavailable(str(exc)) from exc
         return {**_task_json(row, transitions), "callbacks": callbacks}
 
-    async def list_tasks(self, *, task_status: str | None, route: str | None, limit: int,
-                         before_id: int | None) -> tuple[list[dict[str, Any]], int | None]:
+    async def list_tasks(
+        self, *, task_status: str | None, route: str | None, limit: int, before_id: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
         """Tasks newest first (by first-seen order), filtered, at most ``limit``.
 
         Returns:
             ``(tasks, next_cursor)``; ``next_cursor`` is None on the last page. Tasks carry
             no ``transitions``, ``request`` or ``task_info`` (fetch one task for those).
         """
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[str | int] = []
         if task_status:
             where.append("task_status = ?")
             args.append(task_status)

@@ -136,8 +136,9 @@ class Batch:
         self.by_external[task.external_task_id] = task.task_id
         self.changed[task.task_id] = task
 
-    def _transition(self, task: TaskRow, status: str, updated_at: int | None, now: int,
-                    source: str) -> None:
+    def _transition(
+        self, task: TaskRow, status: str, updated_at: int | None, now: int, source: str
+    ) -> None:
         self.seen.add((task.task_id, status))
         self.transitions.append(
             TransitionRow(self.next_transition_id, task.task_id, status, updated_at, now, source)

@@ -166,8 +166,10 @@ class Writer:
                     log.exception("commit_listener_failed")
 
     async def _load(self, pending: list[_Pending]) -> Batch:
-        task_ids = {p.op.task.task_id if isinstance(p.op, IncomingCallback) else p.op.task_id
-                    for p in pending}
+        task_ids = {
+            p.op.task.task_id if isinstance(p.op, IncomingCallback) else p.op.task_id
+            for p in pending
+        }
         external_ids = {p.op.external_task_id for p in pending}
         return await store.load_batch(self._conn, task_ids, external_ids)
 

@@ -37,8 +37,9 @@ class Receiver:
         return await self.http.post(self.callback_url(external_task_id), json=body, **kw)
 
     async def get_task(self, id_: str) -> httpx.Response:
-        return await self.http.get(f"{self.url}/tasks/{id_}",
-                                   headers={"Authorization": f"Bearer {API_TOKEN}"})
+        return await self.http.get(
+            f"{self.url}/tasks/{id_}", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
 
 
 def make_settings(tmp_path: Path, **values: Any) -> Settings:
@@ -55,9 +56,10 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
 async def start_receiver(settings: Settings) -> AsyncIterator[Receiver]:
     """Run the receiver under uvicorn on a free loopback port until the block ends."""
     runtime = Runtime(settings=settings)
-    async with running(create_app(settings, runtime)) as url, httpx.AsyncClient(
-        timeout=30.0
-    ) as http:
+    async with (
+        running(create_app(settings, runtime)) as url,
+        httpx.AsyncClient(timeout=30.0) as http,
+    ):
         await runtime.ready.wait()
         yield Receiver(url, runtime, http)
 
@@ -68,11 +70,17 @@ async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
         yield r
 
 
-def task_body(task_id: str, status: str, external_task_id: str | None = None,
-              **extra: Any) -> dict[str, Any]:
+def task_body(
+    task_id: str, status: str, external_task_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """A bare Kling callback body (PROTOCOL.md section 4)."""
-    body: dict[str, Any] = {"task_id": task_id, "task_status": status, "task_status_msg": "",
-                            "created_at": 1774805076166, "updated_at": 1774805090000}
+    body: dict[str, Any] = {
+        "task_id": task_id,
+        "task_status": status,
+        "task_status_msg": "",
+        "created_at": 1774805076166,
+        "updated_at": 1774805090000,
+    }
     if external_task_id is not None:
         body["task_info"] = {"external_task_id": external_task_id}
     return {**body, **extra}

@@ -23,28 +23,47 @@ BODIES = {
         "scence_image": "https://example.com/scene.png",
     },
     Route.VIDEOS_MULTI_IMAGE2VIDEO: {
-        "image_list": [{"image": "https://example.com/a.png"}], "prompt": "wave"},
+        "image_list": [{"image": "https://example.com/a.png"}],
+        "prompt": "wave",
+    },
     Route.VIDEOS_TEXT2VIDEO: {"prompt": "rain on a window", "duration": "10", "mode": "pro"},
     Route.VIDEOS_IMAGE2VIDEO: {"image_tail": "https://example.com/end.png"},
 }
 
 
 async def test_tasks_flow_from_submission_to_status_api_despite_faults(tmp_path: Path) -> None:
-    faults = Faults(failure_rate=0.3, duplicate_rate=0.5, reorder_rate=0.5, envelope_rate=0.5,
-                    old_schema_rate=0.5, drop_nonterminal_rate=0.3, lose_create_answers=1,
-                    busy_creates=1)
-    simulator = Simulator(faults=faults, delay_s=(0.0, 0.05), seed=11, prefix="/kling",
-                          access_key="ak-test", secret_key=SK)
+    faults = Faults(
+        failure_rate=0.3,
+        duplicate_rate=0.5,
+        reorder_rate=0.5,
+        envelope_rate=0.5,
+        old_schema_rate=0.5,
+        drop_nonterminal_rate=0.3,
+        lose_create_answers=1,
+        busy_creates=1,
+    )
+    simulator = Simulator(
+        faults=faults,
+        delay_s=(0.0, 0.05),
+        seed=11,
+        prefix="/kling",
+        access_key="ak-test",
+        secret_key=SK,
+    )
     settings = make_settings(tmp_path)
     async with start_receiver(settings) as r, running(simulator.app) as sim_url:
         registrar = Registrar(r.url, API_TOKEN)
-        async with KlingClient(api_base=f"{sim_url}/kling",
-                               auth=KlingJWTAuth("ak-test", SK),
-                               tokens=r.runtime.credentials.tokens,  # type: ignore[union-attr]
-                               public_url=r.url, registrar=registrar,
-                               backoff_base_s=0.01) as client:
-            submissions = await asyncio.gather(*[
-                client.submit(route, body) for route, body in BODIES.items() for _ in range(2)])
+        async with KlingClient(
+            api_base=f"{sim_url}/kling",
+            auth=KlingJWTAuth("ak-test", SK),
+            tokens=r.runtime.credentials.tokens,  # type: ignore[union-attr]
+            public_url=r.url,
+            registrar=registrar,
+            backoff_base_s=0.01,
+        ) as client:
+            submissions = await asyncio.gather(
+                *[client.submit(route, body) for route, body in BODIES.items() for _ in range(2)]
+            )
         await registrar.aclose()
         await simulator.wait_idle()
 
