@@ -27,9 +27,13 @@ from submitter.errors import InvalidRequest, SubmitterError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    settings = load_settings(args.config, kling_hooks_db=args.db, **overrides)
-    configure_logging(settings.kling_hooks_log_format, settings.kling_hooks_log_level)
+def _settings(args: argparse.Namespace, *, quiet: bool = True) -> Settings:
+    """Load settings and set up logging; ``quiet`` commands log warnings and errors only."""
+    settings = load_settings(args.config, kling_hooks_db=args.db)
+    level = settings.kling_hooks_log_level
+    if quiet and level in ("debug", "info"):
+        level = "warning"
+    configure_logging(settings.kling_hooks_log_format, level)
     return settings
 
 
@@ -38,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from receiver.app import create_app
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=False)
     app = create_app(settings)
     uvicorn.run(
         app,

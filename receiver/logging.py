@@ -1,8 +1,10 @@
 """structlog set-up: JSON lines in production, readable lines in a terminal.
 
 ``auto`` picks the console renderer when stderr is a terminal, JSON otherwise (systemd's
-journal, containers). Secrets are never passed to the logger by our code: callback tokens,
-bearer tokens and Kling keys stay out of every event.
+journal, containers). uvicorn's own (stdlib) log records go through the same renderer, so a
+production log is JSON from end to end. Secrets are never passed to the logger by our code:
+callback tokens, bearer tokens and Kling keys stay out of every event, and uvicorn's access
+log (which would print callback URLs) is off.
 """
 
 from __future__ import annotations
@@ -17,22 +19,38 @@ import structlog
 def configure_logging(
     log_format: Literal["auto", "json", "console"] = "auto", level: str = "info"
 ) -> None:
-    """Configure structlog (and the stdlib loggers uvicorn uses) for this process."""
+    """Configure structlog and the stdlib root logger for this process.
+
+    Args:
+        log_format: ``json``, ``console``, or ``auto`` (console on a terminal).
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+    """
     numeric = logging.getLevelNamesMapping()[level.upper()]
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
