@@ -1,12 +1,12 @@
 """kling-hooks submitter: create Kling tasks whose progress comes back as callbacks.
 
-Modules: ``client`` (HTTP, retries, idempotent create, registration), ``routes`` (the rules
-of each create body), ``auth`` (JWT or bearer key), ``protocol`` (Kling's wire format) and
-``errors`` (the exception hierarchy).
+Modules: ``client`` (HTTP, retries, idempotent create), ``registrar`` (``POST /tasks``),
+``routes`` (the rules of each create body), ``auth`` (JWT or bearer key), ``protocol``
+(Kling's wire format), ``simulator`` (a Kling stand-in) and ``errors`` (the hierarchy).
 """
 
 from submitter.auth import BearerAuth, KlingJWTAuth, auth_from_keys
-from submitter.client import KlingClient, Registrar, Submission, new_external_task_id, redact
+from submitter.client import KlingClient, new_external_task_id
 from submitter.errors import (
     AuthNotConfigured,
     InvalidRequest,
@@ -16,6 +16,7 @@ from submitter.errors import (
     RegistrationFailed,
     SubmitterError,
 )
+from submitter.registrar import Registrar, Submission, redact
 from submitter.routes import validate_body
 
 __all__ = [
