@@ -56,7 +56,9 @@ class StatusAPI:
         assert self.rt.credentials is not None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         expected = self.rt.credentials.api_token
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode())
+        if not token or scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(token.encode(), expected.encode())
 
     def guarded(self, handler: Handler) -> Handler:
         """Wrap ``handler``: 401 without the token, 503 when the database does not answer."""

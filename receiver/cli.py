@@ -99,7 +99,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 async def _api_get(args: argparse.Namespace, path: str, params: dict[str, str]) -> Any:
     settings = _settings(args)
-    creds = await credentials.resolve_from_file(settings)
+    creds = await credentials.resolve_from_file(settings, must_exist=True)
     base = args.url or settings.api_url
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
         response = await client.get(
@@ -199,7 +199,7 @@ async def _task(args: argparse.Namespace) -> int:
 
 async def _token(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    creds = await credentials.resolve_from_file(settings)
+    creds = await credentials.resolve_from_file(settings, must_exist=True)
     print(creds.api_token)
     return EXIT_OK
 

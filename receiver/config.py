@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_API_BASE = "https://api-singapore.klingai.com"
@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     kling_hooks_log_format: Literal["auto", "json", "console"] = "auto"
     kling_hooks_log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator(
+        "kling_api_key", "kling_secret_key", "kling_hooks_api_token", "kling_hooks_secret"
+    )
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # A blank token would let "Authorization: Bearer" through; a blank secret signs nothing.
+        if value is not None and not value.get_secret_value().replace(",", "").strip():
+            raise ValueError("must not be blank (unset it instead)")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -74,16 +84,24 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     values: dict[str, Any] = {}
     if config_file is not None:
         try:
-            values = {k.lower(): v for k, v in tomllib.loads(config_file.read_text()).items()}
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            text = config_file.read_text(encoding="utf-8")
+            values = {k.lower(): v for k, v in tomllib.loads(text).items()}
+        except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError too
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
     try:
         settings = Settings(**values)
-        if overrides:
-            settings = settings.model_copy(update={k: v for k, v in overrides.items() if v})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"bad setting: {problems}") from None
-    return settings
+    given: dict[str, Any] = {}
+    for name, value in overrides.items():
+        annotation = Settings.model_fields[name].annotation
+        if value is None or annotation is None:
+            continue
+        try:
+            given[name] = TypeAdapter(annotation).validate_python(value)
+        except ValidationError as exc:
+            raise ConfigError(f"bad setting: {name.upper()}: {exc.errors()[0]['msg']}") from None
+    return settings.model_copy(update=given)

@@ -8,12 +8,11 @@ submitter (same database) and the receiver agree without configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiosqlite
 
 from receiver import store
-from receiver.config import Settings
+from receiver.config import ConfigError, Settings
 from receiver.tokens import CallbackTokens, new_secret, parse_secrets
 
 
@@ -54,12 +53,26 @@ async def resolve(settings: Settings, conn: aiosqlite.Connection | None) -> Cred
     return Credentials(secrets, token, created)
 
 
-async def resolve_from_file(settings: Settings, path: Path | None = None) -> Credentials:
-    """Like :func:`resolve`, opening (and migrating) the database at ``path`` or
-    ``KLING_HOOKS_DB`` only when a secret is not set in the environment."""
+async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> Credentials:
+    """Like :func:`resolve`, opening (and migrating) the database ``KLING_HOOKS_DB`` only when
+    a secret is not set in the environment.
+
+    Args:
+        must_exist: Refuse to create the database (commands that read what a running
+            receiver made: a new file would hold a token no receiver uses).
+
+    Raises:
+        ConfigError: ``must_exist`` and there is no database at that path.
+    """
     if settings.kling_hooks_secret is not None and settings.kling_hooks_api_token is not None:
         return await resolve(settings, None)
-    conn = await store.connect(path or settings.kling_hooks_db)
+    path = settings.kling_hooks_db
+    if must_exist and not path.exists():
+        raise ConfigError(
+            f"no database at {path}: give --db or KLING_HOOKS_DB (the receiver's), "
+            "or set KLING_HOOKS_API_TOKEN"
+        )
+    conn = await store.connect(path)
     try:
         await store.migrate(conn)
         return await resolve(settings, conn)

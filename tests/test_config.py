@@ -1,0 +1,246 @@
+"""Settings (``receiver.config.load_settings``) and the two secrets
+(``receiver.credentials``): defaults, the TOML file, the environment winning over it, errors
+that name the variable, and secrets generated once and kept in the database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from receiver import credentials
+from receiver.config import DEFAULT_API_BASE, ConfigError, load_settings
+from receiver.tokens import CallbackTokens
+
+EXT = "kh-config-0001"
+
+
+@pytest.fixture(autouse=True)
+def no_kling_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from an environment without KLING_* variables."""
+    for name in list(os.environ):
+        if name.upper().startswith("KLING_"):
+            monkeypatch.delenv(name)
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "kling-hooks.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_environment_or_file() -> None:
+    settings = load_settings()
+    assert settings.kling_api_base == DEFAULT_API_BASE == "https://api-singapore.klingai.com"
+    assert settings.kling_hooks_db == Path("./kling-hooks.db")
+    assert settings.kling_api_key is None
+    assert settings.kling_hooks_secret is None
+    assert settings.kling_hooks_api_token is None
+    assert settings.kling_hooks_max_body_bytes == 1024 * 1024
+    assert settings.plugins == {}
+
+
+def test_toml_file_values_are_used(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        """
+kling_api_base = "http://127.0.0.1:9000/kling"
+kling_hooks_public_url = "https://hooks.example.com"
+kling_hooks_db = "/var/lib/kling-hooks/db.sqlite"
+kling_hooks_max_body_bytes = 4096
+kling_hooks_log_format = "json"
+
+[plugins.slack]
+webhook_url = "https://hooks.slack.example/T000"
+""",
+    )
+    settings = load_settings(path)
+    assert settings.kling_api_base == "http://127.0.0.1:9000/kling"
+    assert settings.kling_hooks_public_url == "https://hooks.example.com"
+    assert settings.kling_hooks_db == Path("/var/lib/kling-hooks/db.sqlite")
+    assert settings.kling_hooks_max_body_bytes == 4096
+    assert settings.kling_hooks_log_format == "json"
+    assert settings.plugins == {"slack": {"webhook_url": "https://hooks.slack.example/T000"}}
+
+
+def test_environment_wins_over_the_toml_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = toml(
+        tmp_path,
+        'kling_hooks_public_url = "https://from-file.example"\n'
+        "kling_hooks_max_body_bytes = 4096\n"
+        'kling_hooks_log_level = "debug"\n',
+    )
+    monkeypatch.setenv("KLING_HOOKS_PUBLIC_URL", "https://from-env.example")
+    monkeypatch.setenv("KLING_HOOKS_MAX_BODY_BYTES", "8192")
+    settings = load_settings(path)
+    assert settings.kling_hooks_public_url == "https://from-env.example"
+    assert settings.kling_hooks_max_body_bytes == 8192
+    assert settings.kling_hooks_log_level == "debug"  # not in the environment: the file's
+
+
+def test_command_line_override_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLING_HOOKS_DB", str(tmp_path / "from-env.db"))
+    assert load_settings(kling_hooks_db=tmp_path / "flag.db").kling_hooks_db == (
+        tmp_path / "flag.db"
+    )
+    # An unset flag (None) leaves the environment's value alone.
+    assert load_settings(kling_hooks_db=None).kling_hooks_db == tmp_path / "from-env.db"
+
+
+def test_secret_values_are_hidden_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLING_API_KEY", "kling-key-value")
+    monkeypatch.setenv("KLING_HOOKS_SECRET", "callback-secret-value")
+    monkeypatch.setenv("KLING_HOOKS_API_TOKEN", "api-token-value")
+    settings = load_settings()
+    shown = repr(settings)
+    for value in ("kling-key-value", "callback-secret-value", "api-token-value"):
+        assert value not in shown
+    assert settings.kling_api_key is not None
+    assert settings.kling_api_key.get_secret_value() == "kling-key-value"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KLING_HOOKS_MAX_BODY_BYTES", "abc"),
+        ("KLING_HOOKS_MAX_BODY_BYTES", "100"),  # under the 1024 minimum
+        ("KLING_HOOKS_BUSY_TIMEOUT_MS", "-1"),
+        ("KLING_HOOKS_RETRY_AFTER_S", "0"),
+        ("KLING_HOOKS_LOG_LEVEL", "loud"),
+        ("KLING_HOOKS_LOG_FORMAT", "xml"),
+    ],
+)
+def test_bad_environment_value_raises_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert name in str(caught.value)
+
+
+def test_bad_toml_value_raises_config_error_naming_the_variable(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'kling_hooks_max_body_bytes = "lots"\n')
+    with pytest.raises(ConfigError, match="KLING_HOOKS_MAX_BODY_BYTES"):
+        load_settings(path)
+
+
+def test_unknown_toml_key_raises_config_error_naming_it(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'kling_hooks_public_ulr = "https://typo.example"\n')
+    with pytest.raises(ConfigError, match="KLING_HOOKS_PUBLIC_ULR"):
+        load_settings(path)
+
+
+def test_upper_case_toml_keys_are_read_as_lower_case(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'KLING_HOOKS_PUBLIC_URL = "https://upper.example"\n')
+    assert load_settings(path).kling_hooks_public_url == "https://upper.example"
+
+
+@pytest.mark.parametrize("case", ["invalid-toml", "missing-file", "directory"])
+def test_unreadable_or_invalid_toml_raises_config_error_naming_the_file(
+    tmp_path: Path, case: str
+) -> None:
+    if case == "invalid-toml":
+        path = toml(tmp_path, "kling_hooks_db = [unclosed\n")
+    elif case == "missing-file":
+        path = tmp_path / "absent.toml"
+    else:
+        path = tmp_path
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(path) in str(caught.value)
+
+
+def test_api_url_falls_back_to_the_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLING_HOOKS_PUBLIC_URL", "https://hooks.example.com/")
+    assert load_settings().api_url == "https://hooks.example.com"
+    monkeypatch.setenv("KLING_HOOKS_API_URL", "http://127.0.0.1:8000/")
+    assert load_settings().api_url == "http://127.0.0.1:8000"
+
+
+# -- the two secrets -----------------------------------------------------------------------
+
+
+async def test_comma_separated_secrets_all_verify_and_the_first_signs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KLING_HOOKS_SECRET", "new-secret, old-secret,,")
+    monkeypatch.setenv("KLING_HOOKS_API_TOKEN", "token")
+    creds = await credentials.resolve(load_settings(), None)  # no database needed
+    assert creds.secrets == ["new-secret", "old-secret"]
+    tokens = creds.tokens
+    assert tokens.sign(EXT) == CallbackTokens(["new-secret"]).sign(EXT)
+    assert tokens.sign(EXT) != CallbackTokens(["old-secret"]).sign(EXT)
+    assert tokens.verify(EXT, CallbackTokens(["old-secret"]).sign(EXT))
+    assert not tokens.verify(EXT, CallbackTokens(["other"]).sign(EXT))
+    assert not tokens.verify("kh-other", tokens.sign(EXT))
+    assert creds.api_token == "token"
+    assert creds.api_token_generated is False
+
+
+async def test_unset_secrets_are_generated_once_and_kept_in_the_database(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(kling_hooks_db=tmp_path / "kling-hooks.db")
+    first = await credentials.resolve_from_file(settings)
+    second = await credentials.resolve_from_file(settings)
+    assert len(first.secrets) == 1 and first.secrets[0]
+    assert first.api_token and first.api_token != first.secrets[0]
+    assert first.api_token_generated is True
+    assert second.api_token_generated is False
+    assert (second.secrets, second.api_token) == (first.secrets, first.api_token)
+    assert second.tokens.sign(EXT) == first.tokens.sign(EXT)
+
+
+async def test_another_database_gets_other_generated_secrets(tmp_path: Path) -> None:
+    one = await credentials.resolve_from_file(load_settings(kling_hooks_db=tmp_path / "a.db"))
+    two = await credentials.resolve_from_file(load_settings(kling_hooks_db=tmp_path / "b.db"))
+    assert one.secrets != two.secrets
+    assert one.api_token != two.api_token
+
+
+async def test_secret_from_environment_and_token_from_database_combine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLING_HOOKS_SECRET", "env-secret")
+    settings = load_settings(kling_hooks_db=tmp_path / "kling-hooks.db")
+    first = await credentials.resolve_from_file(settings)
+    second = await credentials.resolve_from_file(settings)
+    assert first.secrets == second.secrets == ["env-secret"]
+    assert first.api_token == second.api_token
+    assert (first.api_token_generated, second.api_token_generated) == (True, False)
+
+
+async def test_secret_that_must_come_from_the_database_needs_a_connection() -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError, match="callback_secret"):
+        await credentials.resolve(settings, None)
+
+
+@pytest.mark.parametrize(
+    "variable", ["KLING_HOOKS_API_TOKEN", "KLING_HOOKS_SECRET", "KLING_API_KEY", "KLING_SECRET_KEY"]
+)
+@pytest.mark.parametrize("blank", ["", "  ", " , "])
+def test_blank_secret_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, blank: str
+) -> None:
+    monkeypatch.setenv(variable, blank)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
+def test_toml_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('kling_hooks_public_url = "http://caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.toml"):
+        load_settings(bad)
+
+
+def test_bad_command_line_override_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="kling_hooks_max_body_bytes|KLING_HOOKS_MAX_BODY"):
+        load_settings(kling_hooks_max_body_bytes="lots")
