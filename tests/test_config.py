@@ -237,10 +237,10 @@ def test_blank_secret_is_refused_naming_the_variable(
 def test_toml_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "latin1.toml"
     bad.write_bytes('kling_hooks_public_url = "http://caf\xe9"\n'.encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin1.toml"):
+    with pytest.raises(ConfigError, match=r"latin1\.toml"):
         load_settings(bad)
 
 
 def test_bad_command_line_override_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="kling_hooks_max_body_bytes|KLING_HOOKS_MAX_BODY"):
+    with pytest.raises(ConfigError, match="KLING_HOOKS_MAX_BODY_BYTES"):
         load_settings(kling_hooks_max_body_bytes="lots")
