@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, fields
+from dataclasses import fields
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from receiver.transitions import Batch, TaskRow
+from receiver.transitions import Batch, CallbackRow, TaskRow, TransitionRow
 
 SCHEMA_VERSION = 1
 _TASK_COLUMNS = [f.name for f in fields(TaskRow)]
+# Row -> tuple in column order (attrgetter: no deep copy, unlike dataclasses.astuple).
+_task_values = attrgetter(*_TASK_COLUMNS)
+_transition_values = attrgetter(*[f.name for f in fields(TransitionRow)])
+_callback_values = attrgetter(*[f.name for f in fields(CallbackRow)])
 
 
 class StoreUnavailable(Exception):
@@ -138,20 +143,18 @@ _UPSERT_TASK = (
 async def write_batch(conn: aiosqlite.Connection, batch: Batch) -> None:
     """Write what a batch produced: task rows, new transitions, the raw callbacks."""
     if batch.changed:
-        await conn.executemany(
-            _UPSERT_TASK, [tuple(asdict(t).values()) for t in batch.changed.values()]
-        )
+        await conn.executemany(_UPSERT_TASK, [_task_values(t) for t in batch.changed.values()])
     if batch.transitions:
         await conn.executemany(
             "INSERT INTO transitions (id, task_id, task_status, updated_at, received_at, source)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            [tuple(asdict(t).values()) for t in batch.transitions],
+            [_transition_values(t) for t in batch.transitions],
         )
     if batch.callbacks:
         await conn.executemany(
             "INSERT INTO callbacks (task_id, task_status, verdict, received_at, body)"
             " VALUES (?, ?, ?, ?, ?)",
-            [tuple(asdict(c).values()) for c in batch.callbacks],
+            [_callback_values(c) for c in batch.callbacks],
         )
 
 
