@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,11 +29,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _settings(args: argparse.Namespace, *, quiet: bool = True) -> Settings:
-    """Load settings and set up logging; ``quiet`` commands log warnings and errors only."""
+    """Load settings and set up logging; ``quiet`` commands log errors only."""
     settings = load_settings(args.config, kling_hooks_db=args.db)
     level = settings.kling_hooks_log_level
-    if quiet and level in ("debug", "info"):
-        level = "warning"
+    if quiet and level in ("debug", "info", "warning"):
+        level = "error"  # the command prints its own warnings
     configure_logging(settings.kling_hooks_log_format, level)
     return settings
 
@@ -140,6 +141,7 @@ async def _tasks(args: argparse.Namespace) -> int:
             "task_status": args.status,
             "route": args.route,
             "limit": str(args.limit),
+            "cursor": args.cursor,
         }.items()
         if v
     }
@@ -153,7 +155,7 @@ async def _tasks(args: argparse.Namespace) -> int:
     ]
     print(format_table(["task_id", "external_task_id", "route", "task_status", "updated_at"], rows))
     if page["next_cursor"]:
-        print(f"(more: --limit or the API's cursor={page['next_cursor']})")
+        print(f"(more: --cursor {page['next_cursor']})")
     return EXIT_OK
 
 
@@ -269,7 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("tasks", "list tasks from the status API, newest first")
     p.add_argument("--status", choices=["submitted", "processing", "succeed", "failed"])
     p.add_argument("--route")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="1 to 500")
+    p.add_argument("--cursor", help="next page: the cursor a previous page printed")
     p.add_argument("--json", action="store_true")
     p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
     p.set_defaults(run=_tasks)
@@ -337,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `kling-hooks tasks | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ and awaits it. The writer takes everything queued at that moment (no fixed wait 
 lone request is committed at once), applies the whole batch in one transaction, commits, and
 only then resolves each request's future. If the commit fails, every request of the batch
 gets :class:`~receiver.store.StoreUnavailable` and nothing of it was recorded, so nothing is
-acknowledged that is not on disk. See shared/DESIGN.md for the measurements behind this.
+acknowledged that is not on disk. See the design notes for the measurements behind this.
 """
 
 from __future__ import annotations

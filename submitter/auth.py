@@ -1,6 +1,6 @@
 """Authentication to Kling: a signed JWT (official API) or a plain bearer key (resellers).
 
-Source: Kling's "General Information" page, summarised in ``shared/kling/PROTOCOL.md``
+Source: Kling's "General Information" page, summarised in ``docs/kling/PROTOCOL.md``
 section 2. The official API wants ``Authorization: Bearer <JWT>``, the JWT being HS256, signed
 with the Secret Key, header ``{"alg": "HS256", "typ": "JWT"}``, claims ``iss`` = Access Key,
 ``exp`` = now + 1800 s, ``nbf`` = now - 5 s. Resellers want ``Authorization: Bearer <api key>``.

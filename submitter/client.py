@@ -1,6 +1,6 @@
 """Creating Kling tasks with a callback URL: validation, retries and idempotent create.
 
-Source of the rules: ``shared/kling/PROTOCOL.md`` sections 1 (routes, ``callback_url``,
+Source of the rules: ``docs/kling/PROTOCOL.md`` sections 1 (routes, ``callback_url``,
 ``external_task_id``, query by either id) and 3 (error codes; 1302/1303 and 5000-5002 are
 transient, Kling advises exponential backoff from 1 s). Nothing here polls: a task's progress
 arrives at the receiver as callbacks.

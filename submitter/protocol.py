@@ -1,7 +1,7 @@
 """Kling's wire format: the one definition both the submitter and the receiver import.
 
 Source: Kling's public API pages "Callback Protocol", "General Information" and "Error Code",
-summarised in ``shared/kling/PROTOCOL.md`` (sections 1, 3 and 4). Field names are Kling's own.
+summarised in ``docs/kling/PROTOCOL.md`` (sections 1, 3 and 4). Field names are Kling's own.
 
 Shapes:
 

@@ -1,7 +1,7 @@
 """Request bodies of Kling's create routes, modelled declaratively, checked before sending.
 
-Every rule comes from ``shared/kling/PROTOCOL.md`` section 1 (route table) and the API pages in
-``shared/kling/seeds/`` (000: multi-image2image, 001: multi-image2video, 002: official-format
+Every rule comes from ``docs/kling/PROTOCOL.md`` section 1 (route table) and the API pages in
+``docs/kling/seeds/`` (000: multi-image2image, 001: multi-image2video, 002: official-format
 multi-image2image, 003: images/generations, 004: a reseller's multi-image page). Unknown fields
 are kept and passed through, because Kling adds fields over time.
 
