@@ -37,7 +37,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Starlette:
         reader_conn = await store.connect(db, read_only=True)
         try:
             creds = await credentials.resolve(settings, writer.connection)
-            rt.credentials, rt.tokens = creds, creds.tokens
+            rt.credentials = creds
             rt.writer, rt.reader = writer, store.Reader(reader_conn)
             if creds.api_token_generated:
                 log.warning("api_token_generated", how_to_read=f"kling-hooks token --db {db}")

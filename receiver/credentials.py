@@ -7,7 +7,7 @@ submitter (same database) and the receiver agree without configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosqlite
 
@@ -24,10 +24,10 @@ class Credentials:
     secrets: list[str]
     api_token: str
     api_token_generated: bool
+    tokens: CallbackTokens = field(init=False, repr=False)
 
-    @property
-    def tokens(self) -> CallbackTokens:
-        return CallbackTokens(self.secrets)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", CallbackTokens(self.secrets))
 
 
 async def resolve(settings: Settings, conn: aiosqlite.Connection | None) -> Credentials:

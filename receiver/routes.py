@@ -81,9 +81,9 @@ class CallbackEndpoint:
 
     async def handle(self, request: Request) -> Response:
         rt = self.rt
-        assert rt.tokens is not None and rt.writer is not None
+        assert rt.credentials is not None and rt.writer is not None
         ext = request.path_params["external_task_id"]
-        if not rt.tokens.verify(ext, request.path_params["token"]):
+        if not rt.credentials.tokens.verify(ext, request.path_params["token"]):
             return self._reject(request, 401, "invalid callback URL", "token does not verify")
         limit = rt.settings.kling_hooks_max_body_bytes
         try:

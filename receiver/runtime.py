@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from receiver.config import Settings
 from receiver.credentials import Credentials
 from receiver.store import Reader
-from receiver.tokens import CallbackTokens
 from receiver.writer import Writer
 
 
@@ -30,7 +29,6 @@ class Runtime:
     settings: Settings
     clock_ms: Callable[[], int] = now_ms
     credentials: Credentials | None = None
-    tokens: CallbackTokens | None = None
     writer: Writer | None = None
     reader: Reader | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -55,8 +55,6 @@ class Writer:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
-        self.batches = 0
-        self.operations = 0
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout_ms: int = 5000) -> Writer:
@@ -149,8 +147,6 @@ class Writer:
                 if not p.future.done():
                     p.future.set_exception(failure)
             return
-        self.batches += 1
-        self.operations += len(pending)
         for p, result in zip(pending, results, strict=True):
             if p.future.done():
                 continue

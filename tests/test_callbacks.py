@@ -85,9 +85,9 @@ async def test_wrong_token_is_refused_and_nothing_stored(receiver: Receiver, man
     else:
         url = url.rsplit("/", 1)[0] + "/"
     answer = await receiver.http.post(url, json=task_body(TASK, "succeed", None))
-    assert answer.status_code in (401, 404)
-    assert answer.json()["ok"] is False
-    assert "token" not in answer.json()["error"] or mangle == "empty-token"
+    # A bad token and a URL moved to another task get the same answer, saying neither part.
+    expected = (404, "Not Found") if mangle == "empty-token" else (401, "invalid callback URL")
+    assert (answer.status_code, answer.json()) == (expected[0], {"ok": False, "error": expected[1]})
     assert rows(db_of(receiver), "SELECT COUNT(*) FROM callbacks") == [(0,)]
 
 
