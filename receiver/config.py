@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     kling_hooks_retry_after_s: int = Field(default=5, ge=1)
     kling_hooks_log_format: Literal["auto", "json", "console"] = "auto"
     kling_hooks_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    kling_hooks_plugins_dir: Path | None = None
+    kling_hooks_shutdown_grace_s: float = Field(default=10.0, ge=0)
     plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(

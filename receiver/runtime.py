@@ -1,4 +1,4 @@
-"""What the HTTP handlers share: settings, credentials, the writer, the reader, the clock.
+"""What the HTTP handlers share: settings, plugins, credentials, writer, reader, dispatcher, clock.
 
 Built by ``receiver.app`` at start-up (inside the lifespan, where the database is opened) and
 passed to the handlers; no module-level state.
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from receiver.config import Settings
 from receiver.credentials import Credentials
+from receiver.dispatcher import Dispatcher
+from receiver.plugins.registry import LoadedPlugin
 from receiver.store import Reader
 from receiver.writer import Writer
 
@@ -28,7 +30,9 @@ class Runtime:
 
     settings: Settings
     clock_ms: Callable[[], int] = now_ms
+    plugins: list[LoadedPlugin] = field(default_factory=list)
     credentials: Credentials | None = None
     writer: Writer | None = None
     reader: Reader | None = None
+    dispatcher: Dispatcher | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)

@@ -19,7 +19,7 @@ import aiosqlite
 
 from receiver.transitions import Batch, CallbackRow, TaskRow, TransitionRow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TASK_COLUMNS = [f.name for f in fields(TaskRow)]
 # Row -> tuple in column order (attrgetter: no deep copy, unlike dataclasses.astuple).
 _task_values = attrgetter(*_TASK_COLUMNS)
@@ -113,6 +113,8 @@ async def load_batch(
     conn: aiosqlite.Connection, task_ids: set[str], external_ids: set[str]
 ) -> Batch:
     """Load the rows a batch touches (inside the writer's open transaction)."""
+    if not task_ids and not external_ids:
+        return Batch(tasks={}, seen=set(), next_transition_id=0)  # outbox operations only
     ids, exts = sorted(task_ids), sorted(external_ids)
     sql = (
         f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id IN ({_marks(len(ids))})"
@@ -146,8 +148,9 @@ async def write_batch(conn: aiosqlite.Connection, batch: Batch) -> None:
         await conn.executemany(_UPSERT_TASK, [_task_values(t) for t in batch.changed.values()])
     if batch.transitions:
         await conn.executemany(
-            "INSERT INTO transitions (id, task_id, task_status, updated_at, received_at, source)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO transitions (id, task_id, task_status, updated_at, received_at, source,"
+            " task_status_msg, task_result_json, final_unit_deduction)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_transition_values(t) for t in batch.transitions],
         )
     if batch.callbacks:

@@ -80,12 +80,17 @@ class Registration:
 
 @dataclass(frozen=True)
 class TransitionRow:
+    """One accepted state change, with the event it carries as it was when accepted."""
+
     id: int
     task_id: str
     task_status: str
     updated_at: int | None
     received_at: int
-    source: str
+    source: str  # "callback" or "registration"
+    task_status_msg: str | None = None
+    task_result_json: str | None = None
+    final_unit_deduction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,17 @@ class Batch:
     ) -> None:
         self.seen.add((task.task_id, status))
         self.transitions.append(
-            TransitionRow(self.next_transition_id, task.task_id, status, updated_at, now, source)
+            TransitionRow(
+                self.next_transition_id,
+                task.task_id,
+                status,
+                updated_at,
+                now,
+                source,
+                task.task_status_msg if source == "callback" else None,
+                task.task_result_json if source == "callback" else None,
+                task.final_unit_deduction if source == "callback" else None,
+            )
         )
         self.next_transition_id += 1
 

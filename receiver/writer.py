@@ -16,10 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any, TypeVar
+
 import aiosqlite
 import structlog
 
-from receiver import store
+from receiver import outbox, store
+from receiver.outbox import OutboxOp, Router
 from receiver.store import StoreUnavailable
 from receiver.transitions import (
     Batch,
@@ -31,14 +34,19 @@ from receiver.transitions import (
 
 log = structlog.get_logger("kling_hooks.writer")
 
+T = TypeVar("T")
 Operation = IncomingCallback | Registration
 CommitListener = Callable[[list[TransitionRow]], None]
 
 
+def _no_plugins(task_status: str, route: str | None) -> list[str]:
+    return []
+
+
 @dataclass
 class _Pending:
-    op: Operation
-    future: asyncio.Future[Verdict]
+    op: Operation | OutboxOp[Any]
+    future: asyncio.Future[Any]
 
 
 class Writer:
@@ -46,22 +54,29 @@ class Writer:
 
     Args:
         conn: A connection from :func:`receiver.store.connect`, migrated.
+        router: Names the plugins that want a new transition; one outbox row is written for
+            each, in the transition's transaction. Default: no plugins.
         max_batch: Most operations in one transaction.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, *, router: Router = _no_plugins, max_batch: int = 256
+    ) -> None:
         self._conn = conn
+        self._router = router
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
 
     @classmethod
-    async def open(cls, path: Path, *, busy_timeout_ms: int = 5000) -> Writer:
+    async def open(
+        cls, path: Path, *, busy_timeout_ms: int = 5000, router: Router = _no_plugins
+    ) -> Writer:
         """Connect to ``path``, apply migrations, and return a writer (not yet started)."""
         conn = await store.connect(path, busy_timeout_ms=busy_timeout_ms)
         await store.migrate(conn)
-        return cls(conn)
+        return cls(conn, router=router)
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -102,9 +117,23 @@ class Writer:
             StoreUnavailable: the transaction did not commit (nothing was stored), or the
                 writer is not running.
         """
+        verdict: Verdict = await self._enqueue(op)
+        return verdict
+
+    async def execute(self, op: OutboxOp[T]) -> T:
+        """Run an outbox operation in the next transaction; return its result once committed.
+
+        Raises:
+            StoreUnavailable: the transaction did not commit, or the writer is not running.
+            Whatever ``op.run`` raises for that operation alone (e.g. DeliveryNotFound).
+        """
+        result: T = await self._enqueue(op)
+        return result
+
+    async def _enqueue(self, op: Operation | OutboxOp[Any]) -> Any:
         if not self.running:
             raise StoreUnavailable("the writer is not running")
-        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(op, future))
         return await future
 
@@ -124,17 +153,26 @@ class Writer:
             await self._commit(pending)
 
     async def _commit(self, pending: list[_Pending]) -> None:
-        results: list[Verdict | BaseException] = []
+        results: list[Any] = []
+        state_ops = [p for p in pending if not isinstance(p.op, OutboxOp)]
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
-                batch = await self._load(pending)
+                batch = await self._load(state_ops)
                 for p in pending:
                     try:
-                        results.append(_apply(batch, p.op))
-                    except Exception as exc:  # TaskConflict: this operation only
+                        if isinstance(p.op, OutboxOp):
+                            results.append(await p.op.run(self._conn))
+                        else:
+                            results.append(_apply(batch, p.op))
+                    except (StoreUnavailable, aiosqlite.Error):
+                        raise
+                    except Exception as exc:  # TaskConflict, DeliveryNotFound: this one only
                         results.append(exc)
                 await store.write_batch(self._conn, batch)
+                await outbox.insert_deliveries(
+                    self._conn, batch.transitions, batch.tasks, self._router
+                )
                 await self._conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -162,15 +200,14 @@ class Writer:
                     log.exception("commit_listener_failed")
 
     async def _load(self, pending: list[_Pending]) -> Batch:
-        task_ids = {
-            p.op.task.task_id if isinstance(p.op, IncomingCallback) else p.op.task_id
-            for p in pending
-        }
-        external_ids = {p.op.external_task_id for p in pending}
+        ops = [p.op for p in pending if not isinstance(p.op, OutboxOp)]
+        task_ids = {op.task.task_id if isinstance(op, IncomingCallback) else op.task_id for op in ops}
+        external_ids = {op.external_task_id for op in ops}
         return await store.load_batch(self._conn, task_ids, external_ids)
 
 
-def _apply(batch: Batch, op: Operation) -> Verdict:
+def _apply(batch: Batch, op: Operation | OutboxOp[Any]) -> Verdict:
+    assert not isinstance(op, OutboxOp)
     if isinstance(op, IncomingCallback):
         return batch.apply_callback(op)
     return batch.apply_registration(op)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from pydantic import SecretStr
 
 from receiver.app import create_app
 from receiver.config import Settings
+from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
+from receiver.plugins.registry import LoadedPlugin
 from receiver.runtime import Runtime
 from receiver.serving import running
 from receiver.tokens import CallbackTokens
@@ -53,11 +56,17 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def start_receiver(settings: Settings) -> AsyncIterator[Receiver]:
-    """Run the receiver under uvicorn on a free loopback port until the block ends."""
+async def start_receiver(
+    settings: Settings, plugins: Sequence[Plugin] | None = None
+) -> AsyncIterator[Receiver]:
+    """Run the receiver under uvicorn on a free loopback port until the block ends.
+
+    ``plugins``: plugin instances to deliver to; by default those of ``settings.plugins``.
+    """
     runtime = Runtime(settings=settings)
+    loaded = None if plugins is None else [LoadedPlugin(p, "test") for p in plugins]
     async with (
-        running(create_app(settings, runtime)) as url,
+        running(create_app(settings, runtime, loaded)) as url,
         httpx.AsyncClient(timeout=30.0) as http,
     ):
         await runtime.ready.wait()
@@ -84,3 +93,51 @@ def task_body(
     if external_task_id is not None:
         body["task_info"] = {"external_task_id": external_task_id}
     return {**body, **extra}
+
+
+class RecordingPlugin(Plugin):
+    """Collects every event it is given; ``fail_first`` attempts raise, ``hang`` never ends.
+
+    Tests wait on :meth:`wait_for` (a condition, no polling).
+    """
+
+    name = "recording"
+    version = "1.0"
+
+    def __init__(
+        self,
+        settings: PluginSettings | None = None,
+        *,
+        name: str = "recording",
+        fail_first: int = 0,
+        error: Exception | None = None,
+        hang: bool = False,
+        files: Iterable[SavedFile] = (),
+    ) -> None:
+        super().__init__(settings or PluginSettings())
+        self.name = name  # type: ignore[misc]
+        self.events: list[Event] = []
+        self.fail_first = fail_first
+        self.error = error or RuntimeError("recording plugin failure")
+        self.hang = hang
+        self.files = tuple(files)
+        self._changed = asyncio.Condition()
+
+    async def handle(self, event: Event) -> Iterable[SavedFile] | None:
+        self.events.append(event)
+        async with self._changed:
+            self._changed.notify_all()
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise self.error
+        return self.files
+
+    async def wait_for(self, count: int, timeout_s: float = 15.0) -> list[Event]:
+        """Wait until ``count`` events were handled (started); returns them all."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: len(self.events) >= count), timeout_s
+            )
+        return list(self.events)

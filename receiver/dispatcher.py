@@ -1,0 +1,270 @@
+"""The dispatcher: runs due outbox deliveries through their plugins, outside any request.
+
+It is woken by the writer's commit listener when new deliveries are committed, by a finished
+delivery (a slot came free) and by a replay; otherwise it sleeps exactly until the next
+scheduled retry. It never polls the database. Each claimed delivery runs in its own task,
+under its plugin's ``timeout_s``, with at most ``concurrency`` running per plugin, so a
+plugin that raises or hangs delays no other plugin. Outcomes are written back through the
+writer (``receiver.outbox.Finish``).
+
+Crash safety: a delivery is claimed (``running``) before its handler starts and marked
+``done`` only after it returns, so a kill at any moment leaves it ``running``, and
+:meth:`Dispatcher.start` makes it due again. A handler may see an event twice, never zero
+times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from receiver.outbox import (
+    Claim,
+    Claimed,
+    DeliveryState,
+    Finish,
+    Job,
+    Outcome,
+    Recover,
+    Router,
+    outcome_of,
+)
+from receiver.plugins import Plugin, SavedFile
+from receiver.plugins.registry import LoadedPlugin
+from receiver.store import StoreUnavailable
+from receiver.writer import Writer
+
+log = structlog.get_logger("kling_hooks.dispatcher")
+
+#: ``listener(job, outcome)``, called after an attempt's outcome has committed.
+DeliveryListener = Callable[[Job, Outcome], None]
+STORE_RETRY_S = 1.0
+CANCEL_WAIT_S = 2.0
+
+
+def make_router(plugins: Sequence[LoadedPlugin]) -> Router:
+    """The writer's router: the names of the plugins whose :meth:`Plugin.wants` is true.
+
+    A ``wants`` that raises counts as false (and is logged): it must not fail a commit.
+    """
+
+    def route(task_status: str, route: str | None) -> list[str]:
+        names = []
+        for loaded in plugins:
+            try:
+                if loaded.plugin.wants(task_status, route):
+                    names.append(loaded.name)
+            except Exception:
+                log.exception("plugin_wants_failed", plugin=loaded.name)
+        return names
+
+    return route
+
+
+@dataclass
+class _Slot:
+    plugin: Plugin
+    in_flight: int = 0
+    available: bool = False
+
+    @property
+    def free(self) -> int:
+        return self.plugin.settings.concurrency - self.in_flight if self.available else 0
+
+
+class Dispatcher:
+    """Delivers outbox rows to plugins.
+
+    Args:
+        writer: The running writer (claims and outcomes go through it).
+        plugins: The enabled plugins.
+        clock_ms: The wall clock, Unix ms.
+        grace_s: At :meth:`close`, how long running deliveries may take to finish.
+        rng: Source of retry jitter.
+    """
+
+    def __init__(
+        self,
+        writer: Writer,
+        plugins: Sequence[LoadedPlugin],
+        *,
+        clock_ms: Callable[[], int],
+        grace_s: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._writer = writer
+        self._slots = {p.name: _Slot(p.plugin) for p in plugins}
+        self._clock_ms = clock_ms
+        self._grace_s = grace_s
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[tuple[Job, Outcome]] = []
+        self._listeners: list[DeliveryListener] = []
+
+    def add_listener(self, listener: DeliveryListener) -> None:
+        """Call ``listener(job, outcome)`` after each attempt's outcome is committed."""
+        self._listeners.append(listener)
+
+    def wake(self) -> None:
+        """Look for due deliveries now (new outbox rows were committed, or a replay)."""
+        self._wake.set()
+
+    @property
+    def running_count(self) -> int:
+        """Deliveries whose handler is running now."""
+        return len(self._running)
+
+    async def start(self) -> None:
+        """Make interrupted deliveries due again, start each plugin, start dispatching.
+
+        A plugin whose ``start()`` raises is left out (logged); its deliveries stay pending.
+
+        Raises:
+            StoreUnavailable: the recovery could not commit.
+        """
+        recovered = await self._writer.execute(Recover(self._clock_ms()))
+        if recovered:
+            log.warning("deliveries_recovered", count=recovered)
+        for name, slot in self._slots.items():
+            try:
+                await slot.plugin.start()
+                slot.available = True
+            except Exception:
+                log.exception("plugin_start_failed", plugin=name)
+        self._loop_task = asyncio.create_task(self._run(), name="kling-hooks-dispatcher")
+
+    async def close(self) -> None:
+        """Stop claiming; wait up to ``grace_s`` for running deliveries, then cancel the rest
+        (they are recorded ``failed``, due at once after a restart); stop every plugin."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=self._grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("deliveries_cancelled_at_shutdown", count=len(late))
+                await asyncio.wait(late, timeout=CANCEL_WAIT_S)
+        await self._flush_unrecorded()
+        for name, slot in self._slots.items():
+            if slot.available:
+                try:
+                    await asyncio.wait_for(slot.plugin.stop(), CANCEL_WAIT_S)
+                except Exception:
+                    log.exception("plugin_stop_failed", plugin=name)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            await self._flush_unrecorded()
+            slots = {name: s.free for name, s in self._slots.items() if s.free > 0}
+            timeout_s: float | None = None
+            if slots:
+                try:
+                    claimed = await self._writer.execute(Claim(slots, self._clock_ms()))
+                except StoreUnavailable as exc:
+                    log.error("claim_failed", error=str(exc))
+                    claimed = Claimed([], self._clock_ms() + int(STORE_RETRY_S * 1000))
+                for job in claimed.jobs:
+                    self._spawn(job)
+                if claimed.next_due_at is not None:
+                    timeout_s = max(0.0, (claimed.next_due_at - self._clock_ms()) / 1000)
+            if self._unrecorded:
+                timeout_s = min(timeout_s or STORE_RETRY_S, STORE_RETRY_S)
+            if self._stopping:
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout_s)
+            except TimeoutError:
+                pass
+
+    def _spawn(self, job: Job) -> None:
+        slot = self._slots[job.plugin]
+        slot.in_flight += 1
+        task = asyncio.create_task(self._deliver(slot, job), name=f"deliver-{job.plugin}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _deliver(self, slot: _Slot, job: Job) -> None:
+        settings = slot.plugin.settings
+        error: BaseException | None = None
+        files: tuple[SavedFile, ...] = ()
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                files = tuple(await slot.plugin.handle(job.event) or ())
+            if not all(isinstance(f, SavedFile) for f in files):
+                raise TypeError("handle() must return None or an iterable of SavedFile")
+        except asyncio.CancelledError:
+            error = _Interrupted("interrupted: the receiver shut down during this attempt")
+        except Exception as exc:
+            error = exc
+        if isinstance(error, _Interrupted):
+            outcome = Outcome(DeliveryState.FAILED, self._clock_ms(), str(error))
+        else:
+            outcome = outcome_of(
+                error,
+                attempts=job.event.attempt,
+                schedule_s=settings.retry_schedule_s,
+                now_ms=self._clock_ms(),
+                rng=self._rng,
+                files=files,
+            )
+        self._log(job, outcome)
+        try:
+            await self._record(job, outcome)
+        finally:
+            slot.in_flight -= 1
+            self._wake.set()
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        op = Finish(job.event.delivery_id, job.event.task_id, outcome, self._clock_ms())
+        try:
+            await self._writer.execute(op)
+        except StoreUnavailable as exc:
+            log.error("delivery_outcome_not_stored", delivery_id=op.delivery_id, error=str(exc))
+            self._unrecorded.append((job, outcome))
+            return
+        for listener in self._listeners:
+            try:
+                listener(job, outcome)
+            except Exception:
+                log.exception("delivery_listener_failed")
+
+    async def _flush_unrecorded(self) -> None:
+        pending, self._unrecorded = self._unrecorded, []
+        for job, outcome in pending:
+            await self._record(job, outcome)
+
+    def _log(self, job: Job, outcome: Outcome) -> None:
+        fields = {
+            "plugin": job.plugin,
+            "delivery_id": job.event.delivery_id,
+            "task_id": job.event.task_id,
+            "task_status": job.event.task_status.value,
+            "attempt": job.event.attempt,
+            "state": outcome.state.value,
+        }
+        if outcome.state is DeliveryState.DONE:
+            log.info("delivery_done", **fields)
+        elif outcome.state is DeliveryState.DEAD:
+            log.error("delivery_dead", error=outcome.last_error, **fields)
+        else:
+            log.warning(
+                "delivery_failed",
+                error=outcome.last_error,
+                next_attempt_at=outcome.next_attempt_at,
+                **fields,
+            )
+
+
+class _Interrupted(Exception):
+    pass

@@ -1,0 +1,160 @@
+"""Finding plugins and building the enabled ones from the config file.
+
+Sources, in order: the entry-point group ``kling_hooks.plugins`` of every installed
+distribution (kling-hooks itself registers its built-ins there), then each ``*.py`` file of
+``--plugins-dir`` that defines ``plugin = SomePluginClass``. Only the plugins with a
+``[plugins.NAME]`` table (and ``enabled`` not false) are built; their tables are validated
+against their ``settings_model`` at start-up, and every problem is a :class:`ConfigError`
+naming the plugin and the key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from receiver.config import ConfigError
+from receiver.plugins import Plugin
+
+ENTRY_POINT_GROUP = "kling_hooks.plugins"
+_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    """An enabled plugin: the instance and where it came from."""
+
+    plugin: Plugin
+    origin: str  # "entry point <dist> <version>" or the file's path
+
+    @property
+    def name(self) -> str:
+        return self.plugin.name
+
+    def describe(self) -> dict[str, Any]:
+        """``{name, version, origin, statuses, routes, settings}``, secrets masked
+        (``GET /plugins``)."""
+        p = self.plugin
+        return {
+            "name": p.name,
+            "version": p.version,
+            "origin": self.origin,
+            "statuses": sorted(s.value for s in p.statuses),
+            "routes": None if p.routes is None else sorted(r.value for r in p.routes),
+            "settings": _masked(p.settings.model_dump(mode="python")),
+        }
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _from_entry_points(wanted: set[str]) -> dict[str, tuple[type[Plugin], str]]:
+    found: dict[str, tuple[type[Plugin], str]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in wanted or ep.name in found:
+            continue
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown"
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            raise ConfigError(f"plugins.{ep.name}: cannot import {ep.value}: {exc}") from None
+        found[ep.name] = (_check_class(cls, ep.name, ep.value), f"entry point ({dist})")
+    return found
+
+
+def _from_directory(directory: Path) -> dict[str, tuple[type[Plugin], str]]:
+    if not directory.is_dir():
+        raise ConfigError(f"--plugins-dir {directory} is not a directory")
+    found: dict[str, tuple[type[Plugin], str]] = {}
+    for path in sorted(directory.glob("*.py")):
+        module_name = f"kling_hooks_local_plugins.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot load plugin file {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ConfigError(f"cannot load plugin file {path}: {exc}") from None
+        if not hasattr(module, "plugin"):
+            raise ConfigError(f"plugin file {path} defines no `plugin = <Plugin subclass>`")
+        cls = _check_class(module.plugin, path.stem, str(path))
+        if cls.name in found:
+            raise ConfigError(f"plugins.{cls.name}: defined twice in {directory}")
+        found[cls.name] = (cls, str(path))
+    return found
+
+
+def _check_class(obj: Any, label: str, where: str) -> type[Plugin]:
+    if not (isinstance(obj, type) and issubclass(obj, Plugin)):
+        raise ConfigError(f"plugins.{label}: {where} is not a kling-hooks Plugin subclass")
+    if not _NAME.match(obj.name or ""):
+        raise ConfigError(f"plugins.{label}: {where} has no valid name (want [a-z0-9_-]+)")
+    return obj
+
+
+def load_plugins(
+    tables: Mapping[str, Any], plugins_dir: Path | None = None
+) -> list[LoadedPlugin]:
+    """Build every enabled plugin.
+
+    Args:
+        tables: The config file's ``[plugins]`` table: ``{name: {key: value}}``.
+        plugins_dir: A directory of single-file plugins (``--plugins-dir``), or None.
+
+    Returns:
+        The enabled plugins, in the order of ``tables``.
+
+    Raises:
+        ConfigError: a table names no installed plugin, is not a table, or has a bad value
+            (``plugins.slack.webhook_url: Field required``); a plugin cannot be imported.
+    """
+    local = _from_directory(plugins_dir) if plugins_dir is not None else {}
+    installed = _from_entry_points(set(tables) - set(local))
+    loaded: list[LoadedPlugin] = []
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"plugins.{name} must be a table ([plugins.{name}])")
+        if name in local:
+            cls, origin = local[name]
+        elif name in installed:
+            cls, origin = installed[name]
+        else:
+            known = sorted({*local, *_entry_point_names()})
+            raise ConfigError(
+                f"plugins.{name}: no plugin named {name!r} is installed "
+                f"(found: {', '.join(known) or 'none'})"
+            )
+        try:
+            settings = cls.settings_model.model_validate(dict(table))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"plugins.{name}.{'.'.join(str(p) for p in e['loc']) or '*'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"bad plugin setting: {problems}") from None
+        if settings.enabled:
+            loaded.append(LoadedPlugin(cls(settings), origin))
+    return loaded
+
+
+def _entry_point_names() -> set[str]:
+    return {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
