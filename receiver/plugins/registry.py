@@ -127,12 +127,13 @@ def load_plugins(
         ConfigError: a table names no installed plugin, is not a table, or has a bad value
             (``plugins.slack.webhook_url: Field required``); a plugin cannot be imported.
     """
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"plugins.{name} must be a table ([plugins.{name}])")
     local = _from_directory(plugins_dir) if plugins_dir is not None else {}
     installed = _from_entry_points(set(tables) - set(local))
     loaded: list[LoadedPlugin] = []
     for name, table in tables.items():
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"plugins.{name} must be a table ([plugins.{name}])")
         if name in local:
             cls, origin = local[name]
         elif name in installed:

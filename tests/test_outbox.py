@@ -1,0 +1,375 @@
+"""The outbox and the dispatcher: at-least-once delivery, retries, dead letters, isolation,
+shutdown and recovery, through a real receiver under uvicorn with recording plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.outbox import DeliveryState, Job, Outcome, outcome_of
+from receiver.plugins import Event, PermanentError, PluginSettings, RetryAfter
+from tests.conftest import (
+    API_TOKEN,
+    Receiver,
+    RecordingPlugin,
+    make_settings,
+    start_receiver,
+    task_body,
+)
+
+FAST = [0.05, 0.05]
+
+
+def rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(sql, args).fetchall()
+
+
+def deliveries(db: Path) -> list[sqlite3.Row]:
+    return rows(
+        db,
+        "SELECT d.*, t.task_id, t.task_status FROM deliveries d"
+        " JOIN transitions t ON t.id = d.transition_id ORDER BY d.id",
+    )
+
+
+class Outcomes:
+    """A dispatcher listener: every committed outcome, and a wait for a condition on them."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.seen: list[tuple[Job, Outcome]] = []
+        self._changed = asyncio.Condition()
+        assert receiver.runtime.dispatcher is not None
+        receiver.runtime.dispatcher.add_listener(self._on)
+
+    def _on(self, job: Job, outcome: Outcome) -> None:
+        self.seen.append((job, outcome))
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def until(
+        self, pred: Callable[[list[tuple[Job, Outcome]]], bool], timeout_s: float = 15.0
+    ) -> list[tuple[Job, Outcome]]:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: pred(self.seen)), timeout_s)
+        return list(self.seen)
+
+    async def states(self, *wanted: tuple[str, DeliveryState]) -> None:
+        """Wait until each (plugin, state) pair has been reached at least once."""
+
+        def reached(seen: list[tuple[Job, Outcome]]) -> bool:
+            got = {(j.plugin, o.state) for j, o in seen}
+            return all(w in got for w in wanted)
+
+        await self.until(reached)
+
+
+def succeed(task_id: str, ext: str, **extra: Any) -> dict[str, Any]:
+    result = {"images": [{"index": 0, "url": f"https://cdn.example.com/{task_id}.png"}]}
+    return task_body(task_id, "succeed", ext, final_unit_deduction="1", task_result=result, **extra)
+
+
+async def test_new_transition_writes_one_delivery_per_interested_plugin(tmp_path: Path) -> None:
+    everything = RecordingPlugin(name="everything")
+    finals = RecordingPlugin(PluginSettings(statuses=["succeed", "failed"]), name="finals")
+    async with start_receiver(make_settings(tmp_path), [everything, finals]) as r:
+        outcomes = Outcomes(r)
+        assert (await r.post_callback("kh-1", task_body("1", "processing", "kh-1"))).status_code == 200
+        assert (await r.post_callback("kh-1", succeed("1", "kh-1"))).status_code == 200
+        await outcomes.until(lambda seen: len(seen) == 3)
+    got = [(d["plugin"], d["task_status"], d["state"]) for d in deliveries(tmp_path / "kling-hooks.db")]
+    assert sorted(got) == [
+        ("everything", "processing", "done"),
+        ("everything", "succeed", "done"),
+        ("finals", "succeed", "done"),
+    ]
+    assert [e.task_status for e in finals.events] == ["succeed"]
+
+
+async def test_duplicate_and_stale_callbacks_write_no_delivery(tmp_path: Path) -> None:
+    plugin = RecordingPlugin()
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        for body in (succeed("1", "kh-1"), succeed("1", "kh-1"), task_body("1", "processing", "kh-1")):
+            assert (await r.post_callback("kh-1", body)).status_code == 200
+        await outcomes.until(lambda seen: len(seen) == 1)
+    assert len(deliveries(tmp_path / "kling-hooks.db")) == 1
+    assert [e.idempotency_key for e in plugin.events] == ["1:succeed"]
+
+
+async def test_event_carries_the_transition_and_the_registered_request(tmp_path: Path) -> None:
+    plugin = RecordingPlugin()
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        registration = {
+            "route": "images/generations",
+            "task_id": "7",
+            "external_task_id": "kh-7",
+            "created_at": 1774805076166,
+            "request": {"prompt": "a lighthouse", "n": 1},
+        }
+        answer = await r.http.post(
+            f"{r.url}/tasks", json=registration, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+        assert answer.status_code == 200
+        await r.post_callback("kh-7", task_body("7", "processing", "kh-7", task_status_msg="busy"))
+        await r.post_callback("kh-7", succeed("7", "kh-7"))
+        await outcomes.until(lambda seen: len(seen) == 3)
+    by_status = {e.task_status.value: e for e in plugin.events}
+    assert set(by_status) == {"submitted", "processing", "succeed"}
+    done = by_status["succeed"]
+    assert done.idempotency_key == "7:succeed"
+    assert (done.task_id, done.external_task_id, done.route) == ("7", "kh-7", "images/generations")
+    assert done.request == {"prompt": "a lighthouse", "n": 1}
+    assert done.prompt == "a lighthouse"
+    assert done.final_unit_deduction == "1"
+    assert done.task_result == {"images": [{"index": 0, "url": "https://cdn.example.com/7.png"}]}
+    assert (done.created_at, done.updated_at) == (1774805076166, 1774805090000)
+    assert done.attempt == 1
+    # Each event is the transition as it was accepted, not the task's latest state.
+    assert by_status["processing"].task_status_msg == "busy"
+    assert by_status["processing"].task_result is None
+
+
+async def test_failed_delivery_is_retried_with_the_same_idempotency_key(tmp_path: Path) -> None:
+    plugin = RecordingPlugin(PluginSettings(retry_schedule_s=FAST), fail_first=2)
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("recording", DeliveryState.DONE))
+    assert [(e.idempotency_key, e.attempt) for e in plugin.events] == [
+        ("1:succeed", 1),
+        ("1:succeed", 2),
+        ("1:succeed", 3),
+    ]
+    [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert (d["state"], d["attempts"], d["last_error"], d["next_attempt_at"]) == ("done", 3, None, None)
+
+
+async def test_delivery_is_dead_after_the_last_attempt_with_its_last_error(tmp_path: Path) -> None:
+    plugin = RecordingPlugin(
+        PluginSettings(retry_schedule_s=FAST), fail_first=99, error=ValueError("target is down")
+    )
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("recording", DeliveryState.DEAD))
+    [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert (d["state"], d["attempts"]) == ("dead", 3)  # 1 + len(retry_schedule_s)
+    assert d["last_error"] == "ValueError: target is down"
+    assert d["next_attempt_at"] is None
+    assert len(plugin.events) == 3
+
+
+async def test_retry_after_sets_the_next_attempt(tmp_path: Path) -> None:
+    plugin = RecordingPlugin(fail_first=1, error=RetryAfter(3600, "slow down"))
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        [(_, outcome)] = await outcomes.until(lambda seen: len(seen) == 1)
+        [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert (d["state"], d["last_error"]) == ("failed", "RetryAfter: slow down")
+    # The wait is the plugin's, exactly (no jitter), counted from the failure.
+    assert d["next_attempt_at"] - d["updated_at"] == pytest.approx(3_600_000, abs=50)
+    assert outcome.next_attempt_at == d["next_attempt_at"]
+
+
+async def test_permanent_error_is_dead_at_once(tmp_path: Path) -> None:
+    plugin = RecordingPlugin(fail_first=1, error=PermanentError("URL refused"))
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("recording", DeliveryState.DEAD))
+    [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert (d["state"], d["attempts"], d["last_error"]) == ("dead", 1, "PermanentError: URL refused")
+
+
+async def test_hanging_plugin_times_out_without_delaying_another(tmp_path: Path) -> None:
+    hanging = RecordingPlugin(
+        PluginSettings(timeout_s=1.0, retry_schedule_s=[]), name="hanging", hang=True
+    )
+    healthy = RecordingPlugin(name="healthy")
+    async with start_receiver(make_settings(tmp_path), [hanging, healthy]) as r:
+        outcomes = Outcomes(r)
+        for i in range(3):
+            await r.post_callback(f"kh-{i}", succeed(str(i), f"kh-{i}"))
+        seen = await outcomes.until(lambda seen: len(seen) == 6)
+    order = [(j.plugin, o.state) for j, o in seen]
+    # All of healthy's deliveries were done before the first of hanging's timed out.
+    assert order[:3] == [("healthy", DeliveryState.DONE)] * 3
+    assert order[3:] == [("hanging", DeliveryState.DEAD)] * 3
+    assert {o.last_error for _, o in seen[3:]} == {
+        "timeout: the handler did not finish within timeout_s"
+    }
+
+
+async def test_raising_plugin_does_not_stop_another(tmp_path: Path) -> None:
+    broken = RecordingPlugin(PluginSettings(retry_schedule_s=[]), name="broken", fail_first=99)
+    healthy = RecordingPlugin(name="healthy")
+    async with start_receiver(make_settings(tmp_path), [broken, healthy]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("broken", DeliveryState.DEAD), ("healthy", DeliveryState.DONE))
+    assert len(healthy.events) == 1
+
+
+async def test_concurrency_limit_caps_running_handlers(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    class Gated(RecordingPlugin):
+        async def handle(self, event: Event) -> None:
+            await super().handle(event)
+            await gate.wait()
+
+    plugin = Gated(PluginSettings(concurrency=2))
+    db = tmp_path / "kling-hooks.db"
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        for i in range(5):
+            await r.post_callback(f"kh-{i}", succeed(str(i), f"kh-{i}"))
+        await plugin.wait_for(2)
+        states = sorted(d["state"] for d in deliveries(db))
+        assert states == ["pending", "pending", "pending", "running", "running"]
+        assert len(plugin.events) == 2
+        gate.set()
+        await outcomes.until(lambda seen: len(seen) == 5)
+    assert {d["state"] for d in deliveries(db)} == {"done"}
+
+
+async def test_route_filter_skips_tasks_on_other_or_unknown_routes(tmp_path: Path) -> None:
+    videos = RecordingPlugin(PluginSettings(routes=["videos/text2video"]), name="videos")
+    everything = RecordingPlugin(name="everything")
+    async with start_receiver(make_settings(tmp_path), [videos, everything]) as r:
+        outcomes = Outcomes(r)
+        for task_id, route in (("1", "videos/text2video"), ("2", "images/generations")):
+            await r.http.post(
+                f"{r.url}/tasks",
+                json={"route": route, "task_id": task_id, "external_task_id": f"kh-{task_id}"},
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            )
+            await r.post_callback(f"kh-{task_id}", succeed(task_id, f"kh-{task_id}"))
+        await r.post_callback("kh-3", succeed("3", "kh-3"))  # never registered: route unknown
+        await outcomes.until(lambda seen: len(seen) == 7)
+    assert sorted((e.task_id, e.task_status.value) for e in videos.events) == [
+        ("1", "submitted"),
+        ("1", "succeed"),
+    ]
+    assert len(everything.events) == 5
+
+
+async def test_graceful_shutdown_waits_for_a_running_delivery(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    class Slow(RecordingPlugin):
+        async def handle(self, event: Event) -> None:
+            await super().handle(event)
+            await gate.wait()
+
+    plugin = Slow()
+    settings = make_settings(tmp_path, kling_hooks_shutdown_grace_s=30)
+    async with start_receiver(settings, [plugin]) as r:
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await plugin.wait_for(1)
+        # The handler is running as shutdown begins; it finishes within the grace period.
+        asyncio.get_running_loop().call_later(0.2, gate.set)
+    [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert (d["state"], d["attempts"]) == ("done", 1)
+
+
+async def test_delivery_cut_by_shutdown_is_finished_after_restart(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, kling_hooks_shutdown_grace_s=0.1)
+    hanging = RecordingPlugin(hang=True)
+    async with start_receiver(settings, [hanging]) as r:
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await hanging.wait_for(1)
+    [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert d["state"] == "failed"
+    assert d["last_error"] == "interrupted: the receiver shut down during this attempt"
+
+    healthy = RecordingPlugin()
+    async with start_receiver(settings, [healthy]) as r:
+        outcomes = Outcomes(r)
+        await outcomes.states(("recording", DeliveryState.DONE))
+    assert [(e.idempotency_key, e.attempt) for e in healthy.events] == [("1:succeed", 2)]
+
+
+async def test_restart_resumes_a_delivery_left_running(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    first = RecordingPlugin(PluginSettings(retry_schedule_s=[3600]), fail_first=1)
+    async with start_receiver(settings, [first]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.until(lambda seen: len(seen) == 1)
+    db = tmp_path / "kling-hooks.db"
+    # What a SIGKILL during an attempt leaves behind (tests/test_crash.py does it for real).
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE deliveries SET state = 'running', next_attempt_at = NULL")
+    second = RecordingPlugin()
+    async with start_receiver(settings, [second]) as r:
+        outcomes = Outcomes(r)
+        await outcomes.states(("recording", DeliveryState.DONE))
+    [d] = deliveries(db)
+    assert (d["state"], d["attempts"]) == ("done", 2)
+    assert [e.attempt for e in second.events] == [2]
+
+
+async def test_plugin_that_cannot_start_leaves_the_others_running(tmp_path: Path) -> None:
+    class CannotStart(RecordingPlugin):
+        async def start(self) -> None:
+            raise OSError("directory is read-only")
+
+    broken = CannotStart(name="broken")
+    healthy = RecordingPlugin(name="healthy")
+    async with start_receiver(make_settings(tmp_path), [broken, healthy]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("healthy", DeliveryState.DONE))
+    by_plugin = {d["plugin"]: d["state"] for d in deliveries(tmp_path / "kling-hooks.db")}
+    assert by_plugin == {"broken": "pending", "healthy": "done"}
+    assert broken.events == []
+
+
+async def test_a_wants_that_raises_does_not_fail_the_callback(tmp_path: Path) -> None:
+    class Picky(RecordingPlugin):
+        def wants(self, task_status: str, route: str | None) -> bool:
+            raise KeyError(task_status)
+
+    healthy = RecordingPlugin(name="healthy")
+    async with start_receiver(make_settings(tmp_path), [Picky(name="picky"), healthy]) as r:
+        outcomes = Outcomes(r)
+        answer = await r.post_callback("kh-1", succeed("1", "kh-1"))
+        assert answer.json() == {"ok": True, "verdict": "new"}
+        await outcomes.states(("healthy", DeliveryState.DONE))
+    assert [d["plugin"] for d in deliveries(tmp_path / "kling-hooks.db")] == ["healthy"]
+
+
+def test_retry_waits_follow_the_schedule_within_twenty_percent_jitter() -> None:
+    schedule = [5, 300, 1800]
+    rng = random.Random(7)
+    for attempt, base_s in enumerate(schedule, start=1):
+        waits = [
+            outcome_of(
+                RuntimeError("x"), attempts=attempt, schedule_s=schedule, now_ms=0, rng=rng
+            ).next_attempt_at
+            for _ in range(500)
+        ]
+        assert all(w is not None and 0.8 * base_s * 1000 <= w <= 1.2 * base_s * 1000 for w in waits)
+        assert len(set(waits)) > 100  # jittered, not one fixed value
+    last = outcome_of(RuntimeError("x"), attempts=4, schedule_s=schedule, now_ms=0, rng=rng)
+    assert (last.state, last.next_attempt_at) == (DeliveryState.DEAD, None)
+
+
+def test_default_schedule_gives_eight_attempts_over_about_28_hours() -> None:
+    schedule = PluginSettings().retry_schedule_s
+    assert schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert sum(schedule) / 3600 == pytest.approx(27.6, abs=0.1)
