@@ -3,8 +3,9 @@
 ``auto`` picks the console renderer when stderr is a terminal, JSON otherwise (systemd's
 journal, containers). uvicorn's own (stdlib) log records go through the same renderer, so a
 production log is JSON from end to end. Secrets are never passed to the logger by our code:
-callback tokens, bearer tokens and Kling keys stay out of every event, and uvicorn's access
-log (which would print callback URLs) is off.
+callback tokens, bearer tokens, Kling keys and plugin secrets (a Slack webhook URL) stay out of
+every event; uvicorn's access log (which would print callback URLs) is off, and httpx's and
+httpcore's loggers (which would print request URLs) pass only warnings and errors.
 """
 
 from __future__ import annotations
@@ -54,3 +55,7 @@ def configure_logging(
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs every request ("HTTP Request: POST <url> ...") at INFO, and httpcore traces
+    # at DEBUG: request URLs can be secrets (a Slack webhook URL), so only warnings pass.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +46,7 @@ __all__ = [
     "ResultURL",
     "RetryAfter",
     "SavedFile",
+    "retry_after_s",
 ]
 
 #: Seconds to wait before attempts 2, 3, ... (so 8 attempts in all, over about 28 hours),
@@ -51,7 +54,7 @@ __all__ = [
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
-class RetryAfter(Exception):  # noqa: N818 - the name says what the plugin asks for
+class RetryAfter(Exception):
     """Raise from :meth:`Plugin.handle` to be retried no earlier than ``seconds`` from now.
 
     Used for a target's ``429`` or ``503`` with ``Retry-After``. The attempt still counts
@@ -65,6 +68,27 @@ class RetryAfter(Exception):  # noqa: N818 - the name says what the plugin asks 
     def __init__(self, seconds: float, message: str = "") -> None:
         super().__init__(message or f"retry after {seconds:g} s")
         self.seconds = max(0.0, float(seconds))
+
+
+def retry_after_s(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 section 10.2.3): either
+    delay-seconds or an HTTP-date (compared with ``now``, default the current UTC time).
+
+    Returns:
+        Seconds, never negative (a past date gives 0); None when absent or unreadable.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class PermanentError(Exception):

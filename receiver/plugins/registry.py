@@ -111,9 +111,7 @@ def _check_class(obj: Any, label: str, where: str) -> type[Plugin]:
     return obj
 
 
-def load_plugins(
-    tables: Mapping[str, Any], plugins_dir: Path | None = None
-) -> list[LoadedPlugin]:
+def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> list[LoadedPlugin]:
     """Build every enabled plugin.
 
     Args:

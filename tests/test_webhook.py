@@ -1,0 +1,247 @@
+"""The built-in webhook plugin: Standard Webhooks messages to a local sink that verifies them
+with the ``standardwebhooks`` library, through a real receiver; the same ``webhook-id`` on a
+redelivery, Retry-After, 410 Gone, and the secret checked at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from receiver.config import ConfigError, Settings
+from receiver.outbox import DeliveryState, Job, Outcome
+from receiver.plugins import Event
+from receiver.plugins.registry import load_plugins
+from receiver.plugins.webhook import payload
+from submitter.protocol import TaskStatus
+from tests.conftest import API_TOKEN, Receiver, make_settings, start_receiver, task_body
+from tests.sinks import Answer, Recorded, Sink, start_sink
+
+FAST = [0.05, 0.05]
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OTHER_SECRET = "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ=="
+ROUTE = "videos/text2video"
+REQUEST = {"prompt": "rain on a window", "duration": "5"}
+RESULT = {"videos": [{"id": "v1", "url": "https://cdn.example.com/v1.mp4", "duration": "5.1"}]}
+
+
+class Outcomes:
+    """A dispatcher listener: every committed outcome, and a wait for a condition on them."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.seen: list[tuple[Job, Outcome]] = []
+        self._changed = asyncio.Condition()
+        assert receiver.runtime.dispatcher is not None
+        receiver.runtime.dispatcher.add_listener(self._on)
+
+    def _on(self, job: Job, outcome: Outcome) -> None:
+        self.seen.append((job, outcome))
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def until(
+        self, pred: Callable[[list[tuple[Job, Outcome]]], bool], timeout_s: float = 15.0
+    ) -> list[tuple[Job, Outcome]]:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: pred(self.seen)), timeout_s)
+        return list(self.seen)
+
+    async def ended(self, count: int) -> list[tuple[Job, Outcome]]:
+        """Wait until ``count`` deliveries are done or dead."""
+        final = (DeliveryState.DONE, DeliveryState.DEAD)
+        return await self.until(lambda seen: sum(o.state in final for _, o in seen) >= count)
+
+
+def deliveries(db: Path) -> list[sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(
+            "SELECT d.*, t.task_id, t.task_status FROM deliveries d"
+            " JOIN transitions t ON t.id = d.transition_id ORDER BY d.id"
+        ).fetchall()
+
+
+def webhook_settings(tmp_path: Path, sink: Sink, **table: Any) -> Settings:
+    webhook = {
+        "url": sink.url + "/hooks/kling",
+        "secret": SECRET,
+        "retry_schedule_s": FAST,
+        **table,
+    }
+    return make_settings(tmp_path, plugins={"webhook": webhook})
+
+
+def verify(request: Recorded, secret: str = SECRET) -> Any:
+    """What the endpoint would do: check the signature over the bytes it got, parse them."""
+    return Webhook(secret).verify(request.body, request.headers)
+
+
+async def register(r: Receiver, task_id: str, ext: str) -> None:
+    doc = {
+        "route": ROUTE,
+        "task_id": task_id,
+        "external_task_id": ext,
+        "task_status": "submitted",
+        "created_at": 1774805076166,
+        "request": REQUEST,
+    }
+    answer = await r.http.post(
+        f"{r.url}/tasks", json=doc, headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def succeed(task_id: str, ext: str) -> dict[str, Any]:
+    return task_body(task_id, "succeed", ext, final_unit_deduction="1", task_result=RESULT)
+
+
+async def test_endpoint_verifies_a_signed_message_for_every_transition(tmp_path: Path) -> None:
+    async with start_sink() as sink, start_receiver(webhook_settings(tmp_path, sink)) as r:
+        outcomes = Outcomes(r)
+        await register(r, "1", "kh-1")
+        await r.post_callback("kh-1", task_body("1", "processing", "kh-1"))
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.ended(3)
+    by_id = {q.headers["webhook-id"]: q for q in sink.requests}
+    assert sorted(by_id) == ["1:processing", "1:submitted", "1:succeed"]
+    for request in sink.requests:
+        assert (request.method, request.path) == ("POST", "/hooks/kling")
+        assert request.headers["content-type"] == "application/json"
+        message = verify(request)
+        assert message["type"] == f"task.{message['data']['task_status']}"
+        assert message["data"]["idempotency_key"] == request.headers["webhook-id"]
+        with pytest.raises(WebhookVerificationError):
+            verify(request, OTHER_SECRET)
+    done = verify(by_id["1:succeed"])
+    assert done == {
+        "type": "task.succeed",
+        "timestamp": "2026-03-29T17:24:50.000Z",  # Kling's updated_at, 1774805090000
+        "data": {
+            "idempotency_key": "1:succeed",
+            "task_id": "1",
+            "external_task_id": "kh-1",
+            "route": ROUTE,
+            "task_status": "succeed",
+            "task_status_msg": "",
+            "task_result": RESULT,
+            "final_unit_deduction": "1",
+            "created_at": 1774805076166,
+            "updated_at": 1774805090000,
+            "received_at": done["data"]["received_at"],
+            "request": REQUEST,
+        },
+    }
+
+
+async def test_redelivery_after_500_has_the_same_webhook_id_and_body_and_a_valid_signature(
+    tmp_path: Path,
+) -> None:
+    async with start_sink() as sink, start_receiver(webhook_settings(tmp_path, sink)) as r:
+        sink.answer(Answer(500, b"<html>oops</html>\n"))
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        seen = await outcomes.ended(1)
+    assert [(j.event.attempt, o.state) for j, o in seen] == [
+        (1, DeliveryState.FAILED),
+        (2, DeliveryState.DONE),
+    ]
+    assert seen[0][1].last_error == "WebhookError: the endpoint answered 500: <html>oops</html>"
+    first, second = sink.requests
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "1:succeed"
+    assert first.body == second.body
+    assert verify(first) == verify(second)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_on_429_or_503_sets_the_next_attempt(tmp_path: Path, status: int) -> None:
+    async with start_sink() as sink, start_receiver(webhook_settings(tmp_path, sink)) as r:
+        sink.answer(Answer(status, b"slow down", headers={"Retry-After": "120"}))
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.until(lambda seen: len(seen) == 1)
+        [d] = deliveries(r.runtime.settings.kling_hooks_db)
+    expected_error = f"RetryAfter: the endpoint answered {status}: slow down"
+    assert (d["state"], d["last_error"]) == ("failed", expected_error)
+    assert d["next_attempt_at"] - d["updated_at"] == pytest.approx(120_000, abs=50)
+
+
+async def test_410_gone_is_dead_after_one_attempt(tmp_path: Path) -> None:
+    async with start_sink(Answer(410, b"unsubscribed")) as sink:
+        async with start_receiver(webhook_settings(tmp_path, sink)) as r:
+            outcomes = Outcomes(r)
+            await r.post_callback("kh-1", succeed("1", "kh-1"))
+            await outcomes.ended(1)
+    [d] = deliveries(r.runtime.settings.kling_hooks_db)
+    assert (d["state"], d["attempts"]) == ("dead", 1)
+    assert d["last_error"] == "PermanentError: the endpoint answered 410: unsubscribed"
+    assert len(sink.requests) == 1
+
+
+async def test_other_refusals_are_retried_on_the_schedule_then_dead(tmp_path: Path) -> None:
+    async with start_sink(Answer(400, b"bad request")) as sink:
+        async with start_receiver(webhook_settings(tmp_path, sink)) as r:
+            outcomes = Outcomes(r)
+            await r.post_callback("kh-1", succeed("1", "kh-1"))
+            await outcomes.ended(1)
+    [d] = deliveries(r.runtime.settings.kling_hooks_db)
+    assert (d["state"], d["attempts"]) == ("dead", 3)  # 1 + len(retry_schedule_s)
+    assert d["last_error"] == "WebhookError: the endpoint answered 400: bad request"
+    assert [q.headers["webhook-id"] for q in sink.requests] == ["1:succeed"] * 3
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_not*base64!", "whsec_abc=def"],
+    ids=["no-prefix", "empty", "not-base64", "bad-padding"],
+)
+def test_bad_secret_is_a_start_up_error_naming_the_key_not_the_value(secret: str) -> None:
+    table = {"url": "https://example.com/hooks", "secret": secret}
+    with pytest.raises(ConfigError, match=r"plugins\.webhook\.secret: Value error") as caught:
+        load_plugins({"webhook": table})
+    value = secret.removeprefix("whsec_")
+    assert not value or value not in str(caught.value)
+
+
+def test_url_must_be_http_and_is_required() -> None:
+    with pytest.raises(ConfigError, match=r"plugins\.webhook\.url: Value error, must be an http"):
+        load_plugins({"webhook": {"url": "file:///etc/passwd", "secret": SECRET}})
+    with pytest.raises(ConfigError, match=r"plugins\.webhook\.url: Field required"):
+        load_plugins({"webhook": {"secret": SECRET}})
+
+
+def test_plugin_description_masks_the_secret_and_defaults_to_every_status() -> None:
+    [loaded] = load_plugins({"webhook": {"url": "https://example.com/hooks", "secret": SECRET}})
+    described = loaded.describe()
+    assert described["settings"]["secret"] == "**********"
+    assert described["statuses"] == ["failed", "processing", "submitted", "succeed"]
+    assert SECRET not in repr(described)
+
+
+def test_payload_timestamp_falls_back_to_the_receive_time_without_updated_at() -> None:
+    event = Event(
+        idempotency_key="9:failed",
+        delivery_id=1,
+        attempt=1,
+        task_id="9",
+        external_task_id="kh-9",
+        route=None,
+        task_status=TaskStatus.FAILED,
+        task_status_msg="content safety check failed",
+        task_result=None,
+        final_unit_deduction=None,
+        created_at=None,
+        updated_at=None,
+        received_at=1774805090123,
+        request=None,
+    )
+    message = payload(event)
+    assert (message["type"], message["timestamp"]) == ("task.failed", "2026-03-29T17:24:50.123Z")
+    assert message["data"] == event.to_json()
