@@ -1,9 +1,11 @@
 """``kling-hooks demo``: the whole pipeline in one process, on loopback, with no Kling account.
 
-It starts the simulator and the receiver on free ports, submits one task per route through
-the real submitter over real HTTP (duplicate and out-of-order callbacks switched on), waits
-until every task has ended (woken by the writer's commits: nothing polls), then prints each
-task's transitions as the status API reports them.
+It starts the simulator, a Slack-compatible sink and the receiver on free ports, with the
+built-in ``downloader`` (into a temporary directory) and ``slack`` plugins enabled. It submits
+one task per route through the real submitter over real HTTP (duplicate and out-of-order
+callbacks switched on), waits until every task has ended and every delivery has finished
+(woken by the writer's commits and the dispatcher's outcomes: nothing polls), then prints each
+task's transitions, the files saved, and the Slack messages received.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from typing import Any, TextIO
 import httpx
 from pydantic import SecretStr
 
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route as HttpRoute
+
 from receiver.app import create_app
 from receiver.cli import format_table
 from receiver.config import Settings
 from receiver.logging import configure_logging
+from receiver.outbox import DeliveryState, Job, Outcome
 from receiver.runtime import Runtime
 from receiver.serving import listen, running
 from receiver.tokens import new_secret
@@ -47,63 +55,125 @@ TIMEOUT_S = 25.0
 
 
 class _Ended:
-    """Collects the task_ids whose terminal transition has committed (a writer listener)."""
+    """Waits until every task has ended and each of its terminal deliveries has finished.
+
+    ``on_commit`` is a writer listener (terminal transitions), ``on_outcome`` a dispatcher
+    listener (deliveries that reached ``done`` or ``dead``).
+    """
 
     def __init__(self) -> None:
-        self.task_ids: set[str] = set()
+        self.terminal: dict[str, str] = {}
+        self.finished: set[tuple[str, str]] = set()
         self.wanted: set[str] | None = None
         self.done = asyncio.Event()
 
     def on_commit(self, transitions: list[TransitionRow]) -> None:
-        self.task_ids |= {t.task_id for t in transitions if TaskStatus(t.task_status).is_terminal}
-        if self.wanted is not None and self.wanted <= self.task_ids:
-            self.done.set()
+        for t in transitions:
+            if TaskStatus(t.task_status).is_terminal:
+                self.terminal[t.task_id] = t.task_status
+        self._check()
+
+    def on_outcome(self, job: Job, outcome: Outcome) -> None:
+        if outcome.state in (DeliveryState.DONE, DeliveryState.DEAD):
+            self.finished.add((job.event.task_id, job.plugin))
+        self._check()
+
+    def _check(self) -> None:
+        if self.wanted is None or not self.wanted <= set(self.terminal):
+            return
+        for task_id in self.wanted:
+            plugins = {"slack", "downloader"} if self.terminal[task_id] == "succeed" else {"slack"}
+            if not {(task_id, p) for p in plugins} <= self.finished:
+                return
+        self.done.set()
 
     async def wait_for(self, task_ids: set[str]) -> None:
         self.wanted = task_ids
-        self.on_commit([])
+        self._check()
         await self.done.wait()
 
 
+class SlackSink:
+    """A Slack-compatible incoming webhook on loopback: answers ``ok`` and keeps each post."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.app = Starlette(routes=[HttpRoute("/services/{path:path}", self._post, methods=["POST"])])
+
+    async def _post(self, request: Request) -> Response:
+        self.messages.append(await request.body())
+        return PlainTextResponse("ok")
+
+
 async def run_demo(
-    seed: int = 1, out: TextIO | None = None, delay_s: tuple[float, float] = (0.3, 1.2)
+    seed: int = 1,
+    out: TextIO | None = None,
+    delay_s: tuple[float, float] = (0.3, 1.2),
+    directory: Path | None = None,
 ) -> int:
-    """Run the demo; returns the exit code (0 when every task ended, 1 otherwise)."""
+    """Run the demo; returns the exit code (0 when every task ended, 1 otherwise).
+
+    Args:
+        seed: The simulator's seed (which tasks fail, which callbacks repeat).
+        out: Where to print (default stdout).
+        delay_s: The simulator's (min, max) seconds between a task's states.
+        directory: Where the database and the downloads go; by default a new temporary
+            directory, which is kept (and printed) so the files can be looked at.
+    """
     import sys
 
     out = out or sys.stdout
     configure_logging("console", "warning")
     faults = Faults(failure_rate=0.2, duplicate_rate=0.5, reorder_rate=0.5)
     simulator = Simulator(faults=faults, delay_s=delay_s, seed=seed)
-    with tempfile.TemporaryDirectory(prefix="kling-hooks-demo-") as tmp:
-        sock = listen()
-        receiver_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = Settings(
-            kling_hooks_db=Path(tmp) / "demo.db",
-            kling_hooks_public_url=receiver_url,
-            kling_api_key=SecretStr("demo-key"),
-            kling_hooks_secret=SecretStr(new_secret()),
-            kling_hooks_api_token=SecretStr(new_secret()),
-            kling_hooks_log_level="warning",
-        )
-        rt = Runtime(settings=settings)
-        started = time.monotonic()
-        async with running(simulator.app) as sim_url, running(create_app(settings, rt), sock=sock):
-            print(f"simulator  {sim_url}   (duplicates and reordering on)", file=out)
-            print(f"receiver   {receiver_url}   database {settings.kling_hooks_db}\n", file=out)
-            await rt.ready.wait()
-            assert rt.writer is not None and rt.credentials is not None
-            ended = _Ended()
-            rt.writer.add_listener(ended.on_commit)
-            submissions = await _submit_all(settings, rt, sim_url)
-            try:
-                await asyncio.wait_for(ended.wait_for({s.task_id for s in submissions}), TIMEOUT_S)
-            except TimeoutError:
-                print(f"not every task ended within {TIMEOUT_S:.0f} s", file=out)
-                return 1
-            await simulator.wait_idle()
-            tasks = await _fetch(receiver_url, rt.credentials.api_token, submissions)
-        _report(tasks, submissions, time.monotonic() - started, out)
+    slack = SlackSink()
+    tmp = directory or Path(tempfile.mkdtemp(prefix="kling-hooks-demo-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    sock = listen()
+    receiver_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    slack_sock = listen()
+    slack_url = f"http://127.0.0.1:{slack_sock.getsockname()[1]}/services/T0/B0/demo"
+    downloads = tmp / "downloads"
+    settings = Settings(
+        kling_hooks_db=tmp / "demo.db",
+        kling_hooks_public_url=receiver_url,
+        kling_api_key=SecretStr("demo-key"),
+        kling_hooks_secret=SecretStr(new_secret()),
+        kling_hooks_api_token=SecretStr(new_secret()),
+        kling_hooks_log_level="warning",
+        plugins={
+            # The simulator serves results on loopback, which the downloader refuses
+            # unless told otherwise (a callback must not reach internal services).
+            "downloader": {"directory": str(downloads), "allow_private_hosts": True},
+            "slack": {"webhook_url": slack_url},
+        },
+    )
+    rt = Runtime(settings=settings)
+    started = time.monotonic()
+    async with (
+        running(simulator.app) as sim_url,
+        running(slack.app, sock=slack_sock),
+        running(create_app(settings, rt), sock=sock),
+    ):
+        print(f"simulator  {sim_url}   (duplicates and reordering on)", file=out)
+        print(f"receiver   {receiver_url}   database {settings.kling_hooks_db}", file=out)
+        print(f"slack      {slack_url}   downloads {downloads}\n", file=out)
+        await rt.ready.wait()
+        assert rt.writer is not None and rt.credentials is not None
+        assert rt.dispatcher is not None
+        ended = _Ended()
+        rt.writer.add_listener(ended.on_commit)
+        rt.dispatcher.add_listener(ended.on_outcome)
+        submissions = await _submit_all(settings, rt, sim_url)
+        try:
+            await asyncio.wait_for(ended.wait_for({s.task_id for s in submissions}), TIMEOUT_S)
+        except TimeoutError:
+            print(f"not every task ended within {TIMEOUT_S:.0f} s", file=out)
+            return 1
+        await simulator.wait_idle()
+        tasks = await _fetch(receiver_url, rt.credentials.api_token, submissions)
+        _report(tasks, submissions, time.monotonic() - started, len(slack.messages), tmp, out)
+    print(f"The database and the downloads are kept in {tmp}", file=out)
     return 0
 
 
@@ -138,7 +208,12 @@ async def _fetch(url: str, token: str, submissions: list[Submission]) -> list[di
 
 
 def _report(
-    tasks: list[dict[str, Any]], submissions: list[Submission], elapsed_s: float, out: TextIO
+    tasks: list[dict[str, Any]],
+    submissions: list[Submission],
+    elapsed_s: float,
+    slack_messages: int,
+    directory: Path,
+    out: TextIO,
 ) -> None:
     rows = []
     for task, sub in zip(tasks, submissions, strict=True):
@@ -156,9 +231,16 @@ def _report(
         ),
         file=out,
     )
+    files = [
+        (Path(f["path"]).relative_to(directory), f["bytes"], f["sha256"][:12])
+        for t in tasks
+        for f in t["files"]
+    ]
+    print("\n" + format_table([f"saved in {directory}", "bytes", "sha256"], files), file=out)
     final = [t["task_status"] for t in tasks]
     print(
         f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count('succeed')} succeed, "
-        f"{final.count('failed')} failed. Try: kling-hooks serve, then kling-hooks submit.",
+        f"{final.count('failed')} failed. {len(files)} files saved, {slack_messages} Slack "
+        "messages sent.\nTry: kling-hooks serve, then kling-hooks submit.",
         file=out,
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from receiver.runtime import Runtime
 from receiver.serving import running
 from receiver.tokens import CallbackTokens
 
+KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 SECRET = "test-secret-one"
 API_TOKEN = "test-api-token"
 
@@ -141,3 +146,69 @@ class RecordingPlugin(Plugin):
                 self._changed.wait_for(lambda: len(self.events) >= count), timeout_s
             )
         return list(self.events)
+
+
+class Server:
+    """A ``kling-hooks serve`` subprocess and the JSON log events it has printed so far."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.url = ""
+
+    async def until(
+        self, pred: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Read log lines until one satisfies ``pred``; returns it (no polling: the read
+        blocks until the process writes)."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout_s):
+            while True:
+                line = await self.proc.stderr.readline()
+                if not line:
+                    raise AssertionError(f"server exited: {self.events[-5:]}")
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                self.events.append(event)
+                if pred(event):
+                    return event
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    config: Path, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """Run ``kling-hooks serve --config CONFIG --port 0 ARGS`` with JSON logs, until the block
+    ends (then SIGKILL if still running). Yields once uvicorn listens; ``Server.url`` is set."""
+    full_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
+    full_env.update(
+        KLING_HOOKS_SECRET=SECRET,
+        KLING_HOOKS_API_TOKEN=API_TOKEN,
+        KLING_HOOKS_LOG_FORMAT="json",
+        KLING_HOOKS_LOG_LEVEL="info",
+        **(env or {}),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(KLING_HOOKS),
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        "0",
+        *args,
+        env=full_env,
+        cwd=cwd,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    server = Server(proc)
+    try:
+        started = await server.until(lambda e: "Uvicorn running on" in e.get("event", ""))
+        server.url = re.findall(r"http://[\d.]+:\d+", started["event"])[0]
+        yield server
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

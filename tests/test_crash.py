@@ -9,84 +9,21 @@ subprocess's own log lines (``receiver_started``, ``delivery_done``), never on a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import os
-import re
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from submitter.media import mp4_bytes, png_bytes
-from tests.conftest import API_TOKEN, SECRET, task_body
+from tests.conftest import API_TOKEN, SECRET, serve, task_body
 from tests.sinks import Answer, Sink, start_sink
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 TASKS = 4
-
-
-class Server:
-    """A ``kling-hooks serve`` subprocess and the JSON events it logged."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self.url = ""
-
-    async def until(self, pred: Any, timeout_s: float = 30.0) -> dict[str, Any]:
-        """Read log lines until one satisfies ``pred``; returns it."""
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout_s):
-            while True:
-                line = await self.proc.stderr.readline()
-                if not line:
-                    raise AssertionError(f"server exited: {self.events[-5:]}")
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                self.events.append(event)
-                if pred(event):
-                    return event
-
-
-@asynccontextmanager
-async def serve(config: Path, tmp_path: Path) -> AsyncIterator[Server]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
-    env.update(
-        KLING_HOOKS_SECRET=SECRET,
-        KLING_HOOKS_API_TOKEN=API_TOKEN,
-        KLING_HOOKS_LOG_FORMAT="json",
-        KLING_HOOKS_LOG_LEVEL="info",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        str(KLING_HOOKS),
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        "0",
-        env=env,
-        cwd=tmp_path,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    server = Server(proc)
-    try:
-        started = await server.until(lambda e: "Uvicorn running on" in e.get("event", ""))
-        server.url = re.findall(r"http://[\d.]+:\d+", started["event"])[0]
-        yield server
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 def write_config(tmp_path: Path, slack: Sink, downloads: Path) -> Path:

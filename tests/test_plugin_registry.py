@@ -119,3 +119,13 @@ def test_plugin_attribute_must_be_a_plugin_class(tmp_path: Path) -> None:
 def test_plugins_dir_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"is not a directory"):
         load_plugins({}, tmp_path / "missing")
+
+
+def test_shipped_config_example_loads_with_its_plugins() -> None:
+    from receiver.config import load_settings
+
+    example = Path(__file__).parent.parent / "systemd" / "config.toml.example"
+    settings = load_settings(example)
+    [downloader] = load_plugins(settings.plugins)
+    assert downloader.name == "downloader"
+    assert settings.kling_hooks_shutdown_grace_s == 10

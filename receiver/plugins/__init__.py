@@ -45,7 +45,9 @@ __all__ = [
     "PluginSettings",
     "ResultURL",
     "RetryAfter",
+    "Route",
     "SavedFile",
+    "TaskStatus",
     "retry_after_s",
 ]
 
