@@ -258,13 +258,19 @@ async def run(tasks: int, seed: int) -> int:
     keys = collections.Counter(_key(m) for m in slack.accepted)
     after = counts(db)
     print(f"tasks {len(answers)}: {len(succeeded)} succeed, {len(answers) - len(succeeded)} failed")
-    print(f"receiver killed with SIGKILL at deliveries {before_kill}; back up in {restarted_s:.2f} s")
-    print(f"files: {len(good_files)} of {len(files)} on disk with the right sha256 "
-          f"(result URLs: {len(wanted_urls)})")
-    print(f"slack posts: {len(slack.posts)} received, {len(slack.accepted)} accepted; "
-          f"terminal transitions {len(terminal)}, with a message: {len(terminal & set(keys))}; "
-          f"repeated (same idempotency key): {sum(1 for n in keys.values() if n > 1)}; "
-          f"messages for anything else: {len(set(keys) - terminal)}")
+    print(
+        f"receiver killed with SIGKILL at deliveries {before_kill}; back up in {restarted_s:.2f} s"
+    )
+    print(
+        f"files: {len(good_files)} of {len(files)} on disk with the right sha256 "
+        f"(result URLs: {len(wanted_urls)})"
+    )
+    print(
+        f"slack posts: {len(slack.posts)} received, {len(slack.accepted)} accepted; "
+        f"terminal transitions {len(terminal)}, with a message: {len(terminal & set(keys))}; "
+        f"repeated (same idempotency key): {sum(1 for n in keys.values() if n > 1)}; "
+        f"messages for anything else: {len(set(keys) - terminal)}"
+    )
     print(f"dead before replay: {dead_before}; replay said: {replay_out.decode().strip()}")
     print(f"deliveries at the end: {after}")
     print(f"whole run: {elapsed_s:.1f} s; work directory {work}")
@@ -280,7 +286,9 @@ async def run(tasks: int, seed: int) -> int:
 
 def _key(message: dict[str, Any]) -> str:
     """The idempotency key the slack plugin puts in its message (context block)."""
-    found = re.findall(r"event ([^\s`*]+:(?:succeed|failed|processing|submitted))", json.dumps(message))
+    found = re.findall(
+        r"event ([^\s`*]+:(?:succeed|failed|processing|submitted))", json.dumps(message)
+    )
     return found[0] if found else "?"
 
 

@@ -1,8 +1,8 @@
-"""The status API: what happened to each task.
+"""The status API: what happened to each task, and to its deliveries to plugins.
 
-Every ``/tasks`` route needs ``Authorization: Bearer <KLING_HOOKS_API_TOKEN>`` (401 without
-it). ``/healthz``, ``/readyz`` and ``/openapi.json`` need no token. Errors have one shape:
-``{"ok": false, "error": "..."}``.
+Every ``/tasks``, ``/deliveries`` and ``/plugins`` route needs
+``Authorization: Bearer <KLING_HOOKS_API_TOKEN>`` (401 without it). ``/healthz``, ``/readyz``
+and ``/openapi.json`` need no token. Errors have one shape: ``{"ok": false, "error": "..."}``.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.openapi import openapi_document
+from receiver.outbox import DeliveryNotFound, DeliveryRunning, DeliveryState, Redeliver
 from receiver.responses import error, ok
 from receiver.routes import BodyTooLarge, read_bounded
 from receiver.runtime import Runtime
@@ -30,7 +31,10 @@ from submitter.protocol import Route as KlingRoute
 log = structlog.get_logger("kling_hooks.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
+Body = TypeVar("Body", bound=BaseModel)
 MAX_LIMIT = 500
+#: A delivery id in a path: SQLite's INTEGER is 64-bit, so at most 18 digits are accepted.
+MAX_ID_DIGITS = 18
 
 
 class RegistrationBody(BaseModel):
@@ -44,6 +48,70 @@ class RegistrationBody(BaseModel):
     task_status: TaskStatus = TaskStatus.SUBMITTED
     created_at: Millis | None = None
     request: dict[str, Any] | None = None
+
+
+class RedeliveryFilter(BaseModel):
+    """``POST /deliveries/redeliver``: which deliveries to replay (an empty body: every
+    ``dead`` one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plugin: StrictStr | None = None
+    state: Literal["dead", "failed", "done", "pending"] = "dead"
+    since: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = Field(
+        default=None, description="only deliveries created at or after this time, Unix ms"
+    )
+
+
+class Refused(Exception):
+    """A request the API refuses: answered ``status`` with ``message`` in the error shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _page(request: Request) -> tuple[int, int | None]:
+    """``(limit, before_id)`` from the ``limit`` and ``cursor`` query parameters.
+
+    Raises:
+        Refused: 400, either is not a whole number or ``limit`` is outside [1, MAX_LIMIT].
+    """
+    q = request.query_params
+    try:
+        limit = int(q.get("limit", "50"))
+        before = int(q["cursor"]) if q.get("cursor") else None
+    except ValueError:
+        raise Refused(400, "limit and cursor must be whole numbers") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Refused(400, f"limit={limit} is outside [1, {MAX_LIMIT}]")
+    return limit, before
+
+
+async def _parse_body(
+    request: Request, model: type[Body], *, max_bytes: int, empty: Body | None = None
+) -> Body:
+    """The JSON body validated by ``model``; ``empty`` (when given) stands for an empty body.
+
+    Raises:
+        Refused: 413 too large; 400 not JSON; 422 naming the first bad field.
+    """
+    try:
+        raw = await read_bounded(request, max_bytes)
+        if empty is not None and not raw.strip():
+            return empty
+        doc = json.loads(raw)
+    except BodyTooLarge:
+        raise Refused(413, "body is too large") from None
+    except ValueError:
+        raise Refused(400, "body is not JSON") from None
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise Refused(422, f"{field}: {first['msg']}") from None
 
 
 class StatusAPI:
@@ -61,7 +129,8 @@ class StatusAPI:
         return hmac.compare_digest(token.encode(), expected.encode())
 
     def guarded(self, handler: Handler) -> Handler:
-        """Wrap ``handler``: 401 without the token, 503 when the database does not answer."""
+        """Wrap ``handler``: 401 without the token, 503 when the database does not answer,
+        and :class:`Refused` in the error shape."""
 
         async def run(request: Request) -> Response:
             if not self._authorized(request):
@@ -69,6 +138,8 @@ class StatusAPI:
                 return error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
             try:
                 return await handler(request)
+            except Refused as exc:
+                return error(exc.status, exc.message)
             except StoreUnavailable as exc:
                 log.error("api_store_unavailable", error=str(exc))
                 return error(
@@ -95,13 +166,7 @@ class StatusAPI:
                 400,
                 f"task_status={status!r} is not one of " + ", ".join(s.value for s in TaskStatus),
             )
-        try:
-            limit = int(q.get("limit", "50"))
-            before = int(q["cursor"]) if q.get("cursor") else None
-        except ValueError:
-            return error(400, "limit and cursor must be whole numbers")
-        if not 1 <= limit <= MAX_LIMIT:
-            return error(400, f"limit={limit} is outside [1, {MAX_LIMIT}]")
+        limit, before = _page(request)
         tasks, cursor = await self.rt.reader.list_tasks(
             task_status=status, route=q.get("route") or None, limit=limit, before_id=before
         )
@@ -111,19 +176,9 @@ class StatusAPI:
 
     async def register(self, request: Request) -> Response:
         assert self.rt.writer is not None
-        try:
-            raw = await read_bounded(request, self.rt.settings.kling_hooks_max_body_bytes)
-            doc = json.loads(raw)
-        except BodyTooLarge:
-            return error(413, "body is too large")
-        except ValueError:
-            return error(400, "body is not JSON")
-        try:
-            body = RegistrationBody.model_validate(doc)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "body"
-            return error(422, f"{field}: {first['msg']}")
+        body = await _parse_body(
+            request, RegistrationBody, max_bytes=self.rt.settings.kling_hooks_max_body_bytes
+        )
         reg = Registration(
             task_id=body.task_id,
             external_task_id=body.external_task_id,
@@ -139,6 +194,85 @@ class StatusAPI:
             return error(409, str(exc))
         return ok(verdict=verdict.value, task_id=body.task_id)
 
+    async def list_deliveries(self, request: Request) -> Response:
+        """``GET /deliveries?state=&plugin=&limit=&cursor=``: deliveries, newest first."""
+        assert self.rt.reader is not None
+        q = request.query_params
+        state = q.get("state") or None
+        if state is not None and state not in DeliveryState.__members__.values():
+            return error(
+                400, f"state={state!r} is not one of " + ", ".join(s.value for s in DeliveryState)
+            )
+        limit, before = _page(request)
+        deliveries, cursor = await self.rt.reader.list_deliveries(
+            state=state, plugin=q.get("plugin") or None, limit=limit, before_id=before
+        )
+        return JSONResponse(
+            {"deliveries": deliveries, "next_cursor": None if cursor is None else str(cursor)}
+        )
+
+    async def redeliver_one(self, request: Request) -> Response:
+        """``POST /deliveries/{id}/redeliver``: replay one delivery (404 unknown or not a
+        whole number, 409 running now)."""
+        raw_id = request.path_params["id"]
+        if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= MAX_ID_DIGITS):
+            return error(404, f"no delivery with id {raw_id!r}")
+        op = Redeliver(now_ms=self.rt.clock_ms(), delivery_id=int(raw_id))
+        try:
+            count = await self._redeliver(op)
+        except DeliveryNotFound as exc:
+            return error(404, str(exc))
+        except DeliveryRunning as exc:
+            return error(409, str(exc))
+        return ok(redelivered=count)
+
+    async def redeliver_many(self, request: Request) -> Response:
+        """``POST /deliveries/redeliver``: replay every delivery matching the body's filter."""
+        body = await _parse_body(
+            request,
+            RedeliveryFilter,
+            max_bytes=self.rt.settings.kling_hooks_max_body_bytes,
+            empty=RedeliveryFilter(),
+        )
+        op = Redeliver(
+            now_ms=self.rt.clock_ms(),
+            state=DeliveryState(body.state),
+            plugin=body.plugin,
+            since_ms=body.since,
+        )
+        return ok(redelivered=await self._redeliver(op))
+
+    async def _redeliver(self, op: Redeliver) -> int:
+        """Run ``op`` through the writer, then wake the dispatcher; returns how many."""
+        assert self.rt.writer is not None and self.rt.dispatcher is not None
+        count = await self.rt.writer.execute(op)
+        log.info(
+            "deliveries_replayed",
+            count=count,
+            delivery_id=op.delivery_id,
+            state=op.state,
+            plugin=op.plugin,
+            since_ms=op.since_ms,
+        )
+        self.rt.dispatcher.wake()
+        return count
+
+    async def list_plugins(self, request: Request) -> Response:
+        """``GET /plugins``: the enabled plugins, settings with secrets masked, and whether each
+        started (a plugin whose ``start()`` failed gets no deliveries; they wait, pending)."""
+        dispatcher = self.rt.dispatcher
+        return JSONResponse(
+            {
+                "plugins": [
+                    {
+                        **loaded.describe(),
+                        "started": dispatcher is not None and dispatcher.is_started(loaded.name),
+                    }
+                    for loaded in self.rt.plugins
+                ]
+            }
+        )
+
     async def healthz(self, request: Request) -> Response:
         return ok()
 
@@ -153,7 +287,7 @@ class StatusAPI:
         return ok()
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(RegistrationBody))
+        return JSONResponse(openapi_document(RegistrationBody, RedeliveryFilter))
 
 
 def api_routes(runtime: Runtime) -> list[Route]:
@@ -163,6 +297,10 @@ def api_routes(runtime: Runtime) -> list[Route]:
         Route("/tasks", api.guarded(api.list_tasks), methods=["GET"]),
         Route("/tasks", api.guarded(api.register), methods=["POST"]),
         Route("/tasks/{id:path}", api.guarded(api.get_task), methods=["GET"]),
+        Route("/deliveries", api.guarded(api.list_deliveries), methods=["GET"]),
+        Route("/deliveries/redeliver", api.guarded(api.redeliver_many), methods=["POST"]),
+        Route("/deliveries/{id}/redeliver", api.guarded(api.redeliver_one), methods=["POST"]),
+        Route("/plugins", api.guarded(api.list_plugins), methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),

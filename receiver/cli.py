@@ -1,9 +1,11 @@
 """The ``kling-hooks`` command.
 
-Subcommands: ``serve``, ``submit``, ``tasks``, ``task``, ``token``, ``simulate``, ``demo``.
-Exit codes: 0 success; 1 Kling or the receiver answered with an error, or could not be
-reached; 2 bad usage, a bad setting, or a body that breaks a documented Kling rule (nothing
-was sent).
+Subcommands: ``serve``, ``submit``, ``tasks``, ``task``, ``deliveries``, ``redeliver``,
+``plugins``, ``token``, ``simulate``, ``demo``.
+Exit codes: 0 success; 1 Kling or the receiver answered with an error (an unknown task or
+delivery, a delivery running now), or could not be reached; 2 bad usage (a bad ``--since``,
+``redeliver`` without an ID or ``--all``), a bad setting or plugin table, or a body that
+breaks a documented Kling rule (nothing was sent).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,10 @@ from submitter.errors import InvalidRequest, SubmitterError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def _settings(args: argparse.Namespace, *, quiet: bool = True) -> Settings:
-    """Load settings and set up logging; ``quiet`` commands log errors only."""
-    settings = load_settings(args.config, kling_hooks_db=args.db)
+def _settings(args: argparse.Namespace, *, quiet: bool = True, **overrides: Any) -> Settings:
+    """Load settings (``--db`` and ``overrides``, named like the settings, win) and set up
+    logging; ``quiet`` commands log errors only."""
+    settings = load_settings(args.config, kling_hooks_db=args.db, **overrides)
     level = settings.kling_hooks_log_level
     if quiet and level in ("debug", "info", "warning"):
         level = "error"  # the command prints its own warnings
@@ -43,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from receiver.app import create_app
 
-    settings = _settings(args, quiet=False)
+    settings = _settings(args, quiet=False, kling_hooks_plugins_dir=args.plugins_dir)
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -98,13 +101,33 @@ async def _submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _api_get(args: argparse.Namespace, path: str, params: dict[str, str]) -> Any:
+async def _api(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Any:
+    """Call the status API at ``--url`` (default ``settings.api_url``) with the API token.
+
+    Returns:
+        The JSON answer.
+
+    Raises:
+        ApiError: the answer was not 200 (the message names the status and the error).
+        httpx.HTTPError: the receiver could not be reached.
+    """
     settings = _settings(args)
     creds = await credentials.resolve_from_file(settings, must_exist=True)
     base = args.url or settings.api_url
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
-        response = await client.get(
-            path, params=params, headers={"Authorization": f"Bearer {creds.api_token}"}
+        response = await client.request(
+            method,
+            path,
+            params=params,
+            json=body,
+            headers={"Authorization": f"Bearer {creds.api_token}"},
         )
     if response.status_code != 200:
         try:
@@ -125,6 +148,18 @@ def _time(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def _cut(text: str | None, width: int) -> str | None:
+    """``text`` shortened to ``width`` characters, ``...`` marking a cut."""
+    if text is None or len(text) <= width:
+        return text
+    return text[: width - 3] + "..."
+
+
+def _query(**values: object) -> dict[str, str]:
+    """Query parameters: the given values as text, leaving out None and empty ones."""
+    return {k: str(v) for k, v in values.items() if v is not None and v != ""}
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces, with a header line."""
     cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in r] for r in rows]]
@@ -135,17 +170,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 async def _tasks(args: argparse.Namespace) -> int:
-    params = {
-        k: v
-        for k, v in {
-            "task_status": args.status,
-            "route": args.route,
-            "limit": str(args.limit),
-            "cursor": args.cursor,
-        }.items()
-        if v
-    }
-    page = await _api_get(args, "/tasks", params)
+    params = _query(task_status=args.status, route=args.route, limit=args.limit, cursor=args.cursor)
+    page = await _api(args, "GET", "/tasks", params=params)
     if args.json:
         print(json.dumps(page, indent=2))
         return EXIT_OK
@@ -160,7 +186,7 @@ async def _tasks(args: argparse.Namespace) -> int:
 
 
 async def _task(args: argparse.Namespace) -> int:
-    task = await _api_get(args, f"/tasks/{args.id}", {})
+    task = await _api(args, "GET", f"/tasks/{args.id}")
     if args.json:
         print(json.dumps(task, indent=2))
         return EXIT_OK
@@ -196,6 +222,116 @@ async def _task(args: argparse.Namespace) -> int:
             ],
         )
     )
+    if task.get("deliveries"):
+        print()
+        print(delivery_table(task["deliveries"]))
+    if task.get("files"):
+        print()
+        print(
+            format_table(
+                ["file", "path", "bytes", "sha256"],
+                [(f["url"], f["path"], f["bytes"], f["sha256"]) for f in task["files"]],
+            )
+        )
+    return EXIT_OK
+
+
+def delivery_table(deliveries: Sequence[dict[str, Any]], *, with_task: bool = False) -> str:
+    """Deliveries as a table (``GET /deliveries`` items when ``with_task``, else those of
+    ``GET /tasks/{id}``): times in UTC, ``last_error`` cut to 60 characters."""
+    headers = ["id", "plugin", "state", "attempts", "next_attempt_at"]
+    headers += ["external_task_id", "task_status"] if with_task else ["task_status"]
+    rows = [
+        (
+            d["id"],
+            d["plugin"],
+            d["state"],
+            d["attempts"],
+            _time(d["next_attempt_at"]),
+            *([d["external_task_id"]] if with_task else []),
+            d["task_status"],
+            _cut(d["last_error"], 60),
+        )
+        for d in deliveries
+    ]
+    return format_table([*headers, "last_error"], rows)
+
+
+async def _deliveries(args: argparse.Namespace) -> int:
+    params = _query(state=args.state, plugin=args.plugin, limit=args.limit, cursor=args.cursor)
+    page = await _api(args, "GET", "/deliveries", params=params)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return EXIT_OK
+    print(delivery_table(page["deliveries"], with_task=True))
+    if page["next_cursor"]:
+        print(f"(more: --cursor {page['next_cursor']})")
+    return EXIT_OK
+
+
+def since_ms(value: str) -> int:
+    """``--since``: Unix ms, or an ISO 8601 date or date-time (UTC unless it has an offset).
+
+    Raises:
+        argparse.ArgumentTypeError: neither, or before 1970.
+    """
+    if value.isascii() and value.isdigit():
+        return int(value)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither Unix ms nor an ISO 8601 date-time (2026-03-01T12:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ms = (when - datetime.fromtimestamp(0, UTC)) // timedelta(milliseconds=1)
+    if ms < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is before 1970")
+    return ms
+
+
+async def _redeliver(args: argparse.Namespace) -> int:
+    if args.all == (args.id is not None):
+        print("error: give one delivery ID or --all", file=sys.stderr)
+        return EXIT_USAGE
+    if args.all:
+        body = {"state": args.state or "dead", "plugin": args.plugin, "since": args.since}
+        answer = await _api(
+            args,
+            "POST",
+            "/deliveries/redeliver",
+            body={k: v for k, v in body.items() if v is not None},
+        )
+    elif args.plugin or args.state or args.since is not None:
+        print("error: --plugin, --state and --since go with --all", file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        answer = await _api(args, "POST", f"/deliveries/{args.id}/redeliver")
+    count = int(answer["redelivered"])
+    print(f"{count} {'delivery' if count == 1 else 'deliveries'} replayed")
+    return EXIT_OK
+
+
+async def _plugins(args: argparse.Namespace) -> int:
+    doc = await _api(args, "GET", "/plugins")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    if not doc["plugins"]:
+        print("no plugin enabled (add a [plugins.NAME] table to the config file)")
+        return EXIT_OK
+    rows = [
+        (
+            p["name"],
+            p["version"],
+            ",".join(p["statuses"]),
+            "all" if p["routes"] is None else ",".join(p["routes"]),
+            p["origin"],
+        )
+        for p in doc["plugins"]
+    ]
+    print(format_table(["plugin", "version", "statuses", "routes", "origin"], rows))
     return EXIT_OK
 
 
@@ -256,6 +392,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("serve", "run the receiver (callbacks + status API) under uvicorn")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--plugins-dir",
+        type=Path,
+        help="directory of single-file plugins (KLING_HOOKS_PLUGINS_DIR)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = command("submit", "submit one task to Kling with our callback_url")
@@ -282,6 +423,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
     p.set_defaults(run=_task)
+
+    p = command("deliveries", "list deliveries to plugins from the status API, newest first")
+    p.add_argument("--state", choices=["pending", "running", "done", "failed", "dead"])
+    p.add_argument("--plugin", help="only deliveries to this plugin")
+    p.add_argument("--limit", type=int, default=50, help="1 to 500")
+    p.add_argument("--cursor", help="next page: the cursor a previous page printed")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
+    p.set_defaults(run=_deliveries)
+
+    p = command("redeliver", "replay one delivery by ID, or --all matching a filter")
+    p.add_argument("id", nargs="?", type=int, help="the delivery's id (see `deliveries`)")
+    p.add_argument("--all", action="store_true", help="every delivery matching the filter")
+    p.add_argument("--plugin", help="with --all: only deliveries to this plugin")
+    p.add_argument(
+        "--state",
+        choices=["dead", "failed", "done", "pending"],
+        help="with --all: only deliveries in this state (default dead)",
+    )
+    p.add_argument(
+        "--since",
+        type=since_ms,
+        metavar="WHEN",
+        help="with --all: only deliveries created at or after WHEN: Unix ms, or an "
+        "ISO 8601 date-time (UTC unless it has an offset)",
+    )
+    p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
+    p.set_defaults(run=_redeliver)
+
+    p = command("plugins", "list the plugins the receiver runs (settings with --json)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--url", help="status API base URL (default KLING_HOOKS_API_URL)")
+    p.set_defaults(run=_plugins)
 
     p = command("token", "print the status API token (generated on first start if unset)")
     p.set_defaults(run=_token)

@@ -18,7 +18,6 @@ from typing import Any, TextIO
 
 import httpx
 from pydantic import SecretStr
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -98,7 +97,9 @@ class SlackSink:
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
-        self.app = Starlette(routes=[HttpRoute("/services/{path:path}", self._post, methods=["POST"])])
+        self.app = Starlette(
+            routes=[HttpRoute("/services/{path:path}", self._post, methods=["POST"])]
+        )
 
     async def _post(self, request: Request) -> Response:
         self.messages.append(await request.body())

@@ -116,6 +116,11 @@ class Dispatcher:
         """Look for due deliveries now (new outbox rows were committed, or a replay)."""
         self._wake.set()
 
+    def is_started(self, name: str) -> bool:
+        """Whether plugin ``name`` started (its ``start()`` returned) and so gets deliveries."""
+        slot = self._slots.get(name)
+        return slot is not None and slot.available
+
     @property
     def running_count(self) -> int:
         """Deliveries whose handler is running now."""

@@ -8,7 +8,7 @@ the writer. ``synchronous=FULL``: a transition acknowledged with 200 survives a 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from importlib import resources
 from operator import attrgetter
@@ -191,6 +191,13 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+#: A delivery as the status API shows it (``d`` is deliveries, ``t`` its transition).
+_DELIVERY_COLUMNS = (
+    "d.id, d.plugin, d.state, d.attempts, d.next_attempt_at, d.last_error,"
+    " t.task_status, d.created_at, d.updated_at"
+)
+
+
 class Reader:
     """Read-only queries for the status API, on their own connection.
 
@@ -214,32 +221,45 @@ class Reader:
             ``{task_id, external_task_id, route, task_status, task_status_msg, task_result,
             task_info, final_unit_deduction, created_at, updated_at, first_seen_at,
             last_received_at, request, transitions: [{task_status, updated_at, received_at}],
-            callbacks: {verdict: count}}``;
-            times in Unix ms, transitions oldest first.
+            callbacks: {verdict: count}, deliveries: [...], files: [...]}``;
+            times in Unix ms, transitions oldest first. ``deliveries`` are the outbox rows of
+            every transition, by id (``{id, plugin, state, attempts, next_attempt_at,
+            last_error, task_status, created_at, updated_at}``); ``files`` are the files
+            plugins saved for the task, by id (``{url, path, bytes, sha256}``).
         """
-        try:
-            async with self._conn.execute(
-                "SELECT * FROM tasks WHERE task_id = ? OR external_task_id = ? "
-                "ORDER BY task_id = ? DESC LIMIT 1",
-                (id_, id_, id_),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                return None
-            async with self._conn.execute(
-                "SELECT task_status, updated_at, received_at FROM transitions "
-                "WHERE task_id = ? ORDER BY id",
-                (row["task_id"],),
-            ) as cur:
-                transitions = await cur.fetchall()
-            async with self._conn.execute(
-                "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict",
-                (row["task_id"],),
-            ) as cur:
-                callbacks = {r[0]: r[1] for r in await cur.fetchall()}
-        except Exception as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return {**_task_json(row, transitions), "callbacks": callbacks}
+        rows = await self._fetch(
+            "SELECT * FROM tasks WHERE task_id = ? OR external_task_id = ? "
+            "ORDER BY task_id = ? DESC LIMIT 1",
+            (id_, id_, id_),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        task_id = row["task_id"]
+        transitions = await self._fetch(
+            "SELECT task_status, updated_at, received_at FROM transitions "
+            "WHERE task_id = ? ORDER BY id",
+            (task_id,),
+        )
+        callbacks = await self._fetch(
+            "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict",
+            (task_id,),
+        )
+        deliveries = await self._fetch(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"
+            " JOIN transitions t ON t.id = d.transition_id WHERE t.task_id = ? ORDER BY d.id",
+            (task_id,),
+        )
+        files = await self._fetch(
+            "SELECT url, path, bytes, sha256 FROM files WHERE task_id = ? ORDER BY id",
+            (task_id,),
+        )
+        return {
+            **_task_json(row, transitions),
+            "callbacks": {r[0]: r[1] for r in callbacks},
+            "deliveries": [dict(r) for r in deliveries],
+            "files": [dict(r) for r in files],
+        }
 
     async def list_tasks(
         self, *, task_status: str | None, route: str | None, limit: int, before_id: int | None
@@ -262,11 +282,7 @@ class Reader:
             where.append("id < ?")
             args.append(before_id)
         sql = f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
-        try:
-            async with self._conn.execute(sql, [*args, limit + 1]) as cur:
-                rows = list(await cur.fetchall())
-        except Exception as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        rows = await self._fetch(sql, [*args, limit + 1])
         more = len(rows) > limit
         rows = rows[:limit]
         items = []
@@ -276,3 +292,46 @@ class Reader:
                 item.pop(key)
             items.append(item)
         return items, (rows[-1]["id"] if more else None)
+
+    async def list_deliveries(
+        self, *, state: str | None, plugin: str | None, limit: int, before_id: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Deliveries newest first (by id), filtered, at most ``limit``.
+
+        Args:
+            state: Only deliveries in this state (pending, running, done, failed, dead).
+            plugin: Only deliveries to the plugin of this name.
+            before_id: The cursor: only deliveries with a smaller id.
+
+        Returns:
+            ``(deliveries, next_cursor)``; ``next_cursor`` is None on the last page. Each
+            delivery is ``{id, plugin, state, attempts, next_attempt_at, last_error,
+            created_at, updated_at, task_id, external_task_id, task_status}``, times in Unix ms.
+        """
+        where: list[str] = ["1 = 1"]
+        args: list[str | int] = []
+        for clause, value in (("d.state = ?", state), ("d.plugin = ?", plugin)):
+            if value:
+                where.append(clause)
+                args.append(value)
+        if before_id is not None:
+            where.append("d.id < ?")
+            args.append(before_id)
+        rows = await self._fetch(
+            f"SELECT {_DELIVERY_COLUMNS}, t.task_id, k.external_task_id FROM deliveries d"
+            " JOIN transitions t ON t.id = d.transition_id"
+            " JOIN tasks k ON k.task_id = t.task_id"
+            f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?",
+            [*args, limit + 1],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [dict(r) for r in rows], (rows[-1]["id"] if more else None)
+
+    async def _fetch(self, sql: str, args: Sequence[object]) -> list[aiosqlite.Row]:
+        """All rows of one query; raises :class:`StoreUnavailable` when it fails."""
+        try:
+            async with self._conn.execute(sql, args) as cur:
+                return list(await cur.fetchall())
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc

@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -201,7 +200,9 @@ class Writer:
 
     async def _load(self, pending: list[_Pending]) -> Batch:
         ops = [p.op for p in pending if not isinstance(p.op, OutboxOp)]
-        task_ids = {op.task.task_id if isinstance(op, IncomingCallback) else op.task_id for op in ops}
+        task_ids = {
+            op.task.task_id if isinstance(op, IncomingCallback) else op.task_id for op in ops
+        }
         external_ids = {op.external_task_id for op in ops}
         return await store.load_batch(self._conn, task_ids, external_ids)
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 
 from receiver.app import create_app
 from receiver.config import Settings
+from receiver.outbox import DeliveryState, Job, Outcome
 from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
 from receiver.plugins.registry import LoadedPlugin
 from receiver.runtime import Runtime
@@ -43,6 +45,27 @@ class Receiver:
 
     async def post_callback(self, external_task_id: str, body: Any, **kw: Any) -> httpx.Response:
         return await self.http.post(self.callback_url(external_task_id), json=body, **kw)
+
+    async def register(
+        self,
+        task_id: str,
+        external_task_id: str,
+        route: str,
+        request: dict[str, Any] | None = None,
+        created_at: int = 1774805076166,
+    ) -> None:
+        """Register a submission (``POST /tasks``), as the submitter does; asserts 200."""
+        doc = {
+            "route": route,
+            "task_id": task_id,
+            "external_task_id": external_task_id,
+            "created_at": created_at,
+            "request": request,
+        }
+        answer = await self.http.post(
+            f"{self.url}/tasks", json=doc, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+        assert answer.status_code == 200, answer.text
 
     async def get_task(self, id_: str) -> httpx.Response:
         return await self.http.get(
@@ -212,3 +235,56 @@ async def serve(
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+def rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(sql, args).fetchall()
+
+
+def deliveries(db: Path) -> list[sqlite3.Row]:
+    return rows(
+        db,
+        "SELECT d.*, t.task_id, t.task_status FROM deliveries d"
+        " JOIN transitions t ON t.id = d.transition_id ORDER BY d.id",
+    )
+
+
+class Outcomes:
+    """A dispatcher listener: every committed outcome, and a wait for a condition on them."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.seen: list[tuple[Job, Outcome]] = []
+        self._changed = asyncio.Condition()
+        assert receiver.runtime.dispatcher is not None
+        receiver.runtime.dispatcher.add_listener(self._on)
+
+    def _on(self, job: Job, outcome: Outcome) -> None:
+        self.seen.append((job, outcome))
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def until(
+        self, pred: Callable[[list[tuple[Job, Outcome]]], bool], timeout_s: float = 15.0
+    ) -> list[tuple[Job, Outcome]]:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: pred(self.seen)), timeout_s)
+        return list(self.seen)
+
+    async def ended(self, count: int) -> list[tuple[Job, Outcome]]:
+        """Wait until ``count`` deliveries are done or dead."""
+        final = (DeliveryState.DONE, DeliveryState.DEAD)
+        return await self.until(lambda seen: sum(o.state in final for _, o in seen) >= count)
+
+    async def states(self, *wanted: tuple[str, DeliveryState]) -> None:
+        """Wait until each (plugin, state) pair has been reached at least once."""
+
+        def reached(seen: list[tuple[Job, Outcome]]) -> bool:
+            got = {(j.plugin, o.state) for j, o in seen}
+            return all(w in got for w in wanted)
+
+        await self.until(reached)

@@ -20,7 +20,16 @@ import pytest
 from receiver.serving import running
 from submitter.protocol import Route
 from submitter.simulator import Simulator
-from tests.conftest import API_TOKEN, SECRET, Receiver, task_body
+from tests.conftest import API_TOKEN, SECRET, Receiver, make_settings, start_receiver, task_body
+from tests.test_deliveries_api import (
+    FAILURE,
+    SAVED,
+    SECRET_TOKEN,
+    Outcomes,
+    once,
+    secret_plugin,
+    succeed,
+)
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 FAST = (0.0, 0.01)
@@ -375,6 +384,237 @@ async def test_token_for_a_database_that_does_not_exist_exits_2_and_creates_noth
     assert run.code == 2
     assert "no database at" in run.err and str(missing) in run.err
     assert not missing.exists()
+
+
+# -- deliveries, redeliver, plugins --------------------------------------------------------
+
+DELIVERY_HEADERS = [
+    "id",
+    "plugin",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "external_task_id",
+    "task_status",
+    "last_error",
+]
+
+
+async def test_deliveries_prints_a_table_and_redeliver_replays_one_by_id(tmp_path: Path) -> None:
+    alpha, beta = once("alpha", fail_first=1), once("beta")
+    async with start_receiver(make_settings(tmp_path), plugins=[alpha, beta]) as r:
+        outcomes = Outcomes(r)
+        await succeed(r, "T0")
+        await outcomes.wait_for(2)  # delivery 1 (alpha) dead, 2 (beta) done
+        env = submit_env(r, closed_port_url())
+
+        table = await kling_hooks("deliveries", env=env, cwd=tmp_path)
+        assert table.code == 0, table.err
+        header, *rows = table.out.strip().splitlines()
+        assert header.split() == DELIVERY_HEADERS
+        assert re.fullmatch(r"2\s+beta\s+done\s+1\s+-\s+kh-T0\s+succeed\s+-", rows[0])
+        assert re.fullmatch(rf"1\s+alpha\s+dead\s+1\s+-\s+kh-T0\s+succeed\s+{FAILURE}", rows[1])
+        assert len(rows) == 2
+
+        first_page = await kling_hooks("deliveries", "--limit", "1", env=env, cwd=tmp_path)
+        assert first_page.out.strip().splitlines()[-1] == "(more: --cursor 2)"
+
+        dead = await kling_hooks("deliveries", "--state", "dead", "--json", env=env, cwd=tmp_path)
+        assert dead.code == 0, dead.err
+        assert [d["id"] for d in json.loads(dead.out)["deliveries"]] == [1]
+
+        replay = await kling_hooks("redeliver", "1", env=env, cwd=tmp_path)
+        assert replay.code == 0, replay.err
+        assert replay.out.strip() == "1 delivery replayed"
+        assert (await outcomes.wait_for(3))[-1] == (1, "done")
+
+        missing = await kling_hooks("redeliver", "999", env=env, cwd=tmp_path)
+        assert missing.code == 1
+        assert "HTTP 404" in missing.err
+    assert len(alpha.events) == 2
+    assert len(beta.events) == 1
+
+
+async def test_redeliver_all_replays_the_deliveries_matching_the_filter(tmp_path: Path) -> None:
+    alpha, beta = once("alpha", fail_first=2), once("beta", fail_first=1)
+    async with start_receiver(make_settings(tmp_path), plugins=[alpha, beta]) as r:
+        outcomes = Outcomes(r)
+        await succeed(r, "T0", "T1")
+        await outcomes.wait_for(4)  # alpha: 2 dead; beta: 1 dead, 1 done
+        env = submit_env(r, closed_port_url())
+
+        run = await kling_hooks("redeliver", "--all", "--plugin", "alpha", env=env, cwd=tmp_path)
+        assert run.code == 0, run.err
+        assert run.out.strip() == "2 deliveries replayed"
+        await outcomes.wait_for(6)
+
+        future = "2100-01-01T00:00:00Z"
+        run = await kling_hooks("redeliver", "--all", "--since", future, env=env, cwd=tmp_path)
+        assert run.out.strip() == "0 deliveries replayed"
+
+        run = await kling_hooks(
+            "redeliver", "--all", "--since", "2020-01-01", env=env, cwd=tmp_path
+        )
+        assert run.out.strip() == "1 delivery replayed"  # beta's dead one: state defaults to dead
+        await outcomes.wait_for(7)
+
+        oldest = min(d["created_at"] for d in await deliveries_of(r))
+        run = await kling_hooks(
+            "redeliver",
+            "--all",
+            "--state",
+            "done",
+            "--plugin",
+            "beta",
+            "--since",
+            str(oldest),
+            env=env,
+            cwd=tmp_path,
+        )
+        assert run.out.strip() == "2 deliveries replayed"
+        await outcomes.wait_for(9)
+    assert (len(alpha.events), len(beta.events)) == (4, 5)
+
+
+async def deliveries_of(r: Receiver) -> list[dict[str, Any]]:
+    answer = await r.http.get(
+        f"{r.url}/deliveries", headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
+    items: list[dict[str, Any]] = answer.json()["deliveries"]
+    return items
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ([], "delivery ID or --all"),
+        (["1", "--all"], "delivery ID or --all"),
+        (["1", "--plugin", "alpha"], "go with --all"),
+        (["--all", "--since", "yesterday"], "'yesterday'"),
+        (["one"], "invalid int value"),
+    ],
+)
+async def test_redeliver_used_wrongly_exits_2_and_sends_nothing(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    env = cli_env(kling_hooks_api_url=closed_port_url(), kling_hooks_api_token=API_TOKEN)
+    run = await kling_hooks("redeliver", *args, env=env, cwd=tmp_path)
+    assert run.code == 2
+    assert named in run.err
+    assert run.out == ""
+
+
+async def test_plugins_prints_the_enabled_plugins_and_json_masks_secrets(tmp_path: Path) -> None:
+    plugins = [secret_plugin(), once("recording")]
+    async with start_receiver(make_settings(tmp_path), plugins=plugins) as r:
+        env = submit_env(r, closed_port_url())
+        table = await kling_hooks("plugins", env=env, cwd=tmp_path)
+        as_json = await kling_hooks("plugins", "--json", env=env, cwd=tmp_path)
+    assert table.code == 0, table.err
+    assert [line.split() for line in table.out.strip().splitlines()] == [
+        ["plugin", "version", "statuses", "routes", "origin"],
+        ["secretive", "2.1", "failed,succeed", "all", "test"],
+        ["recording", "1.0", "failed,processing,submitted,succeed", "all", "test"],
+    ]
+    assert as_json.code == 0, as_json.err
+    assert SECRET_TOKEN not in as_json.out
+    secretive, _ = json.loads(as_json.out)["plugins"]
+    assert secretive["settings"]["token"] == "**********"
+    assert secretive["settings"]["channel"] == "#renders"
+
+
+async def test_task_prints_its_deliveries_and_saved_files(tmp_path: Path) -> None:
+    plugins = [once("saver", files=[SAVED]), once("bad", fail_first=1)]
+    async with start_receiver(make_settings(tmp_path), plugins=plugins) as r:
+        outcomes = Outcomes(r)
+        await succeed(r, "T0")
+        await outcomes.wait_for(2)
+        run = await kling_hooks("task", "kh-T0", env=submit_env(r, closed_port_url()), cwd=tmp_path)
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines.index("") < lines.index(next(x for x in lines if x.startswith("id ")))
+    assert re.search(r"^1\s+saver\s+done\s+1\s+-\s+succeed\s+-$", run.out, re.MULTILINE)
+    assert re.search(rf"^2\s+bad\s+dead\s+1\s+-\s+succeed\s+{FAILURE}$", run.out, re.MULTILINE)
+    assert re.search(r"^file\s+path\s+bytes\s+sha256$", run.out, re.MULTILINE)
+    file_row = rf"^{re.escape(SAVED.url)}\s+{SAVED.path}\s+1234\s+{SAVED.sha256}$"
+    assert re.search(file_row, run.out, re.MULTILINE)
+
+
+# -- serve --plugins-dir -------------------------------------------------------------------
+
+ECHO_PLUGIN = """
+from receiver.plugins import Plugin
+
+
+class Echo(Plugin):
+    name = "echo"
+    version = "0.1"
+
+    async def handle(self, event):
+        return None
+
+
+plugin = Echo
+"""
+
+
+async def test_serve_with_a_plugins_dir_that_does_not_exist_exits_2_naming_it(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    env = cli_env(kling_hooks_db=str(tmp_path / "k.db"))
+    run = await kling_hooks("serve", "--plugins-dir", str(missing), env=env, cwd=tmp_path)
+    assert run.code == 2
+    assert str(missing) in run.err
+
+
+async def test_serve_runs_the_plugins_of_its_plugins_dir(tmp_path: Path) -> None:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "echo.py").write_text(ECHO_PLUGIN)
+    config = tmp_path / "kling-hooks.toml"
+    config.write_text("[plugins.echo]\nretry_schedule_s = [1]\n")
+    env = cli_env(
+        kling_hooks_db=str(tmp_path / "k.db"),
+        kling_hooks_api_token=API_TOKEN,
+        kling_hooks_secret=SECRET,
+        kling_hooks_log_format="json",
+        kling_hooks_log_level="info",
+    )
+    server = await asyncio.create_subprocess_exec(
+        str(KLING_HOOKS),
+        "serve",
+        "--config",
+        str(config),
+        "--plugins-dir",
+        str(folder),
+        "--port",
+        "0",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert server.stderr is not None
+    log: list[str] = []
+    try:
+        async with asyncio.timeout(15):
+            while line := (await server.stderr.readline()).decode():  # up to uvicorn's start
+                log.append(line)
+                if "Uvicorn running on" in line:
+                    break
+        urls = re.findall(r"http://127\.0\.0\.1:\d+", log[-1])
+        assert urls, "".join(log)
+        run = await kling_hooks("plugins", "--json", "--url", urls[0], env=env, cwd=tmp_path)
+    finally:
+        server.terminate()
+        await server.communicate()
+    assert run.code == 0, run.err
+    (echo,) = json.loads(run.out)["plugins"]
+    assert echo["name"] == "echo"
+    assert echo["version"] == "0.1"
+    assert echo["origin"] == str(folder / "echo.py")
+    assert echo["settings"]["retry_schedule_s"] == [1.0]
 
 
 # -- demo ----------------------------------------------------------------------------------

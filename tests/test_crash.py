@@ -30,7 +30,7 @@ def write_config(tmp_path: Path, slack: Sink, downloads: Path) -> Path:
     config = tmp_path / "kling-hooks.toml"
     config.write_text(
         f"""
-kling_hooks_db = "{tmp_path / 'kling-hooks.db'}"
+kling_hooks_db = "{tmp_path / "kling-hooks.db"}"
 kling_hooks_public_url = "http://127.0.0.1:1"
 
 [plugins.slack]

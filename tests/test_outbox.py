@@ -6,72 +6,24 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from receiver.outbox import DeliveryState, Job, Outcome, outcome_of
+from receiver.outbox import DeliveryState, outcome_of
 from receiver.plugins import Event, PermanentError, PluginSettings, RetryAfter
 from tests.conftest import (
     API_TOKEN,
-    Receiver,
+    Outcomes,
     RecordingPlugin,
+    deliveries,
     make_settings,
     start_receiver,
     task_body,
 )
 
 FAST = [0.05, 0.05]
-
-
-def rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(sql, args).fetchall()
-
-
-def deliveries(db: Path) -> list[sqlite3.Row]:
-    return rows(
-        db,
-        "SELECT d.*, t.task_id, t.task_status FROM deliveries d"
-        " JOIN transitions t ON t.id = d.transition_id ORDER BY d.id",
-    )
-
-
-class Outcomes:
-    """A dispatcher listener: every committed outcome, and a wait for a condition on them."""
-
-    def __init__(self, receiver: Receiver) -> None:
-        self.seen: list[tuple[Job, Outcome]] = []
-        self._changed = asyncio.Condition()
-        assert receiver.runtime.dispatcher is not None
-        receiver.runtime.dispatcher.add_listener(self._on)
-
-    def _on(self, job: Job, outcome: Outcome) -> None:
-        self.seen.append((job, outcome))
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def until(
-        self, pred: Callable[[list[tuple[Job, Outcome]]], bool], timeout_s: float = 15.0
-    ) -> list[tuple[Job, Outcome]]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: pred(self.seen)), timeout_s)
-        return list(self.seen)
-
-    async def states(self, *wanted: tuple[str, DeliveryState]) -> None:
-        """Wait until each (plugin, state) pair has been reached at least once."""
-
-        def reached(seen: list[tuple[Job, Outcome]]) -> bool:
-            got = {(j.plugin, o.state) for j, o in seen}
-            return all(w in got for w in wanted)
-
-        await self.until(reached)
 
 
 def succeed(task_id: str, ext: str, **extra: Any) -> dict[str, Any]:
@@ -84,10 +36,14 @@ async def test_new_transition_writes_one_delivery_per_interested_plugin(tmp_path
     finals = RecordingPlugin(PluginSettings(statuses=["succeed", "failed"]), name="finals")
     async with start_receiver(make_settings(tmp_path), [everything, finals]) as r:
         outcomes = Outcomes(r)
-        assert (await r.post_callback("kh-1", task_body("1", "processing", "kh-1"))).status_code == 200
+        assert (
+            await r.post_callback("kh-1", task_body("1", "processing", "kh-1"))
+        ).status_code == 200
         assert (await r.post_callback("kh-1", succeed("1", "kh-1"))).status_code == 200
         await outcomes.until(lambda seen: len(seen) == 3)
-    got = [(d["plugin"], d["task_status"], d["state"]) for d in deliveries(tmp_path / "kling-hooks.db")]
+    got = [
+        (d["plugin"], d["task_status"], d["state"]) for d in deliveries(tmp_path / "kling-hooks.db")
+    ]
     assert sorted(got) == [
         ("everything", "processing", "done"),
         ("everything", "succeed", "done"),
@@ -100,7 +56,11 @@ async def test_duplicate_and_stale_callbacks_write_no_delivery(tmp_path: Path) -
     plugin = RecordingPlugin()
     async with start_receiver(make_settings(tmp_path), [plugin]) as r:
         outcomes = Outcomes(r)
-        for body in (succeed("1", "kh-1"), succeed("1", "kh-1"), task_body("1", "processing", "kh-1")):
+        for body in (
+            succeed("1", "kh-1"),
+            succeed("1", "kh-1"),
+            task_body("1", "processing", "kh-1"),
+        ):
             assert (await r.post_callback("kh-1", body)).status_code == 200
         await outcomes.until(lambda seen: len(seen) == 1)
     assert len(deliveries(tmp_path / "kling-hooks.db")) == 1
@@ -153,7 +113,12 @@ async def test_failed_delivery_is_retried_with_the_same_idempotency_key(tmp_path
         ("1:succeed", 3),
     ]
     [d] = deliveries(tmp_path / "kling-hooks.db")
-    assert (d["state"], d["attempts"], d["last_error"], d["next_attempt_at"]) == ("done", 3, None, None)
+    assert (d["state"], d["attempts"], d["last_error"], d["next_attempt_at"]) == (
+        "done",
+        3,
+        None,
+        None,
+    )
 
 
 async def test_delivery_is_dead_after_the_last_attempt_with_its_last_error(tmp_path: Path) -> None:
@@ -191,7 +156,11 @@ async def test_permanent_error_is_dead_at_once(tmp_path: Path) -> None:
         await r.post_callback("kh-1", succeed("1", "kh-1"))
         await outcomes.states(("recording", DeliveryState.DEAD))
     [d] = deliveries(tmp_path / "kling-hooks.db")
-    assert (d["state"], d["attempts"], d["last_error"]) == ("dead", 1, "PermanentError: URL refused")
+    assert (d["state"], d["attempts"], d["last_error"]) == (
+        "dead",
+        1,
+        "PermanentError: URL refused",
+    )
 
 
 async def test_hanging_plugin_times_out_without_delaying_another(tmp_path: Path) -> None:
@@ -334,6 +303,11 @@ async def test_plugin_that_cannot_start_leaves_the_others_running(tmp_path: Path
         outcomes = Outcomes(r)
         await r.post_callback("kh-1", succeed("1", "kh-1"))
         await outcomes.states(("healthy", DeliveryState.DONE))
+        answer = await r.http.get(
+            f"{r.url}/plugins", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+    started = {p["name"]: p["started"] for p in answer.json()["plugins"]}
+    assert started == {"broken": False, "healthy": True}
     by_plugin = {d["plugin"]: d["state"] for d in deliveries(tmp_path / "kling-hooks.db")}
     assert by_plugin == {"broken": "pending", "healthy": "done"}
     assert broken.events == []

@@ -10,7 +10,7 @@ import pytest
 from receiver.config import ConfigError
 from receiver.plugins.registry import ENTRY_POINT_GROUP, load_plugins
 
-SINGLE_FILE = '''
+SINGLE_FILE = """
 from pydantic import SecretStr
 from receiver.plugins import Plugin, PluginSettings
 
@@ -30,7 +30,7 @@ class Echo(Plugin):
 
 
 plugin = Echo
-'''
+"""
 
 
 def write_plugin(directory: Path, text: str = SINGLE_FILE, name: str = "echo.py") -> Path:

@@ -4,9 +4,6 @@ redelivery, Retry-After, 410 Gone, and the secret checked at start-up."""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +11,19 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from receiver.config import ConfigError, Settings
-from receiver.outbox import DeliveryState, Job, Outcome
+from receiver.outbox import DeliveryState
 from receiver.plugins import Event
 from receiver.plugins.registry import load_plugins
 from receiver.plugins.webhook import payload
 from submitter.protocol import TaskStatus
-from tests.conftest import API_TOKEN, Receiver, make_settings, start_receiver, task_body
+from tests.conftest import (
+    Outcomes,
+    Receiver,
+    deliveries,
+    make_settings,
+    start_receiver,
+    task_body,
+)
 from tests.sinks import Answer, Recorded, Sink, start_sink
 
 FAST = [0.05, 0.05]
@@ -28,45 +32,6 @@ OTHER_SECRET = "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ=="
 ROUTE = "videos/text2video"
 REQUEST = {"prompt": "rain on a window", "duration": "5"}
 RESULT = {"videos": [{"id": "v1", "url": "https://cdn.example.com/v1.mp4", "duration": "5.1"}]}
-
-
-class Outcomes:
-    """A dispatcher listener: every committed outcome, and a wait for a condition on them."""
-
-    def __init__(self, receiver: Receiver) -> None:
-        self.seen: list[tuple[Job, Outcome]] = []
-        self._changed = asyncio.Condition()
-        assert receiver.runtime.dispatcher is not None
-        receiver.runtime.dispatcher.add_listener(self._on)
-
-    def _on(self, job: Job, outcome: Outcome) -> None:
-        self.seen.append((job, outcome))
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def until(
-        self, pred: Callable[[list[tuple[Job, Outcome]]], bool], timeout_s: float = 15.0
-    ) -> list[tuple[Job, Outcome]]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: pred(self.seen)), timeout_s)
-        return list(self.seen)
-
-    async def ended(self, count: int) -> list[tuple[Job, Outcome]]:
-        """Wait until ``count`` deliveries are done or dead."""
-        final = (DeliveryState.DONE, DeliveryState.DEAD)
-        return await self.until(lambda seen: sum(o.state in final for _, o in seen) >= count)
-
-
-def deliveries(db: Path) -> list[sqlite3.Row]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(
-            "SELECT d.*, t.task_id, t.task_status FROM deliveries d"
-            " JOIN transitions t ON t.id = d.transition_id ORDER BY d.id"
-        ).fetchall()
 
 
 def webhook_settings(tmp_path: Path, sink: Sink, **table: Any) -> Settings:
@@ -85,18 +50,7 @@ def verify(request: Recorded, secret: str = SECRET) -> Any:
 
 
 async def register(r: Receiver, task_id: str, ext: str) -> None:
-    doc = {
-        "route": ROUTE,
-        "task_id": task_id,
-        "external_task_id": ext,
-        "task_status": "submitted",
-        "created_at": 1774805076166,
-        "request": REQUEST,
-    }
-    answer = await r.http.post(
-        f"{r.url}/tasks", json=doc, headers={"Authorization": f"Bearer {API_TOKEN}"}
-    )
-    assert answer.status_code == 200, answer.text
+    await r.register(task_id, ext, ROUTE, REQUEST)
 
 
 def succeed(task_id: str, ext: str) -> dict[str, Any]:

@@ -117,4 +117,3 @@ async def test_readme_plugin_installs_with_pip_and_runs_under_serve(tmp_path: Pa
         done = await server.until(lambda e: e.get("event") == "delivery_done")
         assert (done["plugin"], done["task_id"]) == ("archive", "42")
     assert archived(archive)["idempotency_key"] == "42:succeed"
-
