@@ -370,7 +370,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from receiver.demo import run_demo
 
-    return await run_demo(seed=args.seed)
+    return await run_demo(seed=args.seed, directory=args.dir)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -479,7 +479,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=float, default=0.0, help="share in [0, 1]")
     p.set_defaults(run=cmd_simulate)
 
-    p = sub.add_parser("demo", help="receiver + simulator in one process: one task per route")
+    p = sub.add_parser(
+        "demo",
+        help="simulator + receiver + downloader + a Slack sink in one process: one task per route",
+    )
+    p.add_argument(
+        "--dir", type=Path, help="where the database and downloads go (default: a new temp dir)"
+    )
     p.add_argument("--seed", type=int, default=1, help="simulator seed (which tasks fail)")
     p.set_defaults(run=_demo)
     return parser

@@ -620,9 +620,24 @@ async def test_serve_runs_the_plugins_of_its_plugins_dir(tmp_path: Path) -> None
 # -- demo ----------------------------------------------------------------------------------
 
 
-async def test_demo_runs_one_task_per_route_to_its_end(tmp_path: Path) -> None:
-    run = await kling_hooks("demo", env=cli_env(), cwd=tmp_path)
+async def test_demo_runs_one_task_per_route_to_its_end_with_downloads_and_slack(
+    tmp_path: Path,
+) -> None:
+    run = await kling_hooks("demo", "--dir", str(tmp_path / "demo"), env=cli_env(), cwd=tmp_path)
     assert run.code == 0, run.err
     for route in Route:
         assert route.value in run.out
-    assert "5 tasks ended" in run.out
+    summary = re.search(
+        r"5 tasks ended in [\d.]+ s: (\d) succeed, (\d) failed\. (\d+) files saved, "
+        r"(\d+) Slack messages sent\.",
+        run.out,
+    )
+    assert summary, run.out
+    succeeded, failed, files, messages = map(int, summary.groups())
+    assert succeeded + failed == 5
+    assert messages == 5  # one per terminal transition: slack wants succeed and failed
+    saved = sorted((tmp_path / "demo" / "downloads").rglob("*.*"))
+    assert len(saved) == files >= succeeded  # at least one result per succeeded task
+    for path in saved:  # each listed with its size, relative to the demo directory
+        relative = path.relative_to(tmp_path / "demo")
+        assert re.search(rf"{re.escape(str(relative))}\s+{path.stat().st_size}\s", run.out)
