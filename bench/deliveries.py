@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route as HttpRoute
 
+from receiver.logging import configure_logging
 from receiver.serving import listen, running
 from receiver.tokens import CallbackTokens, new_secret
 from submitter import KlingClient, Registrar, auth_from_keys
@@ -88,12 +89,16 @@ class SlackSink:
 
 
 class Receiver:
-    """``kling-hooks serve`` as a subprocess; reads its JSON log lines."""
+    """``kling-hooks serve`` as a subprocess. A background task reads its JSON log lines all
+    the time (a full stderr pipe would stall it); :meth:`until` waits for the next match."""
 
     def __init__(self, config: Path, port: int, env: dict[str, str]) -> None:
         self.config, self.port, self.env = config, port, env
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []
+        self.seen = 0
+        self.changed = asyncio.Condition()
+        self.reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -107,31 +112,44 @@ class Receiver:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
+        self.reader = asyncio.create_task(self._read(self.proc))
         await self.until(lambda e: "Uvicorn running on" in e.get("event", ""))
 
-    async def until(self, pred: Any) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stderr is not None
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"receiver exited: {self.events[-3:]}")
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            self.events.append(event)
-            if pred(event):
-                return event
+            async with self.changed:
+                self.events.append(event)
+                self.changed.notify_all()
+
+    async def until(self, pred: Any) -> dict[str, Any]:
+        async with self.changed:
+            while True:
+                while self.seen < len(self.events):
+                    event = self.events[self.seen]
+                    self.seen += 1
+                    if pred(event):
+                        return event
+                await self.changed.wait()
 
     async def kill(self) -> None:
-        assert self.proc is not None
+        assert self.proc is not None and self.reader is not None
         self.proc.send_signal(signal.SIGKILL)
         await self.proc.wait()
+        await self.reader
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
             await self.proc.wait()
+
+
+def phase(text: str) -> None:
+    print(f"... {text}", file=sys.stderr, flush=True)
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -154,6 +172,7 @@ async def drain(receiver: Receiver, db: Path) -> None:
 
 
 async def run(tasks: int, seed: int) -> int:
+    configure_logging("console", "warning")
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="kling-hooks-bench-"))
     db, downloads = work / "kling-hooks.db", work / "downloads"
@@ -190,6 +209,7 @@ async def run(tasks: int, seed: int) -> int:
     started = time.monotonic()
     async with running(simulator.app) as sim_url, running(slack.app, sock=slack_sock):
         await receiver.start()
+        phase(f"receiver up on {public_url}; submitting {tasks} tasks")
         registrar = Registrar(public_url, api_token)
         async with KlingClient(
             api_base=sim_url,
@@ -201,16 +221,20 @@ async def run(tasks: int, seed: int) -> int:
             jobs = [client.submit(*BODIES[rng.randrange(len(BODIES))]) for _ in range(tasks)]
             submissions = await asyncio.gather(*jobs)
         await registrar.aclose()
+        phase("submitted; waiting for the first Slack messages")
         half = max(1, tasks // 2)
         await slack.wait(lambda: len(slack.accepted) >= half // 2)
         before_kill = counts(db)
         await receiver.kill()
+        phase(f"killed with SIGKILL at {before_kill}; restarting")
         killed_at = time.monotonic()
         slack.outage = True  # until every open delivery has run out of attempts
         await receiver.start()
         restarted_s = time.monotonic() - killed_at
         await simulator.wait_idle()  # every callback has been delivered (with retries)
+        phase("every callback delivered; waiting for deliveries to end (Slack is down)")
         await drain(receiver, db)
+        phase(f"deliveries ended: {counts(db)}; Slack back up, replaying the dead ones")
         slack.outage = False
         dead_before = counts(db).get("dead", 0)
         replay = await asyncio.create_subprocess_exec(

@@ -223,7 +223,6 @@ class Dispatcher:
                 rng=self._rng,
                 files=files,
             )
-        self._log(job, outcome)
         try:
             await self._record(job, outcome)
         finally:
@@ -238,6 +237,7 @@ class Dispatcher:
             log.error("delivery_outcome_not_stored", delivery_id=op.delivery_id, error=str(exc))
             self._unrecorded.append((job, outcome))
             return
+        self._log(job, outcome)  # after the commit: the log never runs ahead of the store
         for listener in self._listeners:
             try:
                 listener(job, outcome)

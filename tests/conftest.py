@@ -172,31 +172,56 @@ class RecordingPlugin(Plugin):
 
 
 class Server:
-    """A ``kling-hooks serve`` subprocess and the JSON log events it has printed so far."""
+    """A ``kling-hooks serve`` subprocess and the JSON log events it has printed.
+
+    A background task reads stderr all the time (a full pipe would stall the server) and
+    wakes waiters on each event; :meth:`until` consumes events in order.
+    """
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.events: list[dict[str, Any]] = []
         self.url = ""
+        self.ended = False
+        self._seen = 0  # events already examined by until()
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            async with self._changed:
+                self.events.append(event)
+                self._changed.notify_all()
+        async with self._changed:
+            self.ended = True
+            self._changed.notify_all()
 
     async def until(
         self, pred: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
     ) -> dict[str, Any]:
-        """Read log lines until one satisfies ``pred``; returns it (no polling: the read
-        blocks until the process writes)."""
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout_s):
+        """The next logged event (after those earlier calls examined) that satisfies ``pred``;
+        waits for the process to log it."""
+        async with asyncio.timeout(timeout_s), self._changed:
             while True:
-                line = await self.proc.stderr.readline()
-                if not line:
+                while self._seen < len(self.events):
+                    event = self.events[self._seen]
+                    self._seen += 1
+                    if pred(event):
+                        return event
+                if self.ended:
                     raise AssertionError(f"server exited: {self.events[-5:]}")
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                self.events.append(event)
-                if pred(event):
-                    return event
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        await self._reader
 
 
 @contextlib.asynccontextmanager
@@ -232,9 +257,7 @@ async def serve(
         server.url = re.findall(r"http://[\d.]+:\d+", started["event"])[0]
         yield server
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await server.close()
 
 
 def rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
