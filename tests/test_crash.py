@@ -89,7 +89,7 @@ async def test_sigkill_during_deliveries_then_restart_completes_every_delivery(
 
         before = delivery_states(db)
         assert len(before) == 2 * TASKS  # slack + downloader for each succeed transition
-        assert "running" in before.values()
+        assert "running" in before.values(), before
         unfinished = {i for i, state in before.items() if state != "done"}
         assert unfinished
 
@@ -105,7 +105,7 @@ async def test_sigkill_during_deliveries_then_restart_completes_every_delivery(
             ) as api:
                 tasks = [(await api.get(f"/tasks/kh-{i}")).json() for i in range(TASKS)]
 
-    assert set(delivery_states(db).values()) == {"done"}
+    assert set(delivery_states(db).values()) == {"done"}, delivery_states(db)
     for i, task in enumerate(tasks):
         assert {d["state"] for d in task["deliveries"]} == {"done"}
         saved = {f["url"].removeprefix(files.url): f for f in task["files"]}
@@ -117,7 +117,7 @@ async def test_sigkill_during_deliveries_then_restart_completes_every_delivery(
             assert record["bytes"] == len(on_disk)
     # No partial or temporary file anywhere under the download directory.
     on_disk_names = sorted(p.name for p in downloads.rglob("*") if p.is_file())
-    assert len(on_disk_names) == 2 * TASKS
+    assert len(on_disk_names) == 2 * TASKS, on_disk_names
     # Slack heard about every task; a repeat can only be a redelivery of the same transition.
     posted = [r.json() for r in slack.requests[1:]]
     for i in range(TASKS):

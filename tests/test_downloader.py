@@ -375,6 +375,20 @@ async def test_a_redelivery_with_the_recorded_file_unchanged_makes_no_request(
     assert len(sink.requests) == 1
 
 
+async def test_a_temporary_file_left_by_a_killed_process_is_removed_on_redelivery(
+    tmp_path: Path,
+) -> None:
+    leftover = tmp_path / "files" / "kh-1" / ".image-0.png.k1ll3d00.part"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(PNG[:10])  # what SIGKILL mid-download leaves behind
+    async with start_sink() as sink, started(tmp_path / "files") as downloader:
+        [saved] = await handle(
+            downloader, make_event(images(sink.serve_file("/0.png", PNG, "image/png")))
+        )
+    assert files_under(tmp_path / "files") == ["kh-1/image-0.png"]
+    assert read(saved.path) == PNG
+
+
 async def test_a_redelivery_fetches_again_a_file_changed_on_disk(tmp_path: Path) -> None:
     async with start_sink() as sink, started(tmp_path / "files") as downloader:
         result = images(sink.serve_file("/0.png", PNG, "image/png"))

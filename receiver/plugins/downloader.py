@@ -40,7 +40,9 @@ Rules:
   ``.{name}.XXXXXXXX.part`` in the final directory while its size and SHA-256 are computed;
   then the file is fsynced, renamed over the final name (``os.replace``) and the directory
   fsynced (its parent too when the directory is new). Any failure or cancellation before the
-  rename removes the temporary file, so the final name only ever holds a complete file.
+  rename removes the temporary file, so the final name only ever holds a complete file. A
+  temporary file left by a killed process is removed when the delivery runs again (a
+  delivery left ``running`` by a crash is resumed at start-up).
   Creating the temporary file and writing chunks (to the page cache) happen in the event
   loop; the fsyncs, the rename and the re-hashing of existing files run in a thread
   (``asyncio.to_thread``).
@@ -64,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import hashlib
 import mimetypes
 import os
@@ -356,6 +359,10 @@ class _PartFile:
         self.final = final
         self._new_directory = not final.parent.is_dir()
         final.parent.mkdir(parents=True, exist_ok=True)
+        # A process killed mid-download leaves its temporary file behind; this delivery is
+        # the only one writing this name now (a running delivery is never replayed).
+        for stale in final.parent.glob(f".{glob.escape(final.name)}.*.part"):
+            stale.unlink(missing_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
         self.path = Path(name)
         self._file: IO[bytes] = os.fdopen(fd, "wb")
