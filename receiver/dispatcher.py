@@ -170,27 +170,37 @@ class Dispatcher:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            await self._flush_unrecorded()
-            slots = {name: s.free for name, s in self._slots.items() if s.free > 0}
-            timeout_s: float | None = None
-            if slots:
-                try:
-                    claimed = await self._writer.execute(Claim(slots, self._clock_ms()))
-                except StoreUnavailable as exc:
-                    log.error("claim_failed", error=str(exc))
-                    claimed = Claimed([], self._clock_ms() + int(STORE_RETRY_S * 1000))
-                for job in claimed.jobs:
-                    self._spawn(job)
-                if claimed.next_due_at is not None:
-                    timeout_s = max(0.0, (claimed.next_due_at - self._clock_ms()) / 1000)
-            if self._unrecorded:
-                timeout_s = min(timeout_s or STORE_RETRY_S, STORE_RETRY_S)
+            try:
+                timeout_s = await self._dispatch_due()
+            except Exception:  # a bug must not end delivery for the life of the process
+                log.exception("dispatch_failed")
+                timeout_s = STORE_RETRY_S
             if self._stopping:
                 break
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout_s)
             except TimeoutError:
                 pass
+
+    async def _dispatch_due(self) -> float | None:
+        """Claim and start what is due; returns how long to sleep unless woken (None: until
+        woken)."""
+        await self._flush_unrecorded()
+        slots = {name: s.free for name, s in self._slots.items() if s.free > 0}
+        timeout_s: float | None = None
+        if slots:
+            try:
+                claimed = await self._writer.execute(Claim(slots, self._clock_ms()))
+            except StoreUnavailable as exc:
+                log.error("claim_failed", error=str(exc))
+                claimed = Claimed([], self._clock_ms() + int(STORE_RETRY_S * 1000))
+            for job in claimed.jobs:
+                self._spawn(job)
+            if claimed.next_due_at is not None:
+                timeout_s = max(0.0, (claimed.next_due_at - self._clock_ms()) / 1000)
+        if self._unrecorded:
+            timeout_s = STORE_RETRY_S if timeout_s is None else min(timeout_s, STORE_RETRY_S)
+        return timeout_s
 
     def _spawn(self, job: Job) -> None:
         slot = self._slots[job.plugin]
