@@ -119,7 +119,7 @@ async def _api(
         httpx.HTTPError: the receiver could not be reached.
     """
     settings = _settings(args)
-    creds = await credentials.resolve_from_file(settings, must_exist=True)
+    token = await credentials.api_token_from_file(settings)
     base = args.url or settings.api_url
     async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
         response = await client.request(
@@ -127,7 +127,7 @@ async def _api(
             path,
             params=params,
             json=body,
-            headers={"Authorization": f"Bearer {creds.api_token}"},
+            headers={"Authorization": f"Bearer {token}"},
         )
     if response.status_code != 200:
         try:
@@ -337,8 +337,7 @@ async def _plugins(args: argparse.Namespace) -> int:
 
 async def _token(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    creds = await credentials.resolve_from_file(settings, must_exist=True)
-    print(creds.api_token)
+    print(await credentials.api_token_from_file(settings))
     return EXIT_OK
 
 

@@ -78,3 +78,15 @@ async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> 
         return await resolve(settings, conn)
     finally:
         await conn.close()
+
+
+async def api_token_from_file(settings: Settings) -> str:
+    """The status API token, for commands that call a running receiver: from
+    ``KLING_HOOKS_API_TOKEN`` when set (no database needed), else from the receiver's database.
+
+    Raises:
+        ConfigError: the token is not set and there is no database at ``KLING_HOOKS_DB``.
+    """
+    if settings.kling_hooks_api_token is not None:
+        return settings.kling_hooks_api_token.get_secret_value()
+    return (await resolve_from_file(settings, must_exist=True)).api_token

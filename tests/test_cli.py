@@ -20,7 +20,15 @@ import pytest
 from receiver.serving import running
 from submitter.protocol import Route
 from submitter.simulator import Simulator
-from tests.conftest import API_TOKEN, SECRET, Receiver, make_settings, start_receiver, task_body
+from tests.conftest import (
+    API_TOKEN,
+    SECRET,
+    Receiver,
+    make_settings,
+    serve,
+    start_receiver,
+    task_body,
+)
 from tests.test_deliveries_api import (
     FAILURE,
     SAVED,
@@ -574,41 +582,10 @@ async def test_serve_runs_the_plugins_of_its_plugins_dir(tmp_path: Path) -> None
     (folder / "echo.py").write_text(ECHO_PLUGIN)
     config = tmp_path / "kling-hooks.toml"
     config.write_text("[plugins.echo]\nretry_schedule_s = [1]\n")
-    env = cli_env(
-        kling_hooks_db=str(tmp_path / "k.db"),
-        kling_hooks_api_token=API_TOKEN,
-        kling_hooks_secret=SECRET,
-        kling_hooks_log_format="json",
-        kling_hooks_log_level="info",
-    )
-    server = await asyncio.create_subprocess_exec(
-        str(KLING_HOOKS),
-        "serve",
-        "--config",
-        str(config),
-        "--plugins-dir",
-        str(folder),
-        "--port",
-        "0",
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert server.stderr is not None
-    log: list[str] = []
-    try:
-        async with asyncio.timeout(15):
-            while line := (await server.stderr.readline()).decode():  # up to uvicorn's start
-                log.append(line)
-                if "Uvicorn running on" in line:
-                    break
-        urls = re.findall(r"http://127\.0\.0\.1:\d+", log[-1])
-        assert urls, "".join(log)
-        run = await kling_hooks("plugins", "--json", "--url", urls[0], env=env, cwd=tmp_path)
-    finally:
-        server.terminate()
-        await server.communicate()
+    db = {"KLING_HOOKS_DB": str(tmp_path / "k.db")}
+    env = cli_env(kling_hooks_api_token=API_TOKEN, **db)
+    async with serve(config, tmp_path, "--plugins-dir", str(folder), env=db) as server:
+        run = await kling_hooks("plugins", "--json", "--url", server.url, env=env, cwd=tmp_path)
     assert run.code == 0, run.err
     (echo,) = json.loads(run.out)["plugins"]
     assert echo["name"] == "echo"
@@ -641,3 +618,14 @@ async def test_demo_runs_one_task_per_route_to_its_end_with_downloads_and_slack(
     for path in saved:  # each listed with its size, relative to the demo directory
         relative = path.relative_to(tmp_path / "demo")
         assert re.search(rf"{re.escape(str(relative))}\s+{path.stat().st_size}\s", run.out)
+
+
+async def test_status_commands_need_no_database_when_the_api_token_is_set(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    # KLING_HOOKS_DB points nowhere: the token from the environment is all a client needs.
+    env = cli_env(kling_hooks_api_token=API_TOKEN, kling_hooks_db=str(tmp_path / "none.db"))
+    run = await kling_hooks("deliveries", "--url", receiver.url, env=env, cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert run.out.startswith("id  plugin")
+    assert not (tmp_path / "none.db").exists()
