@@ -82,7 +82,8 @@ async def _submit(args: argparse.Namespace) -> int:
         settings.kling_access_key,
         settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
     )
-    creds = await credentials.resolve_from_file(settings)
+    # A new database would hold a callback secret no receiver knows: every callback refused.
+    creds = await credentials.resolve_from_file(settings, must_exist=True)
     registrar = Registrar(settings.api_url, creds.api_token)
     try:
         async with KlingClient(
@@ -327,11 +328,12 @@ async def _plugins(args: argparse.Namespace) -> int:
             p["version"],
             ",".join(p["statuses"]),
             "all" if p["routes"] is None else ",".join(p["routes"]),
+            "yes" if p["started"] else "NO (see the log: plugin_start_failed)",
             p["origin"],
         )
         for p in doc["plugins"]
     ]
-    print(format_table(["plugin", "version", "statuses", "routes", "origin"], rows))
+    print(format_table(["plugin", "version", "statuses", "routes", "started", "origin"], rows))
     return EXIT_OK
 
 

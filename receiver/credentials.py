@@ -68,9 +68,14 @@ async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> 
         return await resolve(settings, None)
     path = settings.kling_hooks_db
     if must_exist and not path.exists():
+        needed = "KLING_HOOKS_API_TOKEN"
+        if settings.kling_hooks_secret is None and settings.kling_hooks_api_token is None:
+            needed = "KLING_HOOKS_SECRET and KLING_HOOKS_API_TOKEN"
+        elif settings.kling_hooks_secret is None:
+            needed = "KLING_HOOKS_SECRET"
         raise ConfigError(
-            f"no database at {path}: give --db or KLING_HOOKS_DB (the receiver's), "
-            "or set KLING_HOOKS_API_TOKEN"
+            f"no database at {path}: give the receiver's (--config FILE, --db PATH or "
+            f"KLING_HOOKS_DB), or set {needed} to the receiver's values"
         )
     conn = await store.connect(path)
     try:

@@ -392,7 +392,10 @@ class KlingClient:
         try:
             await self._registrar.register(route=submission.route, submission=submission, body=wire)
         except (RegistrationFailed, httpx.HTTPError) as exc:
-            warning = f"receiver not reached: {exc}; the task will appear with its first callback"
+            warning = (
+                f"could not register the task with the receiver ({exc}); Kling has it, and "
+                "the receiver records it with its first accepted callback"
+            )
             log.warning(
                 "receiver.registration_failed",
                 task_id=submission.task_id,

@@ -348,7 +348,7 @@ async def test_submit_with_the_receiver_unreachable_still_exits_0_with_a_warning
     assert submission["callback_url"].startswith(f"{nowhere}/callbacks/")
     warning = [line for line in run.err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1
-    assert "receiver not reached" in warning[0]
+    assert "could not register the task with the receiver" in warning[0]
 
 
 @pytest.mark.parametrize(
@@ -520,9 +520,9 @@ async def test_plugins_prints_the_enabled_plugins_and_json_masks_secrets(tmp_pat
         as_json = await kling_hooks("plugins", "--json", env=env, cwd=tmp_path)
     assert table.code == 0, table.err
     assert [line.split() for line in table.out.strip().splitlines()] == [
-        ["plugin", "version", "statuses", "routes", "origin"],
-        ["secretive", "2.1", "failed,succeed", "all", "test"],
-        ["recording", "1.0", "failed,processing,submitted,succeed", "all", "test"],
+        ["plugin", "version", "statuses", "routes", "started", "origin"],
+        ["secretive", "2.1", "failed,succeed", "all", "yes", "test"],
+        ["recording", "1.0", "failed,processing,submitted,succeed", "all", "yes", "test"],
     ]
     assert as_json.code == 0, as_json.err
     assert SECRET_TOKEN not in as_json.out

@@ -889,8 +889,10 @@ async def test_failed_registration_still_returns_the_submission_with_a_warning(
             submission = await client.submit(GEN, VALID_BODIES[GEN])
     assert submission.registered is False
     assert submission.warning is not None
-    assert submission.warning.startswith("receiver not reached: ")
-    assert submission.warning.endswith("; the task will appear with its first callback")
+    assert submission.warning.startswith("could not register the task with the receiver (")
+    assert submission.warning.endswith(
+        "); Kling has it, and the receiver records it with its first accepted callback"
+    )
     assert submission.task_id == next(iter(kling.tasks.values()))["task_id"]
     assert kling.methods == ["POST"]
     assert "receiver.registration_failed" in [entry["event"] for entry in logs]
