@@ -19,7 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.openapi import openapi_document
-from receiver.outbox import DeliveryNotFound, DeliveryRunning, DeliveryState, Redeliver
+from receiver.outbox import (
+    DeliveryNotFound,
+    DeliveryRunning,
+    DeliveryState,
+    PluginNotLoaded,
+    Redeliver,
+)
 from receiver.responses import error, ok
 from receiver.routes import BodyTooLarge, read_bounded
 from receiver.runtime import Runtime
@@ -167,8 +173,13 @@ class StatusAPI:
                 f"task_status={status!r} is not one of " + ", ".join(s.value for s in TaskStatus),
             )
         limit, before = _page(request)
+        route = q.get("route") or None
+        if route is not None and route not in KlingRoute.__members__.values():
+            return error(
+                400, f"route={route!r} is not one of " + ", ".join(r.value for r in KlingRoute)
+            )
         tasks, cursor = await self.rt.reader.list_tasks(
-            task_status=status, route=q.get("route") or None, limit=limit, before_id=before
+            task_status=status, route=route, limit=limit, before_id=before
         )
         return JSONResponse(
             {"tasks": tasks, "next_cursor": None if cursor is None else str(cursor)}
@@ -217,14 +228,17 @@ class StatusAPI:
         raw_id = request.path_params["id"]
         if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= MAX_ID_DIGITS):
             return error(404, f"no delivery with id {raw_id!r}")
-        op = Redeliver(now_ms=self.rt.clock_ms(), delivery_id=int(raw_id))
+        op = Redeliver(now_ms=self.rt.clock_ms(), delivery_id=int(raw_id), loaded=self._loaded())
         try:
             count = await self._redeliver(op)
         except DeliveryNotFound as exc:
             return error(404, str(exc))
-        except DeliveryRunning as exc:
+        except (DeliveryRunning, PluginNotLoaded) as exc:
             return error(409, str(exc))
         return ok(redelivered=count)
+
+    def _loaded(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.rt.plugins)
 
     async def redeliver_many(self, request: Request) -> Response:
         """``POST /deliveries/redeliver``: replay every delivery matching the body's filter."""
@@ -234,11 +248,16 @@ class StatusAPI:
             max_bytes=self.rt.settings.kling_hooks_max_body_bytes,
             empty=RedeliveryFilter(),
         )
+        loaded = self._loaded()
+        if body.plugin is not None and body.plugin not in loaded:
+            names = ", ".join(sorted(loaded)) or "none"
+            return error(400, f"plugin={body.plugin!r} is not loaded (loaded: {names})")
         op = Redeliver(
             now_ms=self.rt.clock_ms(),
             state=DeliveryState(body.state),
             plugin=body.plugin,
             since_ms=body.since,
+            loaded=loaded,
         )
         return ok(redelivered=await self._redeliver(op))
 

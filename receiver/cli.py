@@ -26,6 +26,7 @@ from receiver import credentials
 from receiver.config import ConfigError, Settings, load_settings
 from receiver.logging import configure_logging
 from submitter.errors import InvalidRequest, SubmitterError
+from submitter.protocol import Route as KlingRoute
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -412,7 +413,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("tasks", "list tasks from the status API, newest first")
     p.add_argument("--status", choices=["submitted", "processing", "succeed", "failed"])
-    p.add_argument("--route")
+    p.add_argument("--route", choices=[r.value for r in KlingRoute])
     p.add_argument("--limit", type=int, default=50, help="1 to 500")
     p.add_argument("--cursor", help="next page: the cursor a previous page printed")
     p.add_argument("--json", action="store_true")

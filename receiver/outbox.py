@@ -4,7 +4,8 @@ A delivery is one (transition, plugin) pair. Its row is written in the transacti
 records the transition, so an acknowledged callback always has its deliveries on disk. States:
 
 * ``pending``: waiting for its first attempt (or replayed by hand), due at ``next_attempt_at``;
-* ``running``: claimed by the dispatcher, the handler is running (``attempts`` counts it);
+* ``running``: claimed by the dispatcher, the handler is running (``attempts`` counts it,
+  ``next_attempt_at`` is NULL);
 * ``failed``: the last attempt failed, the next one is due at ``next_attempt_at``;
 * ``done``: the handler returned; ``dead``: no attempt is left, ``last_error`` says why.
 
@@ -48,6 +49,10 @@ class DeliveryNotFound(Exception):
 
 class DeliveryRunning(Exception):
     """The delivery is running now and cannot be replayed until it ends (answered 409)."""
+
+
+class PluginNotLoaded(Exception):
+    """The delivery's plugin is not loaded, so a replay could not run (answered 409)."""
 
 
 class OutboxOp(Generic[T]):
@@ -114,7 +119,7 @@ SELECT d.id AS delivery_id, d.plugin, d.attempts, t.task_id, t.task_status, t.ta
 FROM deliveries d
 JOIN transitions t ON t.id = d.transition_id
 JOIN tasks k ON k.task_id = t.task_id
-WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id
+WHERE d.id IN ({marks}) ORDER BY d.id
 """
 
 
@@ -137,7 +142,8 @@ class Claim(OutboxOp[Claimed]):
             if free <= 0:
                 continue
             async with conn.execute(
-                "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
+                "UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
+                " next_attempt_at = NULL, updated_at = ?"
                 " WHERE id IN (SELECT id FROM deliveries WHERE plugin = ?"
                 " AND state IN ('pending', 'failed') AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, id LIMIT ?) RETURNING id",
@@ -315,6 +321,7 @@ class Redeliver(OutboxOp[int]):
     Raises:
         DeliveryNotFound: ``delivery_id`` names no delivery.
         DeliveryRunning: ``delivery_id`` is running now.
+        PluginNotLoaded: ``delivery_id`` belongs to a plugin not in ``loaded``.
     """
 
     now_ms: int
@@ -322,18 +329,27 @@ class Redeliver(OutboxOp[int]):
     state: DeliveryState | None = None
     plugin: str | None = None
     since_ms: int | None = None
+    loaded: frozenset[str] | None = None
 
     async def run(self, conn: aiosqlite.Connection) -> int:
         if self.delivery_id is not None:
             async with conn.execute(
-                "SELECT state FROM deliveries WHERE id = ?", (self.delivery_id,)
+                "SELECT state, plugin FROM deliveries WHERE id = ?", (self.delivery_id,)
             ) as cur:
                 row = await cur.fetchone()
             if row is None:
                 raise DeliveryNotFound(f"no delivery with id {self.delivery_id}")
             if row[0] == DeliveryState.RUNNING:
                 raise DeliveryRunning(f"delivery {self.delivery_id} is running now")
+            if self.loaded is not None and row[1] not in self.loaded:
+                raise PluginNotLoaded(
+                    f"delivery {self.delivery_id} belongs to plugin {row[1]!r}, which is not "
+                    f"loaded: enable [plugins.{row[1]}] and restart, then replay it"
+                )
         where, args = ["state != 'running'"], list[Any]()
+        if self.loaded is not None:
+            where.append(f"plugin IN ({_marks(len(self.loaded))})")
+            args.extend(sorted(self.loaded))
         for column, value in (
             ("id = ?", self.delivery_id),
             ("state = ?", self.state.value if self.state else None),

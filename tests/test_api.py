@@ -342,6 +342,7 @@ async def test_cursor_pagination_works_with_a_filter(receiver: Receiver) -> None
         {"limit": "-1"},
         {"limit": "ten"},
         {"cursor": "abc"},
+        {"route": "videos/nope"},
     ],
 )
 async def test_list_with_a_bad_parameter_is_400(receiver: Receiver, params: dict[str, str]) -> None:

@@ -312,6 +312,27 @@ async def test_redelivering_a_running_delivery_is_409_and_leaves_it_running(
     assert len(hanging.events) == 1
 
 
+async def test_deliveries_of_a_plugin_no_longer_loaded_are_not_replayed(
+    tmp_path: Path,
+) -> None:
+    async with receiving(tmp_path, [once("gone", fail_first=1)]) as (r, outcomes):
+        await succeed(r, "T0")
+        [(delivery_id, _)] = await outcomes.wait_for(1)
+    async with receiving(tmp_path, [once("kept")]) as (r, _):
+        message = assert_error(await redeliver_one(r, delivery_id), 409)
+        assert message == (
+            f"delivery {delivery_id} belongs to plugin 'gone', which is not loaded: "
+            "enable [plugins.gone] and restart, then replay it"
+        )
+        bulk = await r.http.post(
+            f"{r.url}/deliveries/redeliver", json={"plugin": "gone"}, headers=AUTH
+        )
+        assert assert_error(bulk, 400) == "plugin='gone' is not loaded (loaded: kept)"
+        everything = await r.http.post(f"{r.url}/deliveries/redeliver", json={}, headers=AUTH)
+        assert everything.json() == {"ok": True, "redelivered": 0}
+        assert [(d["plugin"], d["state"]) for d in await listed(r)] == [("gone", "dead")]
+
+
 # -- POST /deliveries/redeliver ------------------------------------------------------------
 
 

@@ -69,6 +69,13 @@ def test_enabled_false_turns_a_plugin_off(tmp_path: Path) -> None:
     assert load_plugins({"echo": {"enabled": False, "target": "x"}}, folder) == []
 
 
+def test_a_switched_off_table_needs_no_other_key() -> None:
+    # Switching Slack off must not require its webhook URL (nor the plugin to be importable).
+    assert load_plugins({"slack": {"enabled": False}, "nosuch": {"enabled": False}}) == []
+    with pytest.raises(ConfigError, match=r"plugins\.slack\.enabled: Input should be a valid"):
+        load_plugins({"slack": {"enabled": "no"}})
+
+
 def test_unknown_key_is_refused_naming_plugin_and_key(tmp_path: Path) -> None:
     folder = write_plugin(tmp_path / "plugins")
     with pytest.raises(ConfigError, match=r"plugins\.echo\.colour: Extra inputs are not permitted"):

@@ -119,7 +119,9 @@ def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> 
         plugins_dir: A directory of single-file plugins (``--plugins-dir``), or None.
 
     Returns:
-        The enabled plugins, in the order of ``tables``.
+        The enabled plugins, in the order of ``tables``. A table with ``enabled = false`` is
+        skipped without importing or validating its plugin. A plugin in ``plugins_dir``
+        wins over an installed one of the same name.
 
     Raises:
         ConfigError: a table names no installed plugin, is not a table, or has a bad value
@@ -128,6 +130,10 @@ def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> 
     for name, table in tables.items():
         if not isinstance(table, Mapping):
             raise ConfigError(f"plugins.{name} must be a table ([plugins.{name}])")
+        if not isinstance(table.get("enabled", True), bool):
+            raise ConfigError(f"plugins.{name}.enabled: Input should be a valid boolean")
+    # A table with enabled = false is switched off: neither imported nor validated further.
+    tables = {name: table for name, table in tables.items() if table.get("enabled", True)}
     local = _from_directory(plugins_dir) if plugins_dir is not None else {}
     installed = _from_entry_points(set(tables) - set(local))
     loaded: list[LoadedPlugin] = []
@@ -150,8 +156,7 @@ def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> 
                 for e in exc.errors()
             )
             raise ConfigError(f"bad plugin setting: {problems}") from None
-        if settings.enabled:
-            loaded.append(LoadedPlugin(cls(settings), origin))
+        loaded.append(LoadedPlugin(cls(settings), origin))
     return loaded
 
 
