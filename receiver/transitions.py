@@ -181,7 +181,9 @@ class Batch:
             task.task_status = t.task_status.value
             task.task_status_msg = t.task_status_msg
             task.task_result_json = _dump(t.task_result)
-            task.task_info_json = _dump(t.task_info.model_dump() if t.task_info else None)
+            info = t.task_info.model_dump(exclude_none=True) if t.task_info else {}
+            if info:  # failed tasks often send task_info {}: keep what earlier ones said
+                task.task_info_json = _dump(info)
             task.final_unit_deduction = t.final_unit_deduction
             task.created_at = task.created_at or t.created_at
             task.updated_at = t.updated_at if t.updated_at is not None else now

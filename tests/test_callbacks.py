@@ -258,6 +258,17 @@ async def test_failed_callback_with_empty_objects_keeps_the_reason(receiver: Rec
     assert task["task_result"] == {}
 
 
+async def test_failed_callback_with_empty_task_info_keeps_the_task_info_known_before(
+    receiver: Receiver,
+) -> None:
+    await receiver.post_callback(EXT, task_body("9", "processing", EXT))
+    failed = task_body("9", "failed", None, task_status_msg="content safety", task_info={})
+    assert (await receiver.post_callback(EXT, failed)).json()["verdict"] == "new"
+    task = (await receiver.get_task("9")).json()
+    assert task["task_status"] == "failed"
+    assert task["task_info"] == {"external_task_id": EXT}
+
+
 async def test_long_digit_task_id_and_unknown_fields_are_kept(receiver: Receiver) -> None:
     long_id = "8672837417591112021234567890"
     body = task_body(
