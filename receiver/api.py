@@ -92,6 +92,8 @@ def _page(request: Request) -> tuple[int, int | None]:
         raise Refused(400, "limit and cursor must be whole numbers") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise Refused(400, f"limit={limit} is outside [1, {MAX_LIMIT}]")
+    if before is not None and not 0 <= before < 2**63:  # a row id is a signed 64-bit integer
+        raise Refused(400, f"cursor={before} is not a cursor this API gave")
     return limit, before
 
 
@@ -238,7 +240,13 @@ class StatusAPI:
         return ok(redelivered=count)
 
     def _loaded(self) -> frozenset[str]:
-        return frozenset(p.name for p in self.rt.plugins)
+        """The plugins that can run a replay now: enabled, and their ``start()`` succeeded."""
+        dispatcher = self.rt.dispatcher
+        return frozenset(
+            p.name
+            for p in self.rt.plugins
+            if dispatcher is not None and dispatcher.is_started(p.name)
+        )
 
     async def redeliver_many(self, request: Request) -> Response:
         """``POST /deliveries/redeliver``: replay every delivery matching the body's filter."""

@@ -33,7 +33,7 @@ from receiver.outbox import (
     Router,
     outcome_of,
 )
-from receiver.plugins import Plugin, SavedFile
+from receiver.plugins import Plugin, PluginError, SavedFile
 from receiver.plugins.registry import LoadedPlugin
 from receiver.store import StoreUnavailable
 from receiver.writer import Writer
@@ -96,6 +96,9 @@ class Dispatcher:
         grace_s: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
+        names = [p.name for p in plugins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plugin names must be unique, got {names}")
         self._writer = writer
         self._slots = {p.name: _Slot(p.plugin) for p in plugins}
         self._clock_ms = clock_ms
@@ -129,19 +132,24 @@ class Dispatcher:
     async def start(self) -> None:
         """Make interrupted deliveries due again, start each plugin, start dispatching.
 
-        A plugin whose ``start()`` raises is left out (logged); its deliveries stay pending.
+        A plugin whose ``start()`` raises or takes longer than its ``timeout_s`` is left out
+        (logged); its deliveries stay pending.
 
         Raises:
             StoreUnavailable: the recovery could not commit.
         """
-        recovered = await self._writer.execute(Recover(self._clock_ms()))
+        allowed = {
+            name: 1 + len(slot.plugin.settings.retry_schedule_s)
+            for name, slot in self._slots.items()
+        }
+        recovered = await self._writer.execute(Recover(self._clock_ms(), allowed))
         if recovered:
             log.warning("deliveries_recovered", count=recovered)
         for name, slot in self._slots.items():
             try:
-                await slot.plugin.start()
+                await asyncio.wait_for(slot.plugin.start(), slot.plugin.settings.timeout_s)
                 slot.available = True
-            except Exception:
+            except Exception:  # TimeoutError too: a hanging start() must not hold up the rest
                 log.exception("plugin_start_failed", plugin=name)
         self._loop_task = asyncio.create_task(self._run(), name="kling-hooks-dispatcher")
 
@@ -210,34 +218,54 @@ class Dispatcher:
         task.add_done_callback(self._running.discard)
 
     async def _deliver(self, slot: _Slot, job: Job) -> None:
+        try:
+            outcome = await self._attempt(slot, job)
+            await self._record(job, outcome)
+        except Exception:  # a bug here must not strand the delivery or leak the slot
+            log.exception("delivery_crashed", plugin=job.plugin, delivery_id=job.event.delivery_id)
+            self._unrecorded.append(
+                (job, Outcome(DeliveryState.FAILED, self._clock_ms() + 60_000, "internal error"))
+            )
+        finally:
+            slot.in_flight -= 1
+            self._wake.set()
+
+    async def _attempt(self, slot: _Slot, job: Job) -> Outcome:
+        """Run the handler once; returns what follows (never raises but CancelledError at
+        shutdown, which it turns into an interrupted outcome)."""
         settings = slot.plugin.settings
         error: BaseException | None = None
         files: tuple[SavedFile, ...] = ()
         try:
             async with asyncio.timeout(settings.timeout_s):
-                files = tuple(await slot.plugin.handle(job.event) or ())
-            if not all(isinstance(f, SavedFile) for f in files):
-                raise TypeError("handle() must return None or an iterable of SavedFile")
+                returned = tuple(await slot.plugin.handle(job.event) or ())
+            _check_files(returned)
+            files = returned
         except asyncio.CancelledError:
-            error = _Interrupted("interrupted: the receiver shut down during this attempt")
+            if not self._stopping:  # the handler's own cancellation: an ordinary failure
+                error = RuntimeError("the handler raised CancelledError")
+            else:
+                return Outcome(
+                    DeliveryState.FAILED,
+                    self._clock_ms(),
+                    "interrupted: the receiver shut down during this attempt",
+                )
         except Exception as exc:
             error = exc
-        if isinstance(error, _Interrupted):
-            outcome = Outcome(DeliveryState.FAILED, self._clock_ms(), str(error))
-        else:
-            outcome = outcome_of(
-                error,
-                attempts=job.event.attempt,
-                schedule_s=settings.retry_schedule_s,
-                now_ms=self._clock_ms(),
-                rng=self._rng,
-                files=files,
-            )
-        try:
-            await self._record(job, outcome)
-        finally:
-            slot.in_flight -= 1
-            self._wake.set()
+        if isinstance(error, PluginError):
+            files = error.saved_files
+            try:
+                _check_files(files)
+            except TypeError as bad:
+                error, files = bad, ()
+        return outcome_of(
+            error,
+            attempts=job.event.attempt,
+            schedule_s=settings.retry_schedule_s,
+            now_ms=self._clock_ms(),
+            rng=self._rng,
+            files=files,
+        )
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
         op = Finish(job.event.delivery_id, job.event.task_id, outcome, self._clock_ms())
@@ -247,6 +275,16 @@ class Dispatcher:
             log.error("delivery_outcome_not_stored", delivery_id=op.delivery_id, error=str(exc))
             self._unrecorded.append((job, outcome))
             return
+        except Exception as exc:  # the outcome itself could not be stored (a bad value)
+            log.exception("delivery_outcome_refused", delivery_id=op.delivery_id)
+            if outcome.files or outcome.state is not DeliveryState.FAILED:
+                plain = Outcome(
+                    DeliveryState.FAILED,
+                    self._clock_ms() + 60_000,
+                    f"the outcome could not be stored: {exc}"[:1000],
+                )
+                await self._record(job, plain)
+            return  # else it stays running in the store until the next start recovers it
         self._log(job, outcome)  # after the commit: the log never runs ahead of the store
         for listener in self._listeners:
             try:
@@ -281,5 +319,18 @@ class Dispatcher:
             )
 
 
-class _Interrupted(Exception):
-    pass
+def _check_files(files: tuple[object, ...]) -> None:
+    """Raises TypeError unless every item is a :class:`SavedFile` that SQLite can store."""
+    for f in files:
+        if not (
+            isinstance(f, SavedFile)
+            and isinstance(f.url, str)
+            and isinstance(f.path, str)
+            and isinstance(f.sha256, str)
+            and isinstance(f.bytes, int)
+            and 0 <= f.bytes < 2**63
+        ):
+            raise TypeError(
+                "handle() must return None or SavedFile(url: str, path: str, bytes: int, "
+                f"sha256: str) items, got {f!r}"[:300]
+            )

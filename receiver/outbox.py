@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -58,8 +58,8 @@ class PluginNotLoaded(Exception):
 class OutboxOp(Generic[T]):
     """An operation the writer runs inside its transaction (subclasses define :meth:`run`).
 
-    ``run`` may raise an exception of its own (it reaches that caller only) only before it
-    writes anything; a database error fails the whole transaction.
+    The writer runs each inside a savepoint: an exception from ``run`` undoes that
+    operation's writes and reaches its caller only.
     """
 
     async def run(self, conn: aiosqlite.Connection) -> T:
@@ -236,23 +236,25 @@ def outcome_of(
         ``done``; ``failed`` with the next attempt's time; or ``dead`` after the last attempt
         or on :class:`PermanentError`. A :class:`RetryAfter` sets the wait (no jitter).
     """
+    kept = tuple(files)
     if error is None:
-        return Outcome(DeliveryState.DONE, files=tuple(files))
+        return Outcome(DeliveryState.DONE, files=kept)
     message = describe_error(error)
     if isinstance(error, PermanentError) or attempts > len(schedule_s):
-        return Outcome(DeliveryState.DEAD, last_error=message)
+        return Outcome(DeliveryState.DEAD, last_error=message, files=kept)
     if isinstance(error, RetryAfter):
         wait_s = error.seconds
     else:
         wait_s = schedule_s[attempts - 1] * rng.uniform(1 - JITTER, 1 + JITTER)
-    return Outcome(DeliveryState.FAILED, now_ms + round(wait_s * 1000), message)
+    return Outcome(DeliveryState.FAILED, now_ms + round(wait_s * 1000), message, kept)
 
 
 def describe_error(error: BaseException) -> str:
     """``"TypeName: message"``, at most 1,000 characters (kept as ``last_error``)."""
     if isinstance(error, TimeoutError):
         return "timeout: the handler did not finish within timeout_s"
-    text = f"{type(error).__name__}: {error}".rstrip(": ")
+    detail = str(error)
+    text = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
     return text[:1000]
 
 
@@ -293,19 +295,38 @@ class Finish(OutboxOp[None]):
 
 @dataclass(frozen=True)
 class Recover(OutboxOp[int]):
-    """At start-up: deliveries left ``running`` by a crash or a kill become ``failed`` and
-    due at once (their interrupted attempt counts). Returns how many."""
+    """At start-up: deliveries left ``running`` by a crash or a kill are due again at once;
+    their interrupted attempt counts, so one that was on its last attempt (it may be what
+    crashed the process) becomes ``dead`` instead of crashing it again for ever.
+
+    Args:
+        now_ms: The time they become due.
+        attempts_allowed: Per plugin, ``1 + len(retry_schedule_s)``; plugins not named keep
+            every interrupted delivery due.
+
+    Returns:
+        How many deliveries were recovered (made due or dead).
+    """
 
     now_ms: int
+    attempts_allowed: dict[str, int] = field(default_factory=dict)
     reason: str = "interrupted: the receiver stopped during this attempt"
 
     async def run(self, conn: aiosqlite.Connection) -> int:
+        dead = 0
+        for plugin, allowed in self.attempts_allowed.items():
+            async with conn.execute(
+                "UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, last_error = ?,"
+                " updated_at = ? WHERE state = 'running' AND plugin = ? AND attempts >= ?",
+                (f"{self.reason} (its last attempt)", self.now_ms, plugin, allowed),
+            ) as cur:
+                dead += cur.rowcount
         async with conn.execute(
             "UPDATE deliveries SET state = 'failed', next_attempt_at = ?, last_error = ?,"
             " updated_at = ? WHERE state = 'running'",
             (self.now_ms, self.reason, self.now_ms),
         ) as cur:
-            return cur.rowcount
+            return dead + cur.rowcount
 
 
 @dataclass(frozen=True)

@@ -159,14 +159,12 @@ class Writer:
             try:
                 batch = await self._load(state_ops)
                 for p in pending:
+                    if isinstance(p.op, OutboxOp):
+                        results.append(await self._run_op(p.op))
+                        continue
                     try:
-                        if isinstance(p.op, OutboxOp):
-                            results.append(await p.op.run(self._conn))
-                        else:
-                            results.append(_apply(batch, p.op))
-                    except (StoreUnavailable, aiosqlite.Error):
-                        raise
-                    except Exception as exc:  # TaskConflict, DeliveryNotFound: this one only
+                        results.append(_apply(batch, p.op))
+                    except Exception as exc:  # TaskConflict: this operation only
                         results.append(exc)
                 await store.write_batch(self._conn, batch)
                 await outbox.insert_deliveries(
@@ -197,6 +195,20 @@ class Writer:
                     listener(batch.transitions)
                 except Exception:
                     log.exception("commit_listener_failed")
+
+    async def _run_op(self, op: OutboxOp[Any]) -> Any:
+        """Run one outbox operation inside a savepoint: whatever it raises (a plugin's bad
+        value, DeliveryNotFound) undoes its own writes and reaches its caller only, never the
+        callbacks committed in the same transaction."""
+        await self._conn.execute("SAVEPOINT outbox_op")
+        try:
+            result = await op.run(self._conn)
+        except Exception as exc:
+            await self._conn.execute("ROLLBACK TO outbox_op")
+            await self._conn.execute("RELEASE outbox_op")
+            return exc
+        await self._conn.execute("RELEASE outbox_op")
+        return result
 
     async def _load(self, pending: list[_Pending]) -> Batch:
         ops = [p.op for p in pending if not isinstance(p.op, OutboxOp)]

@@ -343,6 +343,7 @@ async def test_cursor_pagination_works_with_a_filter(receiver: Receiver) -> None
         {"limit": "ten"},
         {"cursor": "abc"},
         {"route": "videos/nope"},
+        {"cursor": "99999999999999999999"},
     ],
 )
 async def test_list_with_a_bad_parameter_is_400(receiver: Receiver, params: dict[str, str]) -> None:

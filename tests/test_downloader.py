@@ -36,7 +36,7 @@ from receiver.plugins.safehttp import Resolver, UnsafeURL
 from receiver.serving import running
 from submitter.media import mp4_bytes, png_bytes
 from submitter.protocol import TaskStatus
-from tests.conftest import API_TOKEN, make_settings, start_receiver, task_body
+from tests.conftest import API_TOKEN, Outcomes, make_settings, start_receiver, task_body
 from tests.sinks import Answer, start_sink
 
 PNG = png_bytes(seed=1)
@@ -327,16 +327,18 @@ async def test_a_connection_dropped_mid_body_leaves_neither_a_file_nor_a_tempora
 ) -> None:
     streamer = Streamer([os.urandom(100_000)], then="drop", content_length=1_000_000)
     async with serving(streamer) as url, started(tmp_path / "files") as downloader:
-        with pytest.raises(httpx.RemoteProtocolError):
+        with pytest.raises(DownloadError) as caught:
             await handle(downloader, make_event(videos(f"{url}/v.mp4")))
+    assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)
     assert files_under(tmp_path / "files") == []
 
 
 async def test_a_server_hanging_mid_body_times_out_leaving_no_file(tmp_path: Path) -> None:
     streamer = Streamer([os.urandom(100_000)], then="hang")
     async with serving(streamer) as url, started(tmp_path / "files", timeout_s=0.3) as downloader:
-        with pytest.raises(httpx.ReadTimeout):
+        with pytest.raises(DownloadError) as caught:
             await handle(downloader, make_event(videos(f"{url}/v.mp4")))
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
     assert files_under(tmp_path / "files") == []
 
 
@@ -356,9 +358,36 @@ async def test_a_failed_second_file_keeps_the_complete_first_one(tmp_path: Path)
         good = sink.serve_file("/0.png", PNG, "image/png")
         gone = f"{sink.url}/1.png"
         sink.files["/1.png"] = Answer(404, b"gone")
-        with pytest.raises(PermanentError, match="HTTP 404"):
+        with pytest.raises(PermanentError, match="HTTP 404") as caught:
             await handle(downloader, make_event(images(good, gone)))
     assert files_under(tmp_path / "files") == ["kh-1/image-0.png"]
+    # The error carries the file saved before it, so the store records it all the same.
+    [kept] = caught.value.saved_files
+    assert (kept.url, kept.bytes, kept.sha256) == (good, len(PNG), sha256(PNG))
+
+
+async def test_files_saved_before_a_retried_failure_are_recorded_and_not_fetched_again(
+    tmp_path: Path,
+) -> None:
+    downloads = tmp_path / "downloads"
+    table = {"directory": str(downloads), "allow_private_hosts": True, "retry_schedule_s": [0.05]}
+    async with start_sink() as sink:
+        good = sink.serve_file("/0.png", PNG, "image/png")
+        flaky = sink.serve_file("/1.png", PNG[::-1] + PNG, "image/png")
+        sink.files["/1.png"] = Answer(500, b"try again")
+        settings = make_settings(tmp_path, plugins={"downloader": table})
+        async with start_receiver(settings) as r:
+            outcomes = Outcomes(r)
+            body = task_body("100", "succeed", "kh-1", task_result=images(good, flaky))
+            await r.post_callback("kh-1", body)
+            [(_, first)] = await outcomes.until(lambda seen: len(seen) == 1)
+            assert first.state is DeliveryState.FAILED
+            assert [f.url for f in first.files] == [good]  # recorded although it failed
+            sink.files["/1.png"] = Answer(200, PNG[::-1] + PNG, content_type="image/png")
+            await outcomes.states(("downloader", DeliveryState.DONE))
+            task = (await r.get_task("kh-1")).json()
+    assert sorted(f["url"] for f in task["files"]) == [good, flaky]
+    assert [rq.path for rq in sink.requests].count("/0.png") == 1  # not fetched again
 
 
 # --- Redelivery -------------------------------------------------------------------------------

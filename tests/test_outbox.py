@@ -4,15 +4,28 @@ shutdown and recovery, through a real receiver under uvicorn with recording plug
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
-from receiver.outbox import DeliveryState, outcome_of
-from receiver.plugins import Event, PermanentError, PluginSettings, RetryAfter
+from receiver.outbox import DeliveryState, OutboxOp, outcome_of
+from receiver.plugins import (
+    MAX_RETRY_AFTER_S,
+    Event,
+    PermanentError,
+    PluginSettings,
+    RetryAfter,
+    SavedFile,
+    retry_after_s,
+)
+from receiver.transitions import IncomingCallback, Verdict
+from receiver.writer import Writer
+from submitter.protocol import TaskObject
 from tests.conftest import (
     API_TOKEN,
     Outcomes,
@@ -347,3 +360,119 @@ def test_default_schedule_gives_eight_attempts_over_about_28_hours() -> None:
     schedule = PluginSettings().retry_schedule_s
     assert schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
     assert sum(schedule) / 3600 == pytest.approx(27.6, abs=0.1)
+
+
+async def test_a_plugin_returning_unstorable_files_fails_its_own_delivery_only(
+    tmp_path: Path,
+) -> None:
+    class Sloppy(RecordingPlugin):
+        async def handle(self, event: Event) -> Any:
+            await super().handle(event)
+            return [SavedFile("https://cdn.example.com/a.png", Path("/tmp/a.png"), 1, "ab")]  # type: ignore[arg-type]
+
+    sloppy = Sloppy(PluginSettings(retry_schedule_s=[]), name="sloppy")
+    healthy = RecordingPlugin(name="healthy")
+    async with start_receiver(make_settings(tmp_path), [sloppy, healthy]) as r:
+        outcomes = Outcomes(r)
+        answers = [await r.post_callback(f"kh-{i}", succeed(str(i), f"kh-{i}")) for i in range(5)]
+        await outcomes.ended(10)
+    assert {a.status_code for a in answers} == {200}
+    by_plugin = {(d["plugin"], d["state"]) for d in deliveries(tmp_path / "kling-hooks.db")}
+    assert by_plugin == {("sloppy", "dead"), ("healthy", "done")}
+    [error] = {d["last_error"] for d in deliveries(tmp_path / "kling-hooks.db") if d["last_error"]}
+    assert error.startswith("TypeError: handle() must return None or SavedFile(")
+
+
+async def test_a_handler_raising_cancelled_error_is_an_ordinary_failure(tmp_path: Path) -> None:
+    class Cancelling(RecordingPlugin):
+        async def handle(self, event: Event) -> None:
+            await super().handle(event)
+            raise asyncio.CancelledError
+
+    plugin = Cancelling(PluginSettings(retry_schedule_s=FAST))
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("recording", DeliveryState.DEAD))
+    [d] = deliveries(tmp_path / "kling-hooks.db")
+    assert (d["attempts"], d["last_error"]) == (
+        3,
+        "RuntimeError: the handler raised CancelledError",
+    )
+    assert len(plugin.events) == 3  # the schedule, not a hot loop
+
+
+async def test_a_delivery_interrupted_on_its_last_attempt_is_dead_after_restart(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    first = RecordingPlugin(PluginSettings(retry_schedule_s=[3600]), fail_first=1)
+    async with start_receiver(settings, [first]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.until(lambda seen: len(seen) == 1)
+    db = tmp_path / "kling-hooks.db"
+    # The second (last) attempt was running when the process died, say because it crashed it.
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE deliveries SET state = 'running', attempts = 2")
+    second = RecordingPlugin(PluginSettings(retry_schedule_s=[3600]))
+    async with start_receiver(settings, [second]):
+        pass
+    [d] = deliveries(db)
+    assert (d["state"], d["attempts"]) == ("dead", 2)
+    assert (
+        d["last_error"]
+        == "interrupted: the receiver stopped during this attempt (its last attempt)"
+    )
+    assert second.events == []
+
+
+async def test_a_plugin_whose_start_hangs_is_left_out_after_its_timeout(tmp_path: Path) -> None:
+    class Stuck(RecordingPlugin):
+        async def start(self) -> None:
+            await asyncio.Event().wait()
+
+    stuck = Stuck(PluginSettings(timeout_s=0.2), name="stuck")
+    healthy = RecordingPlugin(name="healthy")
+    async with start_receiver(make_settings(tmp_path), [stuck, healthy]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        await outcomes.states(("healthy", DeliveryState.DONE))
+        assert r.runtime.dispatcher is not None
+        assert not r.runtime.dispatcher.is_started("stuck")
+
+
+def test_retry_after_is_clamped_to_a_day() -> None:
+    assert RetryAfter(float("inf")).seconds == MAX_RETRY_AFTER_S == 86_400
+    assert RetryAfter(1e20).seconds == 86_400
+    assert RetryAfter(-5).seconds == 0
+    assert retry_after_s("9" * 400) == float("inf")  # parsed as given; RetryAfter clamps it
+
+
+async def test_a_failing_outbox_operation_undoes_only_its_own_writes(tmp_path: Path) -> None:
+    class Poison(OutboxOp[None]):
+        async def run(self, conn: aiosqlite.Connection) -> None:
+            await conn.execute("INSERT INTO meta (key, value) VALUES ('poison', 'x')")
+            raise ValueError("a bad value, after a write")
+
+    db = tmp_path / "kling-hooks.db"
+    writer = await Writer.open(db)
+    writer.start()
+    body = succeed("1", "kh-1")
+    callback = IncomingCallback("kh-1", TaskObject.model_validate(body), json.dumps(body), 1)
+    try:
+        # Queued together, so they share one group-commit transaction.
+        poisoned, verdict = await asyncio.gather(
+            writer.execute(Poison()), writer.submit(callback), return_exceptions=True
+        )
+    finally:
+        await writer.close()
+    assert isinstance(poisoned, ValueError)
+    assert verdict == Verdict.NEW
+    assert rows(db, "SELECT task_status FROM transitions") == [("succeed",)]
+    assert rows(db, "SELECT key FROM meta WHERE key = 'poison'") == []
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()

@@ -19,14 +19,18 @@ crash, a timeout or a replay), with the same :attr:`Event.idempotency_key`.
 How a handler ends decides what happens to the delivery:
 
 * returns (``None``, or the :class:`SavedFile` records of files it saved): ``done``;
-* raises :class:`RetryAfter`: retried no earlier than the given delay;
+* raises :class:`RetryAfter`: retried no earlier than the given delay (at most 24 h);
 * raises :class:`PermanentError`: ``dead`` at once (no retry can help);
 * raises anything else, or exceeds ``timeout_s``: retried on ``retry_schedule_s`` with
   +/-20% jitter, then ``dead`` with the last error kept.
+
+A :class:`PluginError` (the base of the two above) may carry the files the attempt saved
+before it failed (``saved_files=``); they are stored as a success's would be.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -39,9 +43,11 @@ from submitter.protocol import Route, TaskStatus
 
 __all__ = [
     "DEFAULT_RETRY_SCHEDULE_S",
+    "MAX_RETRY_AFTER_S",
     "Event",
     "PermanentError",
     "Plugin",
+    "PluginError",
     "PluginSettings",
     "ResultURL",
     "RetryAfter",
@@ -56,20 +62,47 @@ __all__ = [
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
-class RetryAfter(Exception):
+class PluginError(Exception):
+    """Base of the errors a handler raises on purpose (:class:`RetryAfter`,
+    :class:`PermanentError`, or a plugin's own subclass).
+
+    Args:
+        message: Kept as the delivery's ``last_error``.
+        saved_files: Files the attempt saved before it failed; stored like a success's (so
+            ``GET /tasks/{id}`` shows them, and the next attempt sees them in
+            ``event.saved_files``).
+    """
+
+    def __init__(self, message: str = "", *, saved_files: Iterable[SavedFile] = ()) -> None:
+        super().__init__(message)
+        self.saved_files = tuple(saved_files)
+
+
+#: The longest wait a :class:`RetryAfter` may ask for: 24 hours.
+MAX_RETRY_AFTER_S = 86_400.0
+
+
+class RetryAfter(PluginError):
     """Raise from :meth:`Plugin.handle` to be retried no earlier than ``seconds`` from now.
 
     Used for a target's ``429`` or ``503`` with ``Retry-After``. The attempt still counts
     towards ``retry_schedule_s``; after the last one the delivery is ``dead``.
 
     Args:
-        seconds: The delay, >= 0.
+        seconds: The delay; clamped to [0, :data:`MAX_RETRY_AFTER_S`] (a target's absurd
+            ``Retry-After`` cannot park a delivery for ever).
         message: Kept as the delivery's ``last_error``.
+        saved_files: As for :class:`PluginError`.
     """
 
-    def __init__(self, seconds: float, message: str = "") -> None:
-        super().__init__(message or f"retry after {seconds:g} s")
-        self.seconds = max(0.0, float(seconds))
+    def __init__(
+        self, seconds: float, message: str = "", *, saved_files: Iterable[SavedFile] = ()
+    ) -> None:
+        wait_s = float(seconds)
+        if not math.isfinite(wait_s) or wait_s > MAX_RETRY_AFTER_S:
+            wait_s = MAX_RETRY_AFTER_S
+        self.seconds = max(0.0, wait_s)
+        super().__init__(message or f"retry after {self.seconds:g} s", saved_files=saved_files)
 
 
 def retry_after_s(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -93,7 +126,7 @@ def retry_after_s(value: str | None, *, now: datetime | None = None) -> float | 
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-class PermanentError(Exception):
+class PermanentError(PluginError):
     """Raise from :meth:`Plugin.handle` when no retry can succeed (a refused URL, a revoked
     webhook): the delivery goes straight to ``dead``, with this message as ``last_error``.
     It can still be replayed by hand once the cause is fixed."""

@@ -86,6 +86,7 @@ from receiver.plugins import (
     Event,
     PermanentError,
     Plugin,
+    PluginError,
     PluginSettings,
     ResultURL,
     RetryAfter,
@@ -118,9 +119,9 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_SEGMENT = 100
 
 
-class DownloadError(Exception):
-    """A failed fetch worth retrying (a 5xx, an unexpected status); the message names the
-    status and the URL without its query string."""
+class DownloadError(PluginError):
+    """A failed fetch worth retrying (a 5xx, an unexpected status, a network error); the
+    message names the cause and the URL without its query string."""
 
 
 class DownloaderSettings(PluginSettings):
@@ -212,7 +213,10 @@ class Downloader(Plugin):
         Raises:
             PermanentError: a refused URL, content type or size; HTTP 404 or 410.
             RetryAfter: HTTP 429 or 503 with ``Retry-After``.
-            DownloadError, httpx.HTTPError, OSError: anything else (retried).
+            DownloadError: anything else (retried), network and disk errors included.
+
+            Each carries, as ``saved_files``, the files this attempt saved (or found
+            unchanged) before the failure: they are recorded, and the next attempt skips them.
         """
         known = {f.url: f for f in event.saved_files}
         folder = self._directory / path_segment(event.external_task_id or event.task_id)
@@ -225,7 +229,15 @@ class Downloader(Plugin):
                 log.info("file_kept", task_id=event.task_id, path=record.path)
                 saved.append(record)
                 continue
-            saved.append(await self._download(item, folder, label))
+            try:
+                saved.append(await self._download(item, folder, label))
+            except PluginError as exc:  # keep what this attempt saved before the failure
+                exc.saved_files = (*saved, *exc.saved_files)
+                raise
+            except (httpx.HTTPError, OSError) as exc:
+                raise DownloadError(
+                    f"{redact(item.url)}: {type(exc).__name__}", saved_files=saved
+                ) from exc
             log.info(
                 "file_saved",
                 task_id=event.task_id,

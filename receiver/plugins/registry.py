@@ -75,7 +75,13 @@ def _from_entry_points(wanted: set[str]) -> dict[str, tuple[type[Plugin], str]]:
             cls = ep.load()
         except Exception as exc:
             raise ConfigError(f"plugins.{ep.name}: cannot import {ep.value}: {exc}") from None
-        found[ep.name] = (_check_class(cls, ep.name, ep.value), f"entry point ({dist})")
+        cls = _check_class(cls, ep.name, ep.value)
+        if cls.name != ep.name:  # one name everywhere: table, outbox rows, GET /plugins
+            raise ConfigError(
+                f"plugins.{ep.name}: the entry point names {ep.value}, whose name is "
+                f"{cls.name!r}; an entry point's name must be its plugin's name"
+            )
+        found[ep.name] = (cls, f"entry point ({dist})")
     return found
 
 
