@@ -25,8 +25,10 @@ import httpx
 from receiver import credentials
 from receiver.config import ConfigError, Settings, load_settings
 from receiver.logging import configure_logging
+from receiver.outbox import DeliveryState
 from submitter.errors import InvalidRequest, SubmitterError
 from submitter.protocol import Route as KlingRoute
+from submitter.protocol import TaskStatus
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -412,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_submit)
 
     p = command("tasks", "list tasks from the status API, newest first")
-    p.add_argument("--status", choices=["submitted", "processing", "succeed", "failed"])
+    p.add_argument("--status", choices=[s.value for s in TaskStatus])
     p.add_argument("--route", choices=[r.value for r in KlingRoute])
     p.add_argument("--limit", type=int, default=50, help="1 to 500")
     p.add_argument("--cursor", help="next page: the cursor a previous page printed")
@@ -427,7 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_task)
 
     p = command("deliveries", "list deliveries to plugins from the status API, newest first")
-    p.add_argument("--state", choices=["pending", "running", "done", "failed", "dead"])
+    p.add_argument("--state", choices=[s.value for s in DeliveryState])
     p.add_argument("--plugin", help="only deliveries to this plugin")
     p.add_argument("--limit", type=int, default=50, help="1 to 500")
     p.add_argument("--cursor", help="next page: the cursor a previous page printed")

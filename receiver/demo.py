@@ -28,6 +28,7 @@ from receiver.cli import format_table
 from receiver.config import Settings
 from receiver.logging import configure_logging
 from receiver.outbox import DeliveryState, Job, Outcome
+from receiver.plugins.registry import LoadedPlugin
 from receiver.runtime import Runtime
 from receiver.serving import listen, running
 from receiver.tokens import new_secret
@@ -60,7 +61,8 @@ class _Ended:
     listener (deliveries that reached ``done`` or ``dead``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, plugins: list[LoadedPlugin]) -> None:
+        self.plugins = plugins
         self.terminal: dict[str, str] = {}
         self.finished: set[tuple[str, str]] = set()
         self.wanted: set[str] | None = None
@@ -81,7 +83,9 @@ class _Ended:
         if self.wanted is None or not self.wanted <= set(self.terminal):
             return
         for task_id in self.wanted:
-            plugins = {"slack", "downloader"} if self.terminal[task_id] == "succeed" else {"slack"}
+            status = self.terminal[task_id]
+            # The demo's plugins filter on status only, so the route does not matter here.
+            plugins = {p.name for p in self.plugins if p.plugin.wants(status, None)}
             if not {(task_id, p) for p in plugins} <= self.finished:
                 return
         self.done.set()
@@ -162,7 +166,7 @@ async def run_demo(
         await rt.ready.wait()
         assert rt.writer is not None and rt.credentials is not None
         assert rt.dispatcher is not None
-        ended = _Ended()
+        ended = _Ended(rt.plugins)
         rt.writer.add_listener(ended.on_commit)
         rt.dispatcher.add_listener(ended.on_outcome)
         submissions = await _submit_all(settings, rt, sim_url)

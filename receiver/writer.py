@@ -153,11 +153,10 @@ class Writer:
 
     async def _commit(self, pending: list[_Pending]) -> None:
         results: list[Any] = []
-        state_ops = [p for p in pending if not isinstance(p.op, OutboxOp)]
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
-                batch = await self._load(state_ops)
+                batch = await self._load(pending)
                 for p in pending:
                     if isinstance(p.op, OutboxOp):
                         results.append(await self._run_op(p.op))

@@ -124,7 +124,8 @@ def task_body(
 
 
 class RecordingPlugin(Plugin):
-    """Collects every event it is given; ``fail_first`` attempts raise, ``hang`` never ends.
+    """Collects every event it is given; ``fail_first`` attempts raise; each waits for ``gate``
+    (``hang``: never ends).
 
     Tests wait on :meth:`wait_for` (a condition, no polling).
     """
@@ -140,6 +141,7 @@ class RecordingPlugin(Plugin):
         fail_first: int = 0,
         error: Exception | None = None,
         hang: bool = False,
+        gate: asyncio.Event | None = None,
         files: Iterable[SavedFile] = (),
     ) -> None:
         super().__init__(settings or PluginSettings())
@@ -147,7 +149,8 @@ class RecordingPlugin(Plugin):
         self.events: list[Event] = []
         self.fail_first = fail_first
         self.error = error or RuntimeError("recording plugin failure")
-        self.hang = hang
+        # Each handler waits for ``gate`` once recorded; ``hang`` is a gate never opened.
+        self.gate = gate if gate is not None else (asyncio.Event() if hang else None)
         self.files = tuple(files)
         self._changed = asyncio.Condition()
 
@@ -155,8 +158,8 @@ class RecordingPlugin(Plugin):
         self.events.append(event)
         async with self._changed:
             self._changed.notify_all()
-        if self.hang:
-            await asyncio.Event().wait()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_first > 0:
             self.fail_first -= 1
             raise self.error

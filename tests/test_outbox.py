@@ -207,13 +207,7 @@ async def test_raising_plugin_does_not_stop_another(tmp_path: Path) -> None:
 
 async def test_concurrency_limit_caps_running_handlers(tmp_path: Path) -> None:
     gate = asyncio.Event()
-
-    class Gated(RecordingPlugin):
-        async def handle(self, event: Event) -> None:
-            await super().handle(event)
-            await gate.wait()
-
-    plugin = Gated(PluginSettings(concurrency=2))
+    plugin = RecordingPlugin(PluginSettings(concurrency=2), gate=gate)
     db = tmp_path / "kling-hooks.db"
     async with start_receiver(make_settings(tmp_path), [plugin]) as r:
         outcomes = Outcomes(r)
@@ -251,13 +245,7 @@ async def test_route_filter_skips_tasks_on_other_or_unknown_routes(tmp_path: Pat
 
 async def test_graceful_shutdown_waits_for_a_running_delivery(tmp_path: Path) -> None:
     gate = asyncio.Event()
-
-    class Slow(RecordingPlugin):
-        async def handle(self, event: Event) -> None:
-            await super().handle(event)
-            await gate.wait()
-
-    plugin = Slow()
+    plugin = RecordingPlugin(gate=gate)
     settings = make_settings(tmp_path, kling_hooks_shutdown_grace_s=30)
     async with start_receiver(settings, [plugin]) as r:
         await r.post_callback("kh-1", succeed("1", "kh-1"))
