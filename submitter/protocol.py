@@ -18,10 +18,11 @@ Shapes:
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 
 class TaskStatus(StrEnum):
@@ -67,6 +68,19 @@ class Route(StrEnum):
 
 # Unix epoch milliseconds; bounded so that every value fits SQLite's 64-bit INTEGER.
 Millis = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+def now_ms() -> int:
+    """The wall clock in Kling's unit: Unix epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def first_error(exc: ValidationError, *, root: str = "body") -> str:
+    """``"field.path: message"`` of the first problem pydantic found (``root`` when the
+    problem is the whole document); how every refused body names its bad field."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or root
+    return f"{field}: {first['msg']}"
 
 
 class TaskInfo(BaseModel):
