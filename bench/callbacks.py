@@ -58,7 +58,7 @@ from pathlib import Path
 
 import httpx
 
-from receiver.tokens import CallbackTokens
+from submitter.tokens import CallbackTokens
 
 SECRET = "bench-secret-not-for-production-0123456789abcdef"
 API_TOKEN = "bench-api-token"

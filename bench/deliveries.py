@@ -45,7 +45,7 @@ from starlette.routing import Route as HttpRoute
 
 from receiver.logging import configure_logging
 from receiver.serving import listen, running
-from receiver.tokens import CallbackTokens, new_secret
+from submitter.tokens import CallbackTokens, new_secret
 from submitter import KlingClient, Registrar, auth_from_keys
 from submitter.protocol import Route
 from submitter.simulator import Faults, Simulator

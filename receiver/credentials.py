@@ -13,7 +13,7 @@ import aiosqlite
 
 from receiver import store
 from receiver.config import ConfigError, Settings
-from receiver.tokens import CallbackTokens, new_secret, parse_secrets
+from submitter.tokens import CallbackTokens, new_secret, parse_secrets
 
 
 @dataclass(frozen=True)

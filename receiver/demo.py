@@ -31,7 +31,7 @@ from receiver.outbox import DeliveryState, Job, Outcome
 from receiver.plugins.registry import LoadedPlugin
 from receiver.runtime import Runtime
 from receiver.serving import listen, running
-from receiver.tokens import new_secret
+from submitter.tokens import new_secret
 from receiver.transitions import TransitionRow
 from submitter import KlingClient, Registrar, Submission, auth_from_keys
 from submitter.protocol import Route, TaskStatus

@@ -28,7 +28,7 @@ from receiver.callback import CallbackError, parse_callback
 from receiver.responses import error, ok
 from receiver.runtime import Runtime
 from receiver.store import StoreUnavailable
-from receiver.tokens import CALLBACK_PATH
+from submitter.tokens import CALLBACK_PATH
 from receiver.transitions import IncomingCallback, TaskConflict
 
 log = structlog.get_logger("kling_hooks.callbacks")

@@ -38,7 +38,7 @@ import structlog
 from pydantic import ValidationError
 from ulid import ULID
 
-from receiver.tokens import CallbackTokens
+from submitter.tokens import CallbackTokens
 from submitter.errors import (
     InvalidRequest,
     KlingAPIError,

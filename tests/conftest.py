@@ -25,7 +25,7 @@ from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
 from receiver.plugins.registry import LoadedPlugin
 from receiver.runtime import Runtime
 from receiver.serving import running
-from receiver.tokens import CallbackTokens
+from submitter.tokens import CallbackTokens
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 SECRET = "test-secret-one"

@@ -11,7 +11,7 @@ import pytest
 
 from receiver import credentials
 from receiver.config import DEFAULT_API_BASE, ConfigError, load_settings
-from receiver.tokens import CallbackTokens
+from submitter.tokens import CallbackTokens
 
 EXT = "kh-config-0001"
 

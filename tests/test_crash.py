@@ -71,7 +71,7 @@ async def test_sigkill_during_deliveries_then_restart_completes_every_delivery(
         config = write_config(tmp_path, slack, downloads)
 
         async with serve(config, tmp_path) as server, httpx.AsyncClient() as http:
-            from receiver.tokens import CallbackTokens
+            from submitter.tokens import CallbackTokens
 
             tokens = CallbackTokens([SECRET])
             for i in range(TASKS):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from receiver.tokens import CallbackTokens
+from submitter.tokens import CallbackTokens
 from submitter import (
     BearerAuth,
     InvalidRequest,

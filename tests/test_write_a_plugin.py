@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from receiver.tokens import CallbackTokens
+from submitter.tokens import CallbackTokens
 from tests.conftest import (
     API_TOKEN,
     SECRET,

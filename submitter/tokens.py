@@ -1,4 +1,4 @@
-"""Callback URL tokens: stateless proof that a callback URL was made by us.
+"""Callback URL tokens (shared by the submitter, which signs, and the receiver, which verifies): stateless proof that a callback URL was made by us.
 
 Every task's ``callback_url`` is ``{public_url}/callbacks/{external_task_id}/{token}``, where
 ``token = base64url(HMAC-SHA256(secret, "kling-hooks/callback/v1\\0" + external_task_id))``.
