@@ -1,4 +1,6 @@
-"""Callback URL tokens (shared by the submitter, which signs, and the receiver, which verifies): stateless proof that a callback URL was made by us.
+"""Callback URL tokens: stateless proof that a callback URL was made by us.
+
+Shared by both sides: the submitter signs every ``callback_url``, the receiver verifies it.
 
 Every task's ``callback_url`` is ``{public_url}/callbacks/{external_task_id}/{token}``, where
 ``token = base64url(HMAC-SHA256(secret, "kling-hooks/callback/v1\\0" + external_task_id))``.
