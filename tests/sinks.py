@@ -1,8 +1,8 @@
 """A local HTTP target for tests: Slack, a webhook receiver or a file server on 127.0.0.1.
 
-It answers from a script (a status, a body, headers, or a hang) and records every request;
-tests wait on :meth:`Sink.wait_for` (an asyncio condition, no polling). Hanging answers are
-released when the sink stops, so the server can shut down.
+It answers from a script (a status, a body, headers, an endless body, or a hang) and records
+every request; tests wait on :meth:`Sink.wait_for` (an asyncio condition, no polling). Hanging
+answers and endless bodies are released when the sink stops, so the server can shut down.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from receiver.serving import running
@@ -23,13 +23,16 @@ from receiver.serving import running
 
 @dataclass(frozen=True)
 class Answer:
-    """One scripted answer. ``hang=True`` never answers (until the sink stops)."""
+    """One scripted answer. ``hang=True`` never answers (until the sink stops);
+    ``endless=True`` sends ``body`` over and over (until the client leaves or the sink stops).
+    """
 
     status: int = 200
     body: bytes = b"ok"
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "text/plain"
     hang: bool = False
+    endless: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,24 @@ class Sink:
         if answer.hang:
             await self._released.wait()
             return Response(b"released", status_code=503)
+        if answer.endless:
+            return StreamingResponse(
+                self._repeat(answer.body),
+                status_code=answer.status,
+                headers=answer.headers,
+                media_type=answer.content_type,
+            )
         return Response(
             answer.body,
             status_code=answer.status,
             headers=answer.headers,
             media_type=answer.content_type,
         )
+
+    async def _repeat(self, chunk: bytes) -> AsyncIterator[bytes]:
+        while not self._released.is_set():
+            yield chunk
+            await asyncio.sleep(0)
 
     def release(self) -> None:
         self._released.set()

@@ -15,8 +15,8 @@ import structlog
 
 from receiver.config import ConfigError, Settings
 from receiver.logging import configure_logging
-from receiver.outbox import DeliveryState
-from receiver.plugins import Event
+from receiver.models import DeliveryState
+from receiver.plugins import Event, PluginError
 from receiver.plugins.registry import load_plugins
 from receiver.plugins.slack import (
     MAX_BLOCKS,
@@ -148,7 +148,7 @@ async def test_slack_gets_one_message_per_final_transition_and_none_before(tmp_p
         await r.post_callback("kh-2", failed("2", "kh-2"))
         await outcomes.ended(2)
     # Deliveries are written with their transition: none exist for submitted/processing.
-    rows = deliveries(r.runtime.settings.kling_hooks_db)
+    rows = deliveries(r.services.settings.kling_hooks_db)
     got = [(d["task_id"], d["task_status"], d["state"]) for d in rows]
     assert got == [("1", "succeed", "done"), ("2", "failed", "done")]
     assert len(sink.requests) == 2
@@ -267,7 +267,7 @@ async def test_429_retry_after_delays_the_next_attempt_by_that_many_seconds(
         outcomes = Outcomes(r)
         await r.post_callback("kh-1", succeed("1", "kh-1"))
         [(_, first)] = await outcomes.until(lambda seen: len(seen) == 1)
-        [d] = deliveries(r.runtime.settings.kling_hooks_db)
+        [d] = deliveries(r.services.settings.kling_hooks_db)
         seen = await outcomes.ended(1)
     assert (d["state"], d["last_error"]) == (
         "failed",
@@ -296,7 +296,7 @@ async def test_refusing_4xx_is_dead_after_one_attempt(
             outcomes = Outcomes(r)
             await r.post_callback("kh-1", failed("1", "kh-1"))
             await outcomes.ended(1)
-    [d] = deliveries(r.runtime.settings.kling_hooks_db)
+    [d] = deliveries(r.services.settings.kling_hooks_db)
     assert (d["state"], d["attempts"]) == ("dead", 1)
     assert d["last_error"] == f"PermanentError: Slack answered {status}: {body.decode()}"
     assert len(sink.requests) == 1
@@ -339,9 +339,23 @@ async def test_webhook_url_appears_in_no_log_line_and_no_last_error(
     ]  # fmt: skip
     assert "delivery_dead" in logged  # the log was captured at debug level
     assert SECRET_PART not in logged
-    errors = [str(d["last_error"]) for d in deliveries(r.runtime.settings.kling_hooks_db)]
+    errors = [str(d["last_error"]) for d in deliveries(r.services.settings.kling_hooks_db)]
     assert errors == ["PermanentError: Slack answered 404: no such hook *** (***)"]
     assert all(SECRET_PART not in str(o.last_error) for _, o in seen)
+
+
+async def test_a_408_or_5xx_is_retried_as_a_slack_error(tmp_path: Path) -> None:
+    async with start_sink() as sink, start_receiver(slack_settings(tmp_path, sink)) as r:
+        sink.answer(Answer(408, b"timeout"), Answer(503, b"busy", headers={"Retry-After": "60"}))
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", succeed("1", "kh-1"))
+        seen = await outcomes.ended(1)
+    assert [(o.state, o.last_error) for _, o in seen] == [
+        (DeliveryState.FAILED, "SlackError: Slack answered 408: timeout"),
+        # Slack documents Retry-After for 429 only: a 503 waits on the schedule.
+        (DeliveryState.FAILED, "SlackError: Slack answered 503: busy"),
+        (DeliveryState.DONE, None),
+    ]
 
 
 async def test_unreachable_slack_error_names_the_failure_not_the_url() -> None:
@@ -354,6 +368,7 @@ async def test_unreachable_slack_error_names_the_failure_not_the_url() -> None:
     finally:
         await plugin.stop()
     assert str(caught.value) == "cannot reach Slack (ConnectError)"
+    assert isinstance(caught.value, PluginError)
     assert caught.value.__suppress_context__  # httpx's error (with the URL) is not chained
 
 

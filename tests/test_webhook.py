@@ -11,10 +11,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from receiver.config import ConfigError, Settings
-from receiver.outbox import DeliveryState
-from receiver.plugins import Event
+from receiver.models import DeliveryState
+from receiver.plugins import Event, PluginError
 from receiver.plugins.registry import load_plugins
-from receiver.plugins.webhook import payload
+from receiver.plugins.webhook import WebhookError, payload
 from submitter.protocol import TaskStatus
 from tests.conftest import (
     Outcomes,
@@ -121,7 +121,7 @@ async def test_retry_after_on_429_or_503_sets_the_next_attempt(tmp_path: Path, s
         outcomes = Outcomes(r)
         await r.post_callback("kh-1", succeed("1", "kh-1"))
         await outcomes.until(lambda seen: len(seen) == 1)
-        [d] = deliveries(r.runtime.settings.kling_hooks_db)
+        [d] = deliveries(r.services.settings.kling_hooks_db)
     expected_error = f"RetryAfter: the endpoint answered {status}: slow down"
     assert (d["state"], d["last_error"]) == ("failed", expected_error)
     assert d["next_attempt_at"] - d["updated_at"] == pytest.approx(120_000, abs=50)
@@ -133,10 +133,31 @@ async def test_410_gone_is_dead_after_one_attempt(tmp_path: Path) -> None:
             outcomes = Outcomes(r)
             await r.post_callback("kh-1", succeed("1", "kh-1"))
             await outcomes.ended(1)
-    [d] = deliveries(r.runtime.settings.kling_hooks_db)
+    [d] = deliveries(r.services.settings.kling_hooks_db)
     assert (d["state"], d["attempts"]) == ("dead", 1)
     assert d["last_error"] == "PermanentError: the endpoint answered 410: unsubscribed"
     assert len(sink.requests) == 1
+
+
+async def test_an_endpoint_echoing_its_url_has_it_blanked_out_of_last_error(
+    tmp_path: Path,
+) -> None:
+    async with start_sink() as sink:
+        url = f"{sink.url}/hooks/kling?token=T0SECRET"
+        sink.default = Answer(404, f"no hook at {url}".encode())
+        settings = make_settings(
+            tmp_path, plugins={"webhook": {"url": url, "secret": SECRET, "retry_schedule_s": []}}
+        )
+        async with start_receiver(settings) as r:
+            outcomes = Outcomes(r)
+            await r.post_callback("kh-1", succeed("1", "kh-1"))
+            await outcomes.ended(1)
+    [d] = deliveries(r.services.settings.kling_hooks_db)
+    assert d["last_error"] == "WebhookError: the endpoint answered 404: no hook at ***"
+
+
+def test_webhook_error_is_a_plugin_error() -> None:
+    assert issubclass(WebhookError, PluginError)
 
 
 async def test_other_refusals_are_retried_on_the_schedule_then_dead(tmp_path: Path) -> None:
@@ -145,7 +166,7 @@ async def test_other_refusals_are_retried_on_the_schedule_then_dead(tmp_path: Pa
             outcomes = Outcomes(r)
             await r.post_callback("kh-1", succeed("1", "kh-1"))
             await outcomes.ended(1)
-    [d] = deliveries(r.runtime.settings.kling_hooks_db)
+    [d] = deliveries(r.services.settings.kling_hooks_db)
     assert (d["state"], d["attempts"]) == ("dead", 3)  # 1 + len(retry_schedule_s)
     assert d["last_error"] == "WebhookError: the endpoint answered 400: bad request"
     assert [q.headers["webhook-id"] for q in sink.requests] == ["1:succeed"] * 3

@@ -20,14 +20,10 @@ index.
 
 Rules:
 
-* Safe names (:func:`path_segment`): ``external_task_id`` and ``kind`` each become one path
-  segment: every character outside ``[A-Za-z0-9._-]`` becomes ``_``, a leading ``.`` becomes
-  ``_`` (so no ``..``, no hidden file), the result is cut to 100 characters, and when
-  anything was changed ``-`` and 8 hex digits of the original's SHA-256 are appended, so two
-  different ids never share a directory. ``../x`` becomes ``_._x-<hash>``.
-* Extension: the suffix of the path of the URL that served the file (after redirects) when it
-  is a known media suffix (:data:`MEDIA_SUFFIXES`), else the one :mod:`mimetypes` gives for
-  the ``Content-Type``, else ``.bin``.
+* Names and extensions: see :mod:`receiver.plugins.files`: ``external_task_id`` and
+  ``kind`` each become one safe path segment (:func:`path_segment`: ``../x`` becomes
+  ``_._x-<hash>``); the extension is the URL's media suffix (:data:`MEDIA_SUFFIXES`), else
+  the ``Content-Type``'s, else ``.bin``.
 * Content type: an ``image`` or ``image_watermark`` URL must answer ``image/*``, a ``video``
   one ``video/*``, an ``audio`` one ``audio/*``; any other kind (``video_cover``...) one of
   those three. ``application/octet-stream`` and ``binary/octet-stream`` (signed CDN URLs often
@@ -36,16 +32,11 @@ Rules:
 * Size: a ``Content-Length`` above ``max_bytes`` is refused before the body is read, and the
   bytes are counted while streaming (a chunked body has no length), aborting past
   ``max_bytes``: :class:`PermanentError` either way. ``Accept-Encoding: identity`` is sent.
-* Atomic saving: the body is streamed (never held whole in memory) into a temporary file
-  ``.{name}.XXXXXXXX.part`` in the final directory while its size and SHA-256 are computed;
-  then the file is fsynced, renamed over the final name (``os.replace``) and the directory
-  fsynced (its parent too when the directory is new). Any failure or cancellation before the
-  rename removes the temporary file, so the final name only ever holds a complete file. A
-  temporary file left by a killed process is removed when the delivery runs again (a
-  delivery left ``running`` by a crash is resumed at start-up).
-  Creating the temporary file and writing chunks (to the page cache) happen in the event
-  loop; the fsyncs, the rename and the re-hashing of existing files run in a thread
-  (``asyncio.to_thread``).
+* Atomic saving: see :mod:`receiver.plugins.files`: the body is streamed into a temporary
+  file beside the final name, fsynced and renamed, so the final name only ever holds a
+  complete file; any failure or cancellation before the rename removes the temporary file,
+  and one left by a killed process is removed when the delivery runs again (a delivery left
+  ``running`` by a crash is resumed at start-up).
 * Redelivery: when ``event.saved_files`` has a record for the same URL whose file still
   exists with the recorded size and SHA-256, that record is returned again and no request is
   made; otherwise the file is fetched again (and replaces the changed one).
@@ -65,17 +56,10 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import glob
-import hashlib
-import mimetypes
-import os
-import re
 import ssl
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
-from typing import IO, ClassVar
+from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import structlog
@@ -93,6 +77,15 @@ from receiver.plugins import (
     SavedFile,
     retry_after_s,
 )
+from receiver.plugins.files import (
+    MEDIA_SUFFIXES,
+    PartFile,
+    extension,
+    path_segment,
+    unchanged,
+    unique,
+    writable_directory,
+)
 from receiver.plugins.safehttp import (
     Guard,
     Resolver,
@@ -107,16 +100,9 @@ __all__ = ["MEDIA_SUFFIXES", "DownloadError", "Downloader", "DownloaderSettings"
 
 log = structlog.get_logger("kling_hooks.plugins.downloader")
 
-#: URL path suffixes taken as the saved file's extension as they are.
-MEDIA_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".mov", ".webm", ".mp3", ".wav",
-     ".m4a", ".aac", ".ogg", ".flac"}
-)  # fmt: skip
 #: Content types accepted for every kind (see the module docstring).
 ANY_KIND_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
 NETWORK_TIMEOUT_S = 60.0
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_MAX_SEGMENT = 100
 
 
 class DownloadError(PluginError):
@@ -138,20 +124,6 @@ class DownloaderSettings(PluginSettings):
     max_bytes: int = Field(default=2 * 1024**3, gt=0)
     allow_private_hosts: bool = False
     timeout_s: float = Field(default=900.0, gt=0)
-
-
-def path_segment(value: str) -> str:
-    """``value`` made into one safe path segment (rule in the module docstring).
-
-    >>> path_segment("kh-01JD0000"), path_segment("../x")
-    ('kh-01JD0000', '_._x-d6b96a97')
-    """
-    safe = _UNSAFE_CHARS.sub("_", value)[:_MAX_SEGMENT]
-    if safe.startswith("."):
-        safe = "_" + safe[1:]
-    if safe != value or not safe:
-        safe = f"{safe}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
-    return safe
 
 
 class Downloader(Plugin):
@@ -194,7 +166,7 @@ class Downloader(Plugin):
         Raises:
             OSError: the directory cannot be created or written to.
         """
-        self._directory = await asyncio.to_thread(_writable_directory, self.settings.directory)
+        self._directory = await asyncio.to_thread(writable_directory, self.settings.directory)
         timeout_s = min(self.settings.timeout_s, NETWORK_TIMEOUT_S)
         self._client = new_client(timeout_s=timeout_s, verify=self._verify)
 
@@ -223,9 +195,9 @@ class Downloader(Plugin):
         saved: list[SavedFile] = []
         labels: set[str] = set()
         for item in event.result_urls():
-            label = _unique(f"{path_segment(item.kind)}-{item.index}", labels)
+            label = unique(f"{path_segment(item.kind)}-{item.index}", labels)
             record = known.get(item.url)
-            if record is not None and await asyncio.to_thread(_unchanged, record):
+            if record is not None and await asyncio.to_thread(unchanged, record):
                 log.info("file_kept", task_id=event.task_id, path=record.path)
                 saved.append(record)
                 continue
@@ -255,11 +227,9 @@ class Downloader(Plugin):
             _check_status(response, item.url)
             content_type = _check_content_type(response, item)
             _check_length(response, item.url, self.settings.max_bytes)
-            final_url = response.request.url.path  # the path after redirects
-            part = _PartFile(
-                folder / f"{label}{_extension(final_url, content_type)}"
-            )  # not in a thread: a cancel must not orphan it
-            try:
+            # The path after redirects names the extension.
+            name = f"{label}{extension(response.request.url.path, content_type)}"
+            with PartFile(folder / name) as part:
                 async for chunk in response.aiter_bytes():
                     part.write(chunk)
                     if part.size > self.settings.max_bytes:
@@ -267,26 +237,8 @@ class Downloader(Plugin):
                             f"{redact(item.url)}: body longer than max_bytes="
                             f"{self.settings.max_bytes}; refused"
                         )
-                part.committing = True
-                sha256 = await asyncio.to_thread(part.commit)
-            except asyncio.CancelledError:
-                if not part.committing:  # a running commit ends as a whole file or none
-                    part.discard()
-                raise
-            except BaseException:
-                part.discard()
-                raise
+                sha256 = await part.commit()
         return SavedFile(item.url, str(part.final), part.size, sha256)
-
-
-def _unique(label: str, taken: set[str]) -> str:
-    """``label``, or ``label-2``, ``label-3``... when an earlier URL of the event had it."""
-    unique, n = label, 1
-    while unique in taken:
-        n += 1
-        unique = f"{label}-{n}"
-    taken.add(unique)
-    return unique
 
 
 def _check_status(response: httpx.Response, url: str) -> None:
@@ -327,78 +279,3 @@ def _check_length(response: httpx.Response, url: str, max_bytes: int) -> None:
         raise PermanentError(
             f"{redact(url)}: Content-Length {length} is over max_bytes={max_bytes}; refused"
         )
-
-
-def _extension(url_path: str, content_type: str) -> str:
-    suffix = PurePosixPath(url_path).suffix.lower()
-    if suffix in MEDIA_SUFFIXES:
-        return suffix
-    guessed = mimetypes.guess_extension(content_type) if content_type else None
-    return guessed if guessed and _UNSAFE_CHARS.sub("", guessed) == guessed else ".bin"
-
-
-def _writable_directory(directory: Path) -> Path:
-    directory = directory.absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=directory):
-        pass
-    return directory
-
-
-def _unchanged(record: SavedFile) -> bool:
-    path = Path(record.path)
-    try:
-        if not path.is_file() or path.stat().st_size != record.bytes:
-            return False
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() == record.sha256
-    except OSError:
-        return False
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _PartFile:
-    """The temporary file a download streams into, beside its final name."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self._new_directory = not final.parent.is_dir()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # A process killed mid-download leaves its temporary file behind; this delivery is
-        # the only one writing this name now (a running delivery is never replayed).
-        for stale in final.parent.glob(f".{glob.escape(final.name)}.*.part"):
-            stale.unlink(missing_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-        self.path = Path(name)
-        self._file: IO[bytes] = os.fdopen(fd, "wb")
-        self._sha256 = hashlib.sha256()
-        self.size = 0
-        self.committing = False
-
-    def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self._sha256.update(chunk)
-        self.size += len(chunk)
-
-    def commit(self) -> str:
-        """fsync, rename over the final name, fsync the directory; returns the SHA-256."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.path, self.final)
-        _fsync_directory(self.final.parent)
-        if self._new_directory:
-            _fsync_directory(self.final.parent.parent)
-        return self._sha256.hexdigest()
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._file.close()
-        self.path.unlink(missing_ok=True)

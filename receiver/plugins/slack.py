@@ -32,24 +32,16 @@ exception texts include request URLs, so they are never passed on.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
 import receiver
-from receiver.plugins import (
-    Event,
-    PermanentError,
-    Plugin,
-    PluginSettings,
-    RetryAfter,
-    SavedFile,
-    retry_after_s,
-)
+from receiver.plugins import Event, Plugin, PluginError, PluginSettings, SavedFile
+from receiver.plugins.endpoint import Endpoint, SecretHttpURL, StatusRules
 from submitter.protocol import TaskStatus
 
 __all__ = ["SlackError", "SlackNotifier", "SlackSettings", "build_message"]
@@ -64,8 +56,8 @@ MAX_ALT_TEXT_CHARS = 2000
 # Our own limits: a long prompt is cut, and at most this many previews are shown.
 MAX_PROMPT_CHARS = 1000
 MAX_IMAGE_BLOCKS = 10
-MAX_ERROR_BODY_CHARS = 200
-MAX_BODY_READ_BYTES = 4096
+#: Every 4xx but 408 (a timeout) and 429 (rate limited) is a refusal no retry can change.
+RULES = StatusRules(permanent=frozenset(range(400, 500)) - {408, 429}, retry_after=frozenset({429}))
 
 _ICONS = {
     TaskStatus.SUBMITTED: ":inbox_tray:",
@@ -75,7 +67,7 @@ _ICONS = {
 }
 
 
-class SlackError(Exception):
+class SlackError(PluginError):
     """Slack could not be reached or answered ``5xx`` (or another retryable status); the
     delivery is retried. The message never contains the webhook URL."""
 
@@ -88,17 +80,8 @@ class SlackSettings(PluginSettings):
         timeout_s: Seconds one attempt may take (connect, send, answer); default 30.
     """
 
-    webhook_url: SecretStr
+    webhook_url: SecretHttpURL
     timeout_s: float = Field(default=30.0, gt=0)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: SecretStr) -> SecretStr:
-        # The message must not echo the URL: it is a secret.
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL (Slack: an incoming webhook URL)")
-        return value
 
 
 class SlackNotifier(Plugin):
@@ -123,24 +106,26 @@ class SlackNotifier(Plugin):
         if not isinstance(settings, SlackSettings):
             raise TypeError(f"slack needs SlackSettings, not {type(settings).__name__}")
         super().__init__(settings)
-        self._config = settings
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        url = settings.webhook_url.get_secret_value()
+        self._endpoint = Endpoint(
+            url,
+            target="Slack",
+            error=SlackError,
+            timeout_s=settings.timeout_s,
+            user_agent=f"kling-hooks/{self.version}",
+            rules=RULES,
+            # The URL, and its path (the secret part), in case a proxy echoes them.
+            secrets=(url, urlsplit(url).path),
+            transport=transport,
+        )
 
     async def start(self) -> None:
         """Open the HTTP client (one connection pool for every message)."""
-        self._client = httpx.AsyncClient(
-            transport=self._transport,
-            timeout=self._config.timeout_s,
-            follow_redirects=False,
-            headers={"User-Agent": f"kling-hooks/{self.version}"},
-        )
+        await self._endpoint.start()
 
     async def stop(self) -> None:
         """Close the HTTP client."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._endpoint.stop()
 
     async def handle(self, event: Event) -> Iterable[SavedFile] | None:
         """Post the message for ``event``; returns None once Slack answered 2xx.
@@ -157,63 +142,11 @@ class SlackNotifier(Plugin):
             RuntimeError: :meth:`start` was not called.
         """
         message = build_message(event)
-        answer = await self._post(message)
+        answer = await self._endpoint.post(json=message)
         if answer.status == 400 and _has_images(message):
-            answer = await self._post(build_message(event, previews=False))
-        answer.check()
+            answer = await self._endpoint.post(json=build_message(event, previews=False))
+        self._endpoint.raise_for_status(answer)
         return None
-
-    async def _post(self, message: dict[str, Any]) -> _Answer:
-        if self._client is None:
-            raise RuntimeError("slack: start() was not called")
-        url = self._config.webhook_url.get_secret_value()
-        try:
-            async with self._client.stream("POST", url, json=message) as response:
-                head = b""
-                async for chunk in response.aiter_bytes():
-                    head += chunk
-                    if len(head) >= MAX_BODY_READ_BYTES:
-                        break
-        except httpx.TimeoutException as exc:
-            # str(exc) of httpx errors may contain the URL: only the type is kept.
-            raise SlackError(f"no answer from Slack in time ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise SlackError(f"cannot reach Slack ({type(exc).__name__})") from None
-        body = _redacted(head.decode("utf-8", "replace"), url)
-        return _Answer(response.status_code, response.headers.get("Retry-After"), body)
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """Slack's answer: status, ``Retry-After`` header, start of the body (URL redacted)."""
-
-    status: int
-    retry_after: str | None
-    body: str
-
-    def check(self) -> None:
-        """Return on 2xx, else raise what the module docstring says."""
-        if 200 <= self.status < 300:
-            return
-        what = f"Slack answered {self.status}: {self.body or '(empty body)'}"
-        if self.status == 429:
-            wait_s = retry_after_s(self.retry_after)
-            if wait_s is not None:
-                raise RetryAfter(wait_s, what)
-            raise SlackError(what)
-        if 400 <= self.status < 500 and self.status != 408:
-            raise PermanentError(what)
-        raise SlackError(what)
-
-
-def _redacted(text: str, secret: str) -> str:
-    """``text`` on one line, at most 200 characters, with the webhook URL (and its path, the
-    secret part) blanked out in case a proxy echoes it."""
-    text = " ".join(text.split())
-    for part in (secret, urlsplit(secret).path):
-        if len(part) > 1:
-            text = text.replace(part, "***")
-    return text[:MAX_ERROR_BODY_CHARS]
 
 
 # -- the message ----------------------------------------------------------------------------

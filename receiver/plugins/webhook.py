@@ -45,31 +45,23 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 import receiver
-from receiver.plugins import (
-    Event,
-    PermanentError,
-    Plugin,
-    PluginSettings,
-    RetryAfter,
-    SavedFile,
-    retry_after_s,
-)
+from receiver.plugins import Event, Plugin, PluginError, PluginSettings, SavedFile
+from receiver.plugins.endpoint import Endpoint, HttpURL, StatusRules
 
 __all__ = ["WebhookError", "WebhookForwarder", "WebhookSettings", "payload"]
 
 SECRET_PREFIX = "whsec_"
-MAX_ERROR_BODY_CHARS = 200
-MAX_BODY_READ_BYTES = 4096
+#: ``410 Gone`` is the convention for "stop sending"; ``429`` and ``503`` may say when to retry.
+RULES = StatusRules(permanent=frozenset({410}), retry_after=frozenset({429, 503}))
 
 
-class WebhookError(Exception):
+class WebhookError(PluginError):
     """The endpoint could not be reached or answered a status other than 2xx, 410, or
     429/503 with ``Retry-After``; the delivery is retried."""
 
@@ -84,17 +76,9 @@ class WebhookSettings(PluginSettings):
         timeout_s: Seconds one attempt may take (connect, send, answer); default 30.
     """
 
-    url: str
+    url: HttpURL
     secret: SecretStr
     timeout_s: float = Field(default=30.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL")
-        return value
 
     @field_validator("secret")
     @classmethod
@@ -141,26 +125,26 @@ class WebhookForwarder(Plugin):
         if not isinstance(settings, WebhookSettings):
             raise TypeError(f"webhook needs WebhookSettings, not {type(settings).__name__}")
         super().__init__(settings)
-        self._config = settings
         self._signer = Webhook(settings.secret.get_secret_value())
-        self._transport = transport
         self._clock_s = clock_s
-        self._client: httpx.AsyncClient | None = None
+        self._endpoint = Endpoint(
+            settings.url,
+            target="the endpoint",
+            error=WebhookError,
+            timeout_s=settings.timeout_s,
+            user_agent=f"kling-hooks/{self.version}",
+            rules=RULES,
+            secrets=(settings.url,),  # its query may carry a token
+            transport=transport,
+        )
 
     async def start(self) -> None:
         """Open the HTTP client (one connection pool for every event)."""
-        self._client = httpx.AsyncClient(
-            transport=self._transport,
-            timeout=self._config.timeout_s,
-            follow_redirects=False,
-            headers={"User-Agent": f"kling-hooks/{self.version}"},
-        )
+        await self._endpoint.start()
 
     async def stop(self) -> None:
         """Close the HTTP client."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._endpoint.stop()
 
     def signed_headers(self, msg_id: str, body: str) -> dict[str, str]:
         """The Standard Webhooks headers for ``body`` sent now as message ``msg_id``."""
@@ -181,25 +165,10 @@ class WebhookForwarder(Plugin):
             WebhookError: any other status, a timeout or a network error.
             RuntimeError: :meth:`start` was not called.
         """
-        if self._client is None:
-            raise RuntimeError("webhook: start() was not called")
         body = json.dumps(payload(event), ensure_ascii=False, separators=(",", ":"))
         headers = self.signed_headers(event.idempotency_key, body)
-        try:
-            async with self._client.stream(
-                "POST", self._config.url, content=body.encode(), headers=headers
-            ) as response:
-                head = b""
-                async for chunk in response.aiter_bytes():
-                    head += chunk
-                    if len(head) >= MAX_BODY_READ_BYTES:
-                        break
-        except httpx.TimeoutException as exc:
-            # str(exc) of httpx errors may contain the URL: only the type is kept.
-            raise WebhookError(f"no answer in time ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise WebhookError(f"cannot reach the endpoint ({type(exc).__name__})") from None
-        _check(response.status_code, response.headers.get("Retry-After"), head)
+        answer = await self._endpoint.post(content=body.encode(), headers=headers)
+        self._endpoint.raise_for_status(answer)
         return None
 
 
@@ -212,16 +181,3 @@ def payload(event: Event) -> dict[str, Any]:
         "timestamp": timestamp.replace("+00:00", "Z"),
         "data": event.to_json(),
     }
-
-
-def _check(status: int, retry_after: str | None, head: bytes) -> None:
-    if 200 <= status < 300:
-        return
-    excerpt = " ".join(head.decode("utf-8", "replace").split())[:MAX_ERROR_BODY_CHARS]
-    what = f"the endpoint answered {status}: {excerpt or '(empty body)'}"
-    if status == 410:
-        raise PermanentError(what)
-    wait_s = retry_after_s(retry_after) if status in (429, 503) else None
-    if wait_s is not None:
-        raise RetryAfter(wait_s, what)
-    raise WebhookError(what)
