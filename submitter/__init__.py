@@ -1,11 +1,14 @@
 """kling-hooks submitter: create Kling tasks whose progress comes back as callbacks.
 
-Modules: ``client`` (HTTP, retries, idempotent create), ``registrar`` (``POST /tasks``),
-``routes`` (the rules of each create body), ``auth`` (JWT or bearer key), ``protocol``
-(Kling's wire format), ``simulator`` (a Kling stand-in) and ``errors`` (the hierarchy).
+Modules: ``client`` (:class:`KlingClient`: idempotent create and query), ``answers`` (reading
+Kling's answers), ``retries`` (the retry policy), ``registrar`` (``POST /tasks``), ``bodies``
+(the rules of each create body), ``auth`` (JWT or bearer key), ``protocol`` (Kling's wire
+format), ``tokens`` (callback URL tokens), ``simulator`` (a Kling stand-in), ``media`` (its
+result files) and ``errors`` (the hierarchy).
 """
 
 from submitter.auth import BearerAuth, KlingJWTAuth, auth_from_keys
+from submitter.bodies import validate_body
 from submitter.client import KlingClient, new_external_task_id
 from submitter.errors import (
     AuthNotConfigured,
@@ -17,7 +20,6 @@ from submitter.errors import (
     SubmitterError,
 )
 from submitter.registrar import Registrar, Submission, redact
-from submitter.routes import validate_body
 
 __all__ = [
     "AuthNotConfigured",

@@ -19,53 +19,33 @@ creates again, so a retry never makes a second task::
     POST create again            (never create blindly)
 
 Connect errors (``ConnectError``, ``ConnectTimeout``, ``PoolTimeout``) mean nothing was sent,
-so the create is simply repeated.
+so the create is simply repeated. Which failures are transient, and how long to wait, is
+:mod:`submitter.retries`; reading each answer is :mod:`submitter.answers`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace as _replace
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
 import structlog
-from pydantic import ValidationError
 from ulid import ULID
 
-from submitter.tokens import CallbackTokens
-from submitter.errors import (
-    InvalidRequest,
-    KlingAPIError,
-    KlingUnreachable,
-    Problem,
-    RegistrationFailed,
-    SubmitterError,
-)
-from submitter.protocol import RETRYABLE_CODES, Envelope, Route, TaskObject
+from submitter import protocol
+from submitter.answers import error_fields, is_transient, may_have_created, task_from
+from submitter.bodies import parse_route, validate_body
+from submitter.errors import InvalidRequest, KlingAPIError, Problem
+from submitter.protocol import Route, TaskObject
 from submitter.registrar import Registrar, Submission
-from submitter.routes import parse_route, validate_body
+from submitter.retries import RetryPolicy
+from submitter.tokens import CallbackTokens
 
 log = structlog.get_logger("kling_hooks.submitter")
 
 EXTERNAL_TASK_ID_PREFIX = "kh-"
-RATE_LIMIT_CODES = frozenset({1302, 1303})
-# The request never left this host: repeating the create cannot make a second task.
-NOTHING_SENT = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.UnsupportedProtocol,
-)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_external_task_id(now_ms: int | None = None) -> str:
@@ -80,20 +60,6 @@ def new_external_task_id(now_ms: int | None = None) -> str:
     """
     ulid = ULID() if now_ms is None else ULID.from_timestamp(now_ms)
     return f"{EXTERNAL_TASK_ID_PREFIX}{ulid}"
-
-
-def _is_transient(exc: KlingAPIError) -> bool:
-    """1302/1303 and 5000-5002, any 5xx, and a 408/429 without Kling's envelope."""
-    if exc.code in RETRYABLE_CODES or exc.http_status >= 500:
-        return True
-    return exc.code is None and exc.http_status in (408, 429)
-
-
-def _maybe_created(exc: Exception) -> bool:
-    """True when a failed create may have made the task anyway (the answer was lost)."""
-    if isinstance(exc, KlingAPIError):
-        return exc.http_status >= 500 or exc.code in (5000, 5001, 5002)
-    return not isinstance(exc, NOTHING_SENT)
 
 
 def _prepare(route: Route, body: dict[str, Any], external_task_id: str | None) -> dict[str, Any]:
@@ -120,43 +86,6 @@ def _prepare(route: Route, body: dict[str, Any], external_task_id: str | None) -
     if problems:
         raise InvalidRequest(route, problems)
     return wire
-
-
-def _task_from(response: httpx.Response) -> TaskObject:
-    """Parse Kling's envelope and its task object.
-
-    Raises:
-        KlingAPIError: an HTTP error, ``code != 0``, a body that is not Kling's envelope
-            (code None, message = the first 200 characters), or ``data`` that is not a task.
-    """
-    try:
-        envelope = Envelope.model_validate(response.json())
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError included
-        raise KlingAPIError(response.status_code, None, response.text[:200], None) from None
-    if response.is_error or envelope.code != 0:
-        raise KlingAPIError(
-            response.status_code, envelope.code, envelope.message or "", envelope.request_id
-        )
-    try:
-        return TaskObject.model_validate(envelope.data)
-    except ValidationError as exc:
-        message = f"the answer's data is not a task object: {exc.errors()[0]['msg']}"
-        raise KlingAPIError(
-            response.status_code, envelope.code, message, envelope.request_id
-        ) from None
-
-
-def _error_fields(exc: Exception) -> dict[str, Any]:
-    """Log fields of an error: its type, and Kling's status, code and request id if any."""
-    if isinstance(exc, KlingAPIError):
-        return {
-            "error": "KlingAPIError",
-            "http_status": exc.http_status,
-            "code": exc.code,
-            "request_id": exc.request_id,
-            "message": exc.message,
-        }
-    return {"error": type(exc).__name__, "message": str(exc)}
 
 
 class KlingClient:
@@ -200,34 +129,24 @@ class KlingClient:
         max_attempts: int = 5,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = protocol.now_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         for name, url in (("api_base", api_base), ("public_url", public_url)):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{name}={url!r} must be an http(s) URL")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts} must be at least 1")
         self._api_base = api_base.rstrip("/")
         self._tokens = tokens
         self._public_url = public_url
         self._registrar = registrar
-        self._max_attempts = max_attempts
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
+        self._retry = RetryPolicy(max_attempts, backoff_base_s, backoff_max_s, sleep)
         self._clock_ms = clock_ms
-        self._sleep = sleep
         self._http = httpx.AsyncClient(auth=auth, transport=transport, timeout=timeout_s)
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -279,7 +198,9 @@ class KlingClient:
         log.info(
             "kling.task_created", route=parsed.value, task_id=task.task_id, external_task_id=ext
         )
-        return await self._register(submission, wire)
+        if self._registrar is None:
+            return submission
+        return await self._registrar.register_or_warn(submission, wire)
 
     async def query(self, route: str, id: str) -> TaskObject:
         """Fetch one task: ``GET {api_base}/v1/{route}/{id}``, retrying transient failures.
@@ -296,77 +217,58 @@ class KlingClient:
         parsed = parse_route(route)
         if not id:
             raise InvalidRequest(parsed, [Problem("id", "is required")])
-        last: Exception | None = None
-        for attempt in range(1, self._max_attempts + 1):
-            if last is not None:
-                await self._sleep(self._delay(attempt - 1, last))
-            try:
-                return await self._get(parsed, id)
-            except KlingAPIError as exc:
-                if not _is_transient(exc):
-                    raise
-                last = exc
-            except httpx.TransportError as exc:
-                last = exc
+
+        def failed(attempt: int, exc: Exception) -> None:
             log.warning(
                 "kling.query_attempt_failed",
                 route=parsed.value,
                 id=id,
                 attempt=attempt,
-                **_error_fields(last),
+                **error_fields(exc),
             )
-        raise self._gave_up(last, f"query {parsed.value}/{id}")
+
+        return await self._retry.run(
+            lambda _: self._get(parsed, id), failed=failed, what=f"query {parsed.value}/{id}"
+        )
 
     async def _get(self, route: Route, id: str) -> TaskObject:
-        return _task_from(await self._http.get(self._url(route, id)))
+        return task_from(await self._http.get(self._url(route, id)))
 
     async def _create(self, route: Route, wire: dict[str, Any]) -> TaskObject:
         """POST the create, retrying; after a lost answer, look the task up before re-creating."""
         ext: str = wire["external_task_id"]
         maybe_created = False
-        last: Exception | None = None
-        for attempt in range(1, self._max_attempts + 1):
-            if last is not None:
-                await self._sleep(self._delay(attempt - 1, last))
-            try:
-                if maybe_created:
-                    found = await self._find(route, ext)
-                    if found is not None:
-                        log.info(
-                            "kling.create_recovered",
-                            route=route.value,
-                            external_task_id=ext,
-                            task_id=found.task_id,
-                            attempt=attempt,
-                        )
-                        return found
-                    maybe_created = False
-                return _task_from(await self._http.post(self._url(route), json=wire))
-            except KlingAPIError as exc:
-                if not _is_transient(exc):
-                    raise
-                last = exc
-            except httpx.TransportError as exc:
-                last = exc
-            maybe_created = maybe_created or _maybe_created(last)
+
+        async def attempt(number: int) -> TaskObject:
+            nonlocal maybe_created
+            if maybe_created:
+                found = await self._find(route, ext, attempt=number)
+                if found is not None:
+                    return found
+                maybe_created = False
+            return task_from(await self._http.post(self._url(route), json=wire))
+
+        def failed(number: int, exc: Exception) -> None:
+            nonlocal maybe_created
+            maybe_created = maybe_created or may_have_created(exc)
+            fields = {"route": route.value, "external_task_id": ext}
             log.warning(
                 "kling.create_attempt_failed",
-                route=route.value,
-                external_task_id=ext,
-                attempt=attempt,
+                **fields,
+                attempt=number,
                 maybe_created=maybe_created,
-                **_error_fields(last),
+                **error_fields(exc),
             )
-        log.warning(
-            "kling.create_gave_up",
-            route=route.value,
-            external_task_id=ext,
-            maybe_created=maybe_created,
-        )
-        note = "; the task may exist: query it by external_task_id" if maybe_created else ""
-        raise self._gave_up(last, f"create {route.value} external_task_id={ext}", note)
+            if number == self._retry.max_attempts:
+                log.warning("kling.create_gave_up", **fields, maybe_created=maybe_created)
 
-    async def _find(self, route: Route, ext: str) -> TaskObject | None:
+        def note() -> str:
+            return "; the task may exist: query it by external_task_id" if maybe_created else ""
+
+        what = f"create {route.value} external_task_id={ext}"
+        return await self._retry.run(attempt, failed=failed, what=what, note=note)
+
+    async def _find(self, route: Route, ext: str, *, attempt: int) -> TaskObject | None:
         """The task with this external_task_id, or None when Kling answers 4xx (not found).
 
         Raises:
@@ -374,55 +276,22 @@ class KlingClient:
             httpx.TransportError: no answer; look again later.
         """
         try:
-            return await self._get(route, ext)
+            found = await self._get(route, ext)
         except KlingAPIError as exc:
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise
             log.info(
                 "kling.create_not_found",
                 route=route.value,
                 external_task_id=ext,
-                **_error_fields(exc),
+                **error_fields(exc),
             )
             return None
-
-    async def _register(self, submission: Submission, wire: dict[str, Any]) -> Submission:
-        if self._registrar is None:
-            return submission
-        try:
-            await self._registrar.register(route=submission.route, submission=submission, body=wire)
-        except (RegistrationFailed, httpx.HTTPError) as exc:
-            warning = (
-                f"could not register the task with the receiver ({exc}); Kling has it, and "
-                "the receiver records it with its first accepted callback"
-            )
-            log.warning(
-                "receiver.registration_failed",
-                task_id=submission.task_id,
-                external_task_id=submission.external_task_id,
-                reason=str(exc),
-            )
-            return _replace(submission, registered=False, warning=warning)
-        return _replace(submission, registered=True)
-
-    def _delay(self, retry: int, last: Exception) -> float:
-        """Seconds before retry number ``retry`` (1 = first): exponential, jittered in
-        [50 %, 100 %], capped at ``backoff_max_s``; at least ``backoff_base_s`` after
-        1302/1303, since Kling advises backing off from 1 s (Rate Limits page)."""
-        delay = min(self._backoff_max_s, self._backoff_base_s * 2.0 ** (retry - 1))
-        delay *= random.uniform(0.5, 1.0)
-        if isinstance(last, KlingAPIError) and last.code in RATE_LIMIT_CODES:
-            delay = max(delay, min(self._backoff_base_s, self._backoff_max_s))
-        return delay
-
-    def _gave_up(self, last: Exception | None, what: str, note: str = "") -> SubmitterError:
-        """The error to raise once every attempt failed: the last Kling error as is, else
-        :class:`KlingUnreachable` caused by the last transport error."""
-        if isinstance(last, KlingAPIError):
-            return last
-        error = KlingUnreachable(
-            f"{what}: no answer from Kling after {self._max_attempts} attempts "
-            f"(last: {type(last).__name__}: {last}){note}"
+        log.info(
+            "kling.create_recovered",
+            route=route.value,
+            external_task_id=ext,
+            task_id=found.task_id,
+            attempt=attempt,
         )
-        error.__cause__ = last
-        return error
+        return found

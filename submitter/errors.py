@@ -1,13 +1,22 @@
-"""Errors raised by the submitter.
+"""Errors raised by the submitter: one base, :class:`SubmitterError`.
 
 Hierarchy::
 
     SubmitterError
     ├── InvalidRequest      the body breaks a documented Kling rule; nothing was sent
+    │                       (also a ValueError)
     ├── KlingAPIError       Kling answered with a non-zero ``code`` or an HTTP error
     ├── KlingUnreachable    no answer from Kling after every retry (network, timeouts)
     ├── AuthNotConfigured   neither KLING_API_KEY nor KLING_ACCESS_KEY + KLING_SECRET_KEY is set
-    └── RegistrationFailed  the receiver did not accept a task registration (POST /tasks)
+    ├── RegistrationFailed  the receiver did not accept a task registration (POST /tasks)
+    └── simulator.api.Refused
+                            the simulator refusing a request; its app turns it into Kling's
+                            error envelope, so it never reaches a caller
+
+Outside the tree, by design: ``ValueError`` for a bad constructor argument or value (a rate
+outside [0, 1], ``max_attempts=0``, an empty key, a PNG side over 4096), raised before anything
+is sent and documented under "Raises" where it happens. httpx errors other than transport
+errors (``httpx.DecodingError``, ``httpx.TooManyRedirects``) pass through unchanged.
 """
 
 from __future__ import annotations

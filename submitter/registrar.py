@@ -7,14 +7,16 @@ Large inline images are not stored: each becomes its length and sha256.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
-from types import TracebackType
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Self
 
 import httpx
+import structlog
 
+from submitter.bodies import IMAGE_FIELDS
 from submitter.errors import RegistrationFailed
-from submitter.routes import IMAGE_FIELDS
+
+log = structlog.get_logger("kling_hooks.submitter")
 
 REDACT_OVER_BYTES = 1024
 
@@ -23,7 +25,7 @@ def redact(body: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of ``body`` fit to store: large inline images replaced by a fingerprint.
 
     Every string of more than 1024 bytes (UTF-8) under a key in
-    :data:`submitter.routes.IMAGE_FIELDS`, at any depth (also ``image_list[].image``,
+    :data:`submitter.bodies.IMAGE_FIELDS`, at any depth (also ``image_list[].image``,
     ``subject_image_list[].subject_image``, ``dynamic_masks[].mask``), becomes
     ``{"redacted": True, "bytes": <UTF-8 length>, "sha256": "<hex of those bytes>"}``.
     Everything else, a long prompt or an image URL included, is copied unchanged.
@@ -129,6 +131,30 @@ class Registrar:
                 f"HTTP {response.status_code} from {self._url}: {response.text[:200]}"
             )
 
+    async def register_or_warn(self, submission: Submission, body: dict[str, Any]) -> Submission:
+        """:meth:`register` the task, and report the outcome instead of raising.
+
+        Returns:
+            ``submission`` with ``registered=True``; or, when registration failed, with
+            ``registered=False`` and a ``warning`` saying why. Kling has the task either way,
+            and the receiver records it with its first accepted callback.
+        """
+        try:
+            await self.register(route=submission.route, submission=submission, body=body)
+        except (RegistrationFailed, httpx.HTTPError) as exc:
+            warning = (
+                f"could not register the task with the receiver ({exc}); Kling has it, and "
+                "the receiver records it with its first accepted callback"
+            )
+            log.warning(
+                "receiver.registration_failed",
+                task_id=submission.task_id,
+                external_task_id=submission.external_task_id,
+                reason=str(exc),
+            )
+            return replace(submission, registered=False, warning=warning)
+        return replace(submission, registered=True)
+
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         await self._http.aclose()
@@ -136,10 +162,5 @@ class Registrar:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -35,7 +35,7 @@ MAX_PROMPT_CHARS = 2500
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
 # Fields that carry an image (a URL or raw Base64). Used by validation and by the registration
-# redaction in submitter.client.
+# redaction in submitter.registrar.
 IMAGE_FIELDS = frozenset(
     {"image", "image_tail", "subject_image", "scene_image", "style_image", "static_mask", "mask"}
 )
