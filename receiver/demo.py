@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,18 +25,19 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from receiver.app import create_app
-from receiver.cli import format_table
 from receiver.config import Settings
 from receiver.logging import configure_logging
-from receiver.outbox import DeliveryState, Job, Outcome
+from receiver.models import DeliveryState, Task
 from receiver.plugins.registry import LoadedPlugin
-from receiver.runtime import Runtime
+from receiver.services import Services
 from receiver.serving import listen, running
-from submitter.tokens import new_secret
+from receiver.store.deliveries import Job, Outcome
+from receiver.tables import format_table
 from receiver.transitions import TransitionRow
 from submitter import KlingClient, Registrar, Submission, auth_from_keys
 from submitter.protocol import Route, TaskStatus
 from submitter.simulator import Faults, Simulator
+from submitter.tokens import new_secret
 
 EXAMPLE_IMAGE = "https://example.com/kling-hooks/subject.png"
 DEMO_TASKS: dict[Route, dict[str, Any]] = {
@@ -61,7 +63,7 @@ class _Ended:
     listener (deliveries that reached ``done`` or ``dead``).
     """
 
-    def __init__(self, plugins: list[LoadedPlugin]) -> None:
+    def __init__(self, plugins: Sequence[LoadedPlugin]) -> None:
         self.plugins = plugins
         self.terminal: dict[str, str] = {}
         self.finished: set[tuple[str, str]] = set()
@@ -70,7 +72,7 @@ class _Ended:
 
     def on_commit(self, transitions: list[TransitionRow]) -> None:
         for t in transitions:
-            if TaskStatus(t.task_status).is_terminal:
+            if t.task_status.is_terminal:
                 self.terminal[t.task_id] = t.task_status
         self._check()
 
@@ -153,43 +155,40 @@ async def run_demo(
             "slack": {"webhook_url": slack_url},
         },
     )
-    rt = Runtime(settings=settings)
+    ready: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     started = time.monotonic()
     async with (
         running(simulator.app) as sim_url,
         running(slack.app, sock=slack_sock),
-        running(create_app(settings, rt), sock=sock),
+        running(create_app(settings, on_started=ready.set_result), sock=sock),
     ):
         print(f"simulator  {sim_url}   (duplicates and reordering on)", file=out)
         print(f"receiver   {receiver_url}   database {settings.kling_hooks_db}", file=out)
         print(f"slack      {slack_url}   downloads {downloads}\n", file=out)
-        await rt.ready.wait()
-        assert rt.writer is not None and rt.credentials is not None
-        assert rt.dispatcher is not None
-        ended = _Ended(rt.plugins)
-        rt.writer.add_listener(ended.on_commit)
-        rt.dispatcher.add_listener(ended.on_outcome)
-        submissions = await _submit_all(settings, rt, sim_url)
+        svc = await ready
+        ended = _Ended(svc.plugins)
+        svc.writer.add_listener(ended.on_commit)
+        svc.dispatcher.add_listener(ended.on_outcome)
+        submissions = await _submit_all(svc, sim_url)
         try:
             await asyncio.wait_for(ended.wait_for({s.task_id for s in submissions}), TIMEOUT_S)
         except TimeoutError:
             print(f"not every task ended within {TIMEOUT_S:.0f} s", file=out)
             return 1
         await simulator.wait_idle()
-        tasks = await _fetch(receiver_url, rt.credentials.api_token, submissions)
+        tasks = await _fetch(receiver_url, svc.credentials.api_token, submissions)
         _report(tasks, submissions, time.monotonic() - started, len(slack.messages), tmp, out)
     print(f"The database and the downloads are kept in {tmp}", file=out)
     return 0
 
 
-async def _submit_all(settings: Settings, rt: Runtime, sim_url: str) -> list[Submission]:
-    assert rt.credentials is not None
-    registrar = Registrar(settings.api_url, rt.credentials.api_token)
+async def _submit_all(svc: Services, sim_url: str) -> list[Submission]:
+    registrar = Registrar(svc.settings.api_url, svc.credentials.api_token)
     async with KlingClient(
         api_base=sim_url,
         auth=auth_from_keys("demo-key", None, None),
-        tokens=rt.credentials.tokens,
-        public_url=settings.kling_hooks_public_url,
+        tokens=svc.credentials.tokens,
+        public_url=svc.settings.kling_hooks_public_url,
         registrar=registrar,
     ) as client:
         try:
@@ -202,18 +201,18 @@ async def _submit_all(settings: Settings, rt: Runtime, sim_url: str) -> list[Sub
             await registrar.aclose()
 
 
-async def _fetch(url: str, token: str, submissions: list[Submission]) -> list[dict[str, Any]]:
+async def _fetch(url: str, token: str, submissions: list[Submission]) -> list[Task]:
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {token}"}
     ) as client:
         answers = await asyncio.gather(
             *[client.get(f"/tasks/{s.external_task_id}") for s in submissions]
         )
-    return [a.raise_for_status().json() for a in answers]
+    return [Task.model_validate(a.raise_for_status().json()) for a in answers]
 
 
 def _report(
-    tasks: list[dict[str, Any]],
+    tasks: list[Task],
     submissions: list[Submission],
     elapsed_s: float,
     slack_messages: int,
@@ -222,14 +221,14 @@ def _report(
 ) -> None:
     rows = []
     for task, sub in zip(tasks, submissions, strict=True):
-        start = task["transitions"][0]["received_at"]
+        start = task.transitions[0].received_at
         steps = "  ".join(
-            f"{t['task_status']} +{t['received_at'] - start}ms" for t in task["transitions"]
+            f"{t.task_status} +{t.received_at - start}ms" for t in task.transitions
         )
-        counts = task["callbacks"]
+        counts = task.callbacks
         extra = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()) if v != "new")
         received = f"{sum(counts.values())}" + (f" ({extra})" if extra else "")
-        rows.append((sub.external_task_id, task["route"], steps, received, task["task_status"]))
+        rows.append((sub.external_task_id, task.route, steps, received, task.task_status))
     print(
         format_table(
             ["task", "route", "transitions (time after submit)", "callbacks", "final"], rows
@@ -237,15 +236,15 @@ def _report(
         file=out,
     )
     files = [
-        (Path(f["path"]).relative_to(directory), f["bytes"], f["sha256"][:12])
+        (Path(f.path).relative_to(directory), f.bytes, f.sha256[:12])
         for t in tasks
-        for f in t["files"]
+        for f in t.files
     ]
     print("\n" + format_table([f"saved in {directory}", "bytes", "sha256"], files), file=out)
-    final = [t["task_status"] for t in tasks]
+    final = [t.task_status for t in tasks]
     print(
-        f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count('succeed')} succeed, "
-        f"{final.count('failed')} failed. {len(files)} files saved, {slack_messages} Slack "
+        f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count(TaskStatus.SUCCEED)} succeed, "
+        f"{final.count(TaskStatus.FAILED)} failed. {len(files)} files saved, {slack_messages} Slack "
         "messages sent.\nTry: kling-hooks serve, then kling-hooks submit.",
         file=out,
     )

@@ -5,7 +5,7 @@ delivery (a slot came free) and by a replay; otherwise it sleeps exactly until t
 scheduled retry. It never polls the database. Each claimed delivery runs in its own task,
 under its plugin's ``timeout_s``, with at most ``concurrency`` running per plugin, so a
 plugin that raises or hangs delays no other plugin. Outcomes are written back through the
-writer (``receiver.outbox.Finish``).
+writer (``receiver.store.deliveries.Finish``).
 
 Crash safety: a delivery is claimed (``running``) before its handler starts and marked
 ``done`` only after it returns, so a kill at any moment leaves it ``running``, and
@@ -22,20 +22,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from receiver.outbox import (
-    Claim,
-    Claimed,
-    DeliveryState,
-    Finish,
-    Job,
-    Outcome,
-    Recover,
-    Router,
-    outcome_of,
-)
-from receiver.plugins import Plugin, PluginError, SavedFile
+from receiver.errors import StoreUnavailable
+from receiver.models import DeliveryState, SavedFile
+from receiver.plugins import Plugin, PluginError
 from receiver.plugins.registry import LoadedPlugin
-from receiver.store import StoreUnavailable
+from receiver.retry import MAX_ERROR_CHARS, outcome_of
+from receiver.store.deliveries import Claim, Claimed, Finish, Job, Outcome, Recover
 from receiver.writer import Writer
 
 log = structlog.get_logger("kling_hooks.dispatcher")
@@ -44,25 +36,6 @@ log = structlog.get_logger("kling_hooks.dispatcher")
 DeliveryListener = Callable[[Job, Outcome], None]
 STORE_RETRY_S = 1.0
 CANCEL_WAIT_S = 2.0
-
-
-def make_router(plugins: Sequence[LoadedPlugin]) -> Router:
-    """The writer's router: the names of the plugins whose :meth:`Plugin.wants` is true.
-
-    A ``wants`` that raises counts as false (and is logged): it must not fail a commit.
-    """
-
-    def route(task_status: str, route: str | None) -> list[str]:
-        names = []
-        for loaded in plugins:
-            try:
-                if loaded.plugin.wants(task_status, route):
-                    names.append(loaded.name)
-            except Exception:
-                log.exception("plugin_wants_failed", plugin=loaded.name)
-        return names
-
-    return route
 
 
 @dataclass
@@ -142,7 +115,7 @@ class Dispatcher:
             name: 1 + len(slot.plugin.settings.retry_schedule_s)
             for name, slot in self._slots.items()
         }
-        recovered = await self._writer.execute(Recover(self._clock_ms(), allowed))
+        recovered = await self._writer.submit(Recover(self._clock_ms(), allowed))
         if recovered:
             log.warning("deliveries_recovered", count=recovered)
         for name, slot in self._slots.items():
@@ -198,7 +171,7 @@ class Dispatcher:
         timeout_s: float | None = None
         if slots:
             try:
-                claimed = await self._writer.execute(Claim(slots, self._clock_ms()))
+                claimed = await self._writer.submit(Claim(slots, self._clock_ms()))
             except StoreUnavailable as exc:
                 log.error("claim_failed", error=str(exc))
                 claimed = Claimed([], self._clock_ms() + int(STORE_RETRY_S * 1000))
@@ -270,7 +243,7 @@ class Dispatcher:
     async def _record(self, job: Job, outcome: Outcome) -> None:
         op = Finish(job.event.delivery_id, job.event.task_id, outcome, self._clock_ms())
         try:
-            await self._writer.execute(op)
+            await self._writer.submit(op)
         except StoreUnavailable as exc:
             log.error("delivery_outcome_not_stored", delivery_id=op.delivery_id, error=str(exc))
             self._unrecorded.append((job, outcome))
@@ -281,7 +254,7 @@ class Dispatcher:
                 plain = Outcome(
                     DeliveryState.FAILED,
                     self._clock_ms() + 60_000,
-                    f"the outcome could not be stored: {exc}"[:1000],
+                    f"the outcome could not be stored: {exc}"[:MAX_ERROR_CHARS],
                 )
                 await self._record(job, plain)
             return  # else it stays running in the store until the next start recovers it

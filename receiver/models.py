@@ -1,13 +1,29 @@
 """The shapes that cross a boundary of the receiver, each defined once.
 
-The status API returns these models, ``/openapi.json`` is generated from them, the store's
-reads build them, and plugins receive :class:`Event`. Field names are Kling's wherever the
-value is Kling's (PROTOCOL.md section 4); times are Unix epoch milliseconds.
+* The status API's answers (:class:`Task`, :class:`TaskSummary`, :class:`Delivery`, ...) and
+  request bodies (:class:`RegistrationBody`, :class:`RedeliveryFilter`): handlers return and
+  accept these, ``/openapi.json`` is generated from them (``receiver.openapi``), and the
+  store's reads build them from rows (``receiver.store.reads``).
+* The plugin event (:class:`Event`, :class:`SavedFile`, :class:`ResultURL`), re-exported by
+  the plugin API ``receiver.plugins``; the store builds events from the same row mapping.
+
+Field names are Kling's wherever the value is Kling's (PROTOCOL.md section 4, Kling's
+"Callback Protocol" page); every time is Unix epoch milliseconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from submitter.protocol import Millis, Route, TaskStatus
+
+#: The most ids a path or cursor may name: SQLite's INTEGER is a signed 64-bit number.
+MAX_ROW_ID = 2**63 - 1
 
 
 class Verdict(StrEnum):
@@ -19,7 +35,11 @@ class Verdict(StrEnum):
 
 
 class DeliveryState(StrEnum):
-    """Where one delivery (transition, plugin) stands; see ``receiver.deliveries``."""
+    """Where one delivery (a transition to one plugin) stands; see ``receiver.store.deliveries``.
+
+    ``pending`` waits for its first attempt, ``running`` is claimed, ``failed`` waits for a
+    retry, ``done`` and ``dead`` are final until replayed.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -33,3 +53,275 @@ class TransitionSource(StrEnum):
 
     CALLBACK = "callback"
     REGISTRATION = "registration"
+
+
+class _Shape(BaseModel):
+    """An answer of the status API: every field declared, nothing else sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """A file a plugin saved for a task; returned by ``Plugin.handle``, stored with the
+    delivery, shown under ``files`` in ``GET /tasks/{id}``.
+
+    Attributes:
+        url: Where it was fetched from (Kling's result URL).
+        path: Where it is now (absolute path on the receiver's machine).
+        bytes: Size in bytes.
+        sha256: Hex digest of the content.
+    """
+
+    url: str
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``{url, path, bytes, sha256}``."""
+        return asdict(self)
+
+
+class Transition(_Shape):
+    """One accepted state change of a task."""
+
+    task_status: TaskStatus
+    updated_at: int | None = Field(description="Kling's, Unix ms")
+    received_at: int = Field(description="ours, Unix ms")
+
+
+class Delivery(_Shape):
+    """One delivery of a transition to one plugin (an outbox row)."""
+
+    id: int
+    plugin: str
+    state: DeliveryState
+    attempts: int = Field(description="attempts started")
+    next_attempt_at: int | None = Field(description="Unix ms; null unless pending or failed")
+    last_error: str | None
+    task_status: TaskStatus = Field(description="the transition delivered")
+    created_at: int = Field(description="ours, Unix ms")
+    updated_at: int = Field(description="ours, Unix ms")
+
+
+class ListedDelivery(Delivery):
+    """A delivery in ``GET /deliveries``, with the task it belongs to."""
+
+    task_id: str
+    external_task_id: str
+
+
+class TaskSummary(_Shape):
+    """A task as ``GET /tasks`` lists it (no transitions, request or task_info)."""
+
+    task_id: str
+    external_task_id: str
+    route: Route | None = Field(description="known once the submitter registered the task")
+    task_status: TaskStatus
+    task_status_msg: str | None
+    task_result: dict[str, Any] | None
+    final_unit_deduction: str | None = Field(description="Kling's string, e.g. \"0.2\"")
+    created_at: int | None = Field(description="Kling's, Unix ms")
+    updated_at: int | None = Field(description="Kling's, of the latest transition, Unix ms")
+    first_seen_at: int = Field(description="ours, Unix ms")
+    last_received_at: int = Field(description="ours, Unix ms")
+
+
+class Task(TaskSummary):
+    """One task with everything known of it (``GET /tasks/{id}``)."""
+
+    task_info: dict[str, Any] | None
+    request: dict[str, Any] | None = Field(description="the registered body, images redacted")
+    transitions: list[Transition] = Field(description="oldest first")
+    callbacks: dict[Verdict, int] = Field(description="callbacks received, by verdict")
+    deliveries: list[Delivery] = Field(description="by id")
+    files: list[SavedFile] = Field(description="files plugins saved for the task, by id")
+
+
+class PluginInfo(_Shape):
+    """An enabled plugin (``GET /plugins``)."""
+
+    name: str
+    version: str
+    origin: str = Field(description="entry point or file")
+    statuses: list[TaskStatus]
+    routes: list[Route] | None = Field(description="null: every route")
+    settings: dict[str, Any] = Field(description="secrets shown as **********")
+    started: bool = Field(description="false when its start() failed")
+
+
+class TaskPage(_Shape):
+    """``GET /tasks``: newest first; ``next_cursor`` is null on the last page."""
+
+    tasks: list[TaskSummary]
+    next_cursor: str | None
+
+
+class DeliveryPage(_Shape):
+    """``GET /deliveries``: newest first; ``next_cursor`` is null on the last page."""
+
+    deliveries: list[ListedDelivery]
+    next_cursor: str | None
+
+
+class PluginList(_Shape):
+    """``GET /plugins``."""
+
+    plugins: list[PluginInfo]
+
+
+class Ok(_Shape):
+    """``{"ok": true}``: the answer of ``/healthz`` and ``/readyz``."""
+
+    ok: Literal[True] = True
+
+
+class Accepted(Ok):
+    """A callback's answer: what it did."""
+
+    verdict: Verdict
+
+
+class Registered(Accepted):
+    """``POST /tasks``: what the registration did, for which task."""
+
+    task_id: str
+
+
+class Redelivered(Ok):
+    """A replay's answer: how many deliveries are due again."""
+
+    redelivered: int
+
+
+class ErrorAnswer(_Shape):
+    """Every refusal, with any status: ``{"ok": false, "error": "..."}``."""
+
+    ok: Literal[False] = False
+    error: str
+
+
+class RegistrationBody(BaseModel):
+    """``POST /tasks``: a submission made by the submitter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: Route
+    task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    external_task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    task_status: TaskStatus = TaskStatus.SUBMITTED
+    created_at: Millis | None = None
+    request: dict[str, Any] | None = None
+
+
+class RedeliveryFilter(BaseModel):
+    """``POST /deliveries/redeliver``: which deliveries to replay (an empty body: every
+    ``dead`` one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plugin: StrictStr | None = None
+    state: Literal["dead", "failed", "done", "pending"] = "dead"
+    since: Annotated[StrictInt, Field(ge=0, le=MAX_ROW_ID)] | None = Field(
+        default=None, description="only deliveries created at or after this time, Unix ms"
+    )
+
+
+@dataclass(frozen=True)
+class ResultURL:
+    """One URL in ``task_result``: ``kind`` is the list's name made singular, with the URL
+    field's prefix (``image``, ``image_watermark``, ``video``, ``video_watermark``, ``audio``),
+    ``index`` its position in that list."""
+
+    kind: str
+    index: int
+    url: str
+
+    @property
+    def media(self) -> str:
+        """``image``, ``video``, ``audio`` or ``other``: what content type to expect."""
+        head = self.kind.split("_", 1)[0]
+        return head if head in ("image", "video", "audio") else "other"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One task transition, as a plugin receives it.
+
+    Attributes:
+        idempotency_key: ``"{task_id}:{task_status}"``; the same on every redelivery and
+            replay of this transition, to every plugin.
+        delivery_id: The outbox row (``GET /deliveries``); attempt: 1 for the first try.
+        task_id, external_task_id, task_status, task_status_msg, final_unit_deduction: Kling's
+            fields (PROTOCOL.md section 4), as the transition's callback carried them.
+        route: The Kling route (``videos/text2video``...), or None when the task was never
+            registered by the submitter.
+        task_result: Kling's ``task_result`` (``{"images": [...], "videos": [...]}``), or None.
+        created_at, updated_at: Kling's timestamps, Unix ms (None when not sent).
+        received_at: When kling-hooks accepted the transition, Unix ms.
+        request: The body the task was created with, when registered (large Base64 images
+            redacted), else None.
+        saved_files: Files already recorded for this task by earlier deliveries.
+    """
+
+    idempotency_key: str
+    delivery_id: int
+    attempt: int
+    task_id: str
+    external_task_id: str
+    route: str | None
+    task_status: TaskStatus
+    task_status_msg: str | None
+    task_result: dict[str, Any] | None
+    final_unit_deduction: str | None
+    created_at: int | None
+    updated_at: int | None
+    received_at: int
+    request: dict[str, Any] | None
+    saved_files: tuple[SavedFile, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_status", TaskStatus(self.task_status))  # from a row
+
+    @property
+    def prompt(self) -> str | None:
+        """The registered request's ``prompt``, when known."""
+        value = (self.request or {}).get("prompt")
+        return value if isinstance(value, str) else None
+
+    def result_urls(self) -> list[ResultURL]:
+        """Every URL in ``task_result``, in order: for each list (``images``, ``videos``,
+        ``audios``...), each item's ``url`` and then its other ``*_url`` fields."""
+        return list(_result_urls(self.task_result or {}))
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON (what the webhook plugin sends): every field but the delivery's
+        own (``delivery_id``, ``attempt``, ``saved_files``)."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in _DELIVERY_ONLY
+        }
+
+
+_DELIVERY_ONLY = frozenset({"delivery_id", "attempt", "saved_files"})
+
+
+def _result_urls(task_result: dict[str, Any]) -> Iterator[ResultURL]:
+    for key, items in task_result.items():
+        if not isinstance(items, list):
+            continue
+        singular = key[:-1] if key.endswith("s") else key
+        for position, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index", position)
+            index = index if isinstance(index, int) else position
+            names = sorted(k for k in item if k == "url" or k.endswith("_url"))
+            names.sort(key=lambda k: k != "url")
+            for name in names:
+                url = item[name]
+                if isinstance(url, str) and url:
+                    kind = singular if name == "url" else f"{singular}_{name[: -len('_url')]}"
+                    yield ResultURL(kind, index, url)
+
+

@@ -1,23 +1,33 @@
-"""The one JSON shape of every answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": str}``."""
+"""The one JSON shape of every answer: a model of ``receiver.models`` (``{"ok": true, ...}``
+or a page), or :class:`~receiver.models.ErrorAnswer` (``{"ok": false, "error": str}``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from receiver.models import ErrorAnswer
 
 
-def ok(status_code: int = 200, **fields: Any) -> JSONResponse:
-    """``{"ok": true, **fields}`` with ``status_code``."""
-    return JSONResponse({"ok": True, **fields}, status_code=status_code)
+def respond(
+    model: BaseModel, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """``model`` as JSON with ``status_code``."""
+    return Response(
+        model.model_dump_json(),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
-def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """``{"ok": false, "error": message}`` with ``status_code``."""
-    return JSONResponse({"ok": False, "error": message}, status_code=status_code, headers=headers)
+    return respond(ErrorAnswer(error=message), status_code, headers)
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:

@@ -19,21 +19,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Protocol
 
+from receiver.errors import TaskConflict
+from receiver.models import TransitionSource, Verdict
 from submitter.protocol import TaskObject, TaskStatus
-
-
-class Verdict(StrEnum):
-    """What a callback did: recorded a transition, repeated one, or arrived too late."""
-
-    NEW = "new"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-
-
-class TaskConflict(Exception):
-    """The task_id and external_task_id given belong to two different tasks."""
 
 
 @dataclass
@@ -42,7 +32,7 @@ class TaskRow:
 
     task_id: str
     external_task_id: str
-    task_status: str
+    task_status: TaskStatus
     first_seen_at: int
     last_received_at: int
     route: str | None = None
@@ -55,19 +45,40 @@ class TaskRow:
     updated_at: int | None = None
 
 
+class HasBatch(Protocol):
+    """What an operation of this module needs of the writer's transaction: its batch."""
+
+    @property
+    def batch(self) -> Batch: ...
+
+
 @dataclass(frozen=True)
 class IncomingCallback:
-    """An authenticated, parsed callback: the URL's external_task_id, the task, the raw body."""
+    """An authenticated, parsed callback: the URL's external_task_id, the task, the raw body.
+
+    A write operation (``receiver.writer.Writer.submit``): its verdict is returned once the
+    transaction that recorded it has committed.
+    """
 
     external_task_id: str
     task: TaskObject
     body: str
     received_at_ms: int
 
+    @property
+    def task_keys(self) -> tuple[str, str]:
+        """``(task_id, external_task_id)``: the task rows the writer loads for it."""
+        return self.task.task_id, self.external_task_id
+
+    async def run(self, tx: HasBatch) -> Verdict:
+        """Apply it to the transaction's batch. Raises :class:`TaskConflict`."""
+        return tx.batch.apply_callback(self)
+
 
 @dataclass(frozen=True)
 class Registration:
-    """A submission reported by the submitter (``POST /tasks``)."""
+    """A submission reported by the submitter (``POST /tasks``); a write operation like
+    :class:`IncomingCallback`."""
 
     task_id: str
     external_task_id: str
@@ -77,6 +88,15 @@ class Registration:
     created_at: int | None
     received_at_ms: int
 
+    @property
+    def task_keys(self) -> tuple[str, str]:
+        """``(task_id, external_task_id)``: the task rows the writer loads for it."""
+        return self.task_id, self.external_task_id
+
+    async def run(self, tx: HasBatch) -> Verdict:
+        """Apply it to the transaction's batch. Raises :class:`TaskConflict`."""
+        return tx.batch.apply_registration(self)
+
 
 @dataclass(frozen=True)
 class TransitionRow:
@@ -84,10 +104,10 @@ class TransitionRow:
 
     id: int
     task_id: str
-    task_status: str
+    task_status: TaskStatus
     updated_at: int | None
     received_at: int
-    source: str  # "callback" or "registration"
+    source: TransitionSource
     task_status_msg: str | None = None
     task_result_json: str | None = None
     final_unit_deduction: str | None = None
@@ -95,9 +115,11 @@ class TransitionRow:
 
 @dataclass(frozen=True)
 class CallbackRow:
+    """One row of ``callbacks``: the raw body of an accepted callback, with its verdict."""
+
     task_id: str
-    task_status: str
-    verdict: str
+    task_status: TaskStatus
+    verdict: Verdict
     received_at: int
     body: str
 
@@ -114,7 +136,7 @@ class Batch:
     """
 
     tasks: dict[str, TaskRow]
-    seen: set[tuple[str, str]]
+    seen: set[tuple[str, TaskStatus]]
     next_transition_id: int
     by_external: dict[str, str] = field(init=False)
     changed: dict[str, TaskRow] = field(default_factory=dict)
@@ -142,9 +164,15 @@ class Batch:
         self.changed[task.task_id] = task
 
     def _transition(
-        self, task: TaskRow, status: str, updated_at: int | None, now: int, source: str
+        self,
+        task: TaskRow,
+        status: TaskStatus,
+        updated_at: int | None,
+        now: int,
+        source: TransitionSource,
     ) -> None:
         self.seen.add((task.task_id, status))
+        by_callback = source is TransitionSource.CALLBACK
         self.transitions.append(
             TransitionRow(
                 self.next_transition_id,
@@ -153,9 +181,9 @@ class Batch:
                 updated_at,
                 now,
                 source,
-                task.task_status_msg if source == "callback" else None,
-                task.task_result_json if source == "callback" else None,
-                task.final_unit_deduction if source == "callback" else None,
+                task.task_status_msg if by_callback else None,
+                task.task_result_json if by_callback else None,
+                task.final_unit_deduction if by_callback else None,
             )
         )
         self.next_transition_id += 1
@@ -163,9 +191,9 @@ class Batch:
     def _judge(self, task: TaskRow | None, status: TaskStatus) -> Verdict:
         if task is None:
             return Verdict.NEW
-        if (task.task_id, status.value) in self.seen:
+        if (task.task_id, status) in self.seen:
             return Verdict.DUPLICATE
-        if status.rank <= TaskStatus(task.task_status).rank:
+        if status.rank <= task.task_status.rank:
             return Verdict.STALE
         return Verdict.NEW
 
@@ -177,8 +205,8 @@ class Batch:
         now = cb.received_at_ms
         if verdict is Verdict.NEW:
             if task is None:
-                task = TaskRow(t.task_id, cb.external_task_id, t.task_status.value, now, now)
-            task.task_status = t.task_status.value
+                task = TaskRow(t.task_id, cb.external_task_id, t.task_status, now, now)
+            task.task_status = t.task_status
             task.task_status_msg = t.task_status_msg
             task.task_result_json = _dump(t.task_result)
             info = t.task_info.model_dump(exclude_none=True) if t.task_info else {}
@@ -187,11 +215,11 @@ class Batch:
             task.final_unit_deduction = t.final_unit_deduction
             task.created_at = task.created_at or t.created_at
             task.updated_at = t.updated_at if t.updated_at is not None else now
-            self._transition(task, task.task_status, t.updated_at, now, "callback")
+            self._transition(task, task.task_status, t.updated_at, now, TransitionSource.CALLBACK)
         if task is not None:
             task.last_received_at = now
             self._add(task)
-        self.callbacks.append(CallbackRow(t.task_id, t.task_status.value, verdict, now, cb.body))
+        self.callbacks.append(CallbackRow(t.task_id, t.task_status, verdict, now, cb.body))
         return verdict
 
     def apply_registration(self, reg: Registration) -> Verdict:
@@ -201,12 +229,16 @@ class Batch:
         verdict = self._judge(task, reg.task_status)
         now = reg.received_at_ms
         if task is None:
-            task = TaskRow(reg.task_id, reg.external_task_id, reg.task_status.value, now, now)
+            task = TaskRow(reg.task_id, reg.external_task_id, reg.task_status, now, now)
             task.updated_at = reg.created_at or now
-            self._transition(task, task.task_status, reg.created_at, now, "registration")
+            self._transition(
+                task, task.task_status, reg.created_at, now, TransitionSource.REGISTRATION
+            )
         elif verdict is Verdict.NEW:
-            task.task_status = reg.task_status.value
-            self._transition(task, task.task_status, reg.created_at, now, "registration")
+            task.task_status = reg.task_status
+            self._transition(
+                task, task.task_status, reg.created_at, now, TransitionSource.REGISTRATION
+            )
         task.route = task.route or reg.route
         task.request_json = task.request_json or reg.request_json
         task.created_at = task.created_at or reg.created_at

@@ -1,40 +1,33 @@
 """The single writer: one connection, one queue, group commit.
 
-Every request that changes state (a callback, a registration) puts an operation on the queue
-and awaits it. The writer takes everything queued at that moment (no fixed wait window: a
-lone request is committed at once), applies the whole batch in one transaction, commits, and
-only then resolves each request's future. If the commit fails, every request of the batch
-gets :class:`~receiver.store.StoreUnavailable` and nothing of it was recorded, so nothing is
-acknowledged that is not on disk. See the design notes for the measurements behind this.
+Every request that changes state (a callback, a registration, a delivery's claim or outcome)
+puts a :class:`~receiver.store.WriteOp` on the queue and awaits it. The writer takes
+everything queued at that moment (no fixed wait window: a lone request is committed at once),
+runs the whole batch in one transaction, commits, and only then resolves each request's
+future. If the commit fails, every request of the batch gets
+:class:`~receiver.errors.StoreUnavailable` and nothing of it was recorded, so nothing is
+acknowledged that is not on disk. DESIGN.md gives the measurements behind this.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
 
-from receiver import outbox, store
-from receiver.outbox import OutboxOp, Router
-from receiver.store import StoreUnavailable
-from receiver.transitions import (
-    Batch,
-    IncomingCallback,
-    Registration,
-    TransitionRow,
-    Verdict,
-)
+from receiver import store
+from receiver.errors import StoreUnavailable
+from receiver.store import Router, Transaction, WriteOp
+from receiver.transitions import TransitionRow
 
 log = structlog.get_logger("kling_hooks.writer")
 
 T = TypeVar("T")
-Operation = IncomingCallback | Registration
 CommitListener = Callable[[list[TransitionRow]], None]
 
 
@@ -44,8 +37,20 @@ def _no_plugins(task_status: str, route: str | None) -> list[str]:
 
 @dataclass
 class _Pending:
-    op: Operation | OutboxOp[Any]
+    """A queued operation, its caller's future, and what it gave (set before the commit)."""
+
+    op: WriteOp[Any]
     future: asyncio.Future[Any]
+    result: Any = None
+    error: Exception | None = field(default=None)
+
+    def resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.result)
 
 
 class Writer:
@@ -84,6 +89,7 @@ class Writer:
 
     @property
     def running(self) -> bool:
+        """Whether the writer task runs (operations can be submitted)."""
         return self._task is not None and not self._task.done()
 
     def add_listener(self, listener: CommitListener) -> None:
@@ -105,34 +111,21 @@ class Writer:
             await self._task
         await self._conn.close()
 
-    async def submit(self, op: Operation) -> Verdict:
+    async def submit(self, op: WriteOp[T]) -> T:
         """Queue one operation and wait until its transaction has committed.
 
         Returns:
-            The verdict of the operation.
+            What the operation returned (a :class:`~receiver.models.Verdict` for a callback
+            or a registration).
 
         Raises:
-            TaskConflict: the operation names two different tasks (nothing was stored).
             StoreUnavailable: the transaction did not commit (nothing was stored), or the
                 writer is not running.
+            Whatever the operation raised, for it alone (TaskConflict, DeliveryNotFound...).
         """
-        verdict: Verdict = await self._enqueue(op)
-        return verdict
-
-    async def execute(self, op: OutboxOp[T]) -> T:
-        """Run an outbox operation in the next transaction; return its result once committed.
-
-        Raises:
-            StoreUnavailable: the transaction did not commit, or the writer is not running.
-            Whatever ``op.run`` raises for that operation alone (e.g. DeliveryNotFound).
-        """
-        result: T = await self._enqueue(op)
-        return result
-
-    async def _enqueue(self, op: Operation | OutboxOp[Any]) -> Any:
         if not self.running:
             raise StoreUnavailable("the writer is not running")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(op, future))
         return await future
 
@@ -152,74 +145,34 @@ class Writer:
             await self._commit(pending)
 
     async def _commit(self, pending: list[_Pending]) -> None:
-        results: list[Any] = []
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            tx = await Transaction.begin(self._conn, [p.op for p in pending], self._router)
             try:
-                batch = await self._load(pending)
                 for p in pending:
-                    if isinstance(p.op, OutboxOp):
-                        results.append(await self._run_op(p.op))
-                        continue
                     try:
-                        results.append(_apply(batch, p.op))
-                    except Exception as exc:  # TaskConflict: this operation only
-                        results.append(exc)
-                await store.write_batch(self._conn, batch)
-                await outbox.insert_deliveries(
-                    self._conn, batch.transitions, batch.tasks, self._router
-                )
-                await self._conn.execute("COMMIT")
+                        p.result = await p.op.run(tx)
+                    except Exception as exc:  # this operation's own failure
+                        p.error = exc
+                await tx.commit()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await self._conn.execute("ROLLBACK")
+                await tx.rollback()
                 raise
         except Exception as exc:
             log.error("commit_failed", error=str(exc), operations=len(pending))
             failure = StoreUnavailable(f"database could not commit: {exc}")
             for p in pending:
-                if not p.future.done():
-                    p.future.set_exception(failure)
+                p.result, p.error = None, failure
+                p.resolve()
             return
-        for p, result in zip(pending, results, strict=True):
-            if p.future.done():
-                continue
-            if isinstance(result, BaseException):
-                p.future.set_exception(result)
-            else:
-                p.future.set_result(result)
-        if batch.transitions:
-            for listener in self._listeners:
-                try:
-                    listener(batch.transitions)
-                except Exception:
-                    log.exception("commit_listener_failed")
+        for p in pending:
+            p.resolve()
+        self._notify(tx.batch.transitions)
 
-    async def _run_op(self, op: OutboxOp[Any]) -> Any:
-        """Run one outbox operation inside a savepoint: whatever it raises (a plugin's bad
-        value, DeliveryNotFound) undoes its own writes and reaches its caller only, never the
-        callbacks committed in the same transaction."""
-        await self._conn.execute("SAVEPOINT outbox_op")
-        try:
-            result = await op.run(self._conn)
-        except Exception as exc:
-            await self._conn.execute("ROLLBACK TO outbox_op")
-            await self._conn.execute("RELEASE outbox_op")
-            return exc
-        await self._conn.execute("RELEASE outbox_op")
-        return result
-
-    async def _load(self, pending: list[_Pending]) -> Batch:
-        ops = [p.op for p in pending if not isinstance(p.op, OutboxOp)]
-        task_ids = {
-            op.task.task_id if isinstance(op, IncomingCallback) else op.task_id for op in ops
-        }
-        external_ids = {op.external_task_id for op in ops}
-        return await store.load_batch(self._conn, task_ids, external_ids)
-
-
-def _apply(batch: Batch, op: Operation | OutboxOp[Any]) -> Verdict:
-    assert not isinstance(op, OutboxOp)
-    if isinstance(op, IncomingCallback):
-        return batch.apply_callback(op)
-    return batch.apply_registration(op)
+    def _notify(self, transitions: list[TransitionRow]) -> None:
+        if not transitions:
+            return
+        for listener in self._listeners:
+            try:
+                listener(transitions)
+            except Exception:
+                log.exception("commit_listener_failed")

@@ -20,11 +20,12 @@ from pydantic import SecretStr
 
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.outbox import DeliveryState, Job, Outcome
+from receiver.models import DeliveryState
 from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
 from receiver.plugins.registry import LoadedPlugin
-from receiver.runtime import Runtime
 from receiver.serving import running
+from receiver.services import Services
+from receiver.store.deliveries import Job, Outcome
 from submitter.tokens import CallbackTokens
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
@@ -34,10 +35,10 @@ API_TOKEN = "test-api-token"
 
 @dataclass
 class Receiver:
-    """A running receiver: its base URL, runtime, and an httpx client for it."""
+    """A running receiver: its base URL, its parts, and an httpx client for it."""
 
     url: str
-    runtime: Runtime
+    services: Services
     http: httpx.AsyncClient
 
     def callback_url(self, external_task_id: str, secret: str = SECRET) -> str:
@@ -91,14 +92,13 @@ async def start_receiver(
 
     ``plugins``: plugin instances to deliver to; by default those of ``settings.plugins``.
     """
-    runtime = Runtime(settings=settings)
+    ready: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     loaded = None if plugins is None else [LoadedPlugin(p, "test") for p in plugins]
     async with (
-        running(create_app(settings, runtime, loaded)) as url,
+        running(create_app(settings, loaded, on_started=ready.set_result)) as url,
         httpx.AsyncClient(timeout=30.0) as http,
     ):
-        await runtime.ready.wait()
-        yield Receiver(url, runtime, http)
+        yield Receiver(url, await ready, http)
 
 
 @pytest.fixture
@@ -283,8 +283,7 @@ class Outcomes:
     def __init__(self, receiver: Receiver) -> None:
         self.seen: list[tuple[Job, Outcome]] = []
         self._changed = asyncio.Condition()
-        assert receiver.runtime.dispatcher is not None
-        receiver.runtime.dispatcher.add_listener(self._on)
+        receiver.services.dispatcher.add_listener(self._on)
 
     def _on(self, job: Job, outcome: Outcome) -> None:
         self.seen.append((job, outcome))

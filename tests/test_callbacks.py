@@ -21,7 +21,7 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
 
 
 def db_of(r: Receiver) -> Path:
-    return r.runtime.settings.kling_hooks_db
+    return r.services.settings.kling_hooks_db
 
 
 async def test_new_transition_is_committed_before_the_answer(receiver: Receiver) -> None:

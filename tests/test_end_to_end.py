@@ -56,7 +56,7 @@ async def test_tasks_flow_from_submission_to_status_api_despite_faults(tmp_path:
         async with KlingClient(
             api_base=f"{sim_url}/kling",
             auth=KlingJWTAuth("ak-test", SK),
-            tokens=r.runtime.credentials.tokens,  # type: ignore[union-attr]
+            tokens=r.services.credentials.tokens,
             public_url=r.url,
             registrar=registrar,
             backoff_base_s=0.01,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,16 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from receiver.outbox import DeliveryState, OutboxOp, outcome_of
+from receiver.models import DeliveryState, Verdict
 from receiver.plugins import (
-    MAX_RETRY_AFTER_S,
     Event,
     PermanentError,
     PluginSettings,
     RetryAfter,
     SavedFile,
-    retry_after_s,
 )
-from receiver.transitions import IncomingCallback, Verdict
+from receiver.store.deliveries import DeliveryOp
+from receiver.transitions import IncomingCallback
 from receiver.writer import Writer
 from submitter.protocol import TaskObject
 from tests.conftest import (
@@ -328,28 +326,6 @@ async def test_a_wants_that_raises_does_not_fail_the_callback(tmp_path: Path) ->
     assert [d["plugin"] for d in deliveries(tmp_path / "kling-hooks.db")] == ["healthy"]
 
 
-def test_retry_waits_follow_the_schedule_within_twenty_percent_jitter() -> None:
-    schedule = [5, 300, 1800]
-    rng = random.Random(7)
-    for attempt, base_s in enumerate(schedule, start=1):
-        waits = [
-            outcome_of(
-                RuntimeError("x"), attempts=attempt, schedule_s=schedule, now_ms=0, rng=rng
-            ).next_attempt_at
-            for _ in range(500)
-        ]
-        assert all(w is not None and 0.8 * base_s * 1000 <= w <= 1.2 * base_s * 1000 for w in waits)
-        assert len(set(waits)) > 100  # jittered, not one fixed value
-    last = outcome_of(RuntimeError("x"), attempts=4, schedule_s=schedule, now_ms=0, rng=rng)
-    assert (last.state, last.next_attempt_at) == (DeliveryState.DEAD, None)
-
-
-def test_default_schedule_gives_eight_attempts_over_about_28_hours() -> None:
-    schedule = PluginSettings().retry_schedule_s
-    assert schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
-    assert sum(schedule) / 3600 == pytest.approx(27.6, abs=0.1)
-
-
 async def test_a_plugin_returning_unstorable_files_fails_its_own_delivery_only(
     tmp_path: Path,
 ) -> None:
@@ -426,20 +402,12 @@ async def test_a_plugin_whose_start_hangs_is_left_out_after_its_timeout(tmp_path
         outcomes = Outcomes(r)
         await r.post_callback("kh-1", succeed("1", "kh-1"))
         await outcomes.states(("healthy", DeliveryState.DONE))
-        assert r.runtime.dispatcher is not None
-        assert not r.runtime.dispatcher.is_started("stuck")
-
-
-def test_retry_after_is_clamped_to_a_day() -> None:
-    assert RetryAfter(float("inf")).seconds == MAX_RETRY_AFTER_S == 86_400
-    assert RetryAfter(1e20).seconds == 86_400
-    assert RetryAfter(-5).seconds == 0
-    assert retry_after_s("9" * 400) == float("inf")  # parsed as given; RetryAfter clamps it
+        assert not r.services.dispatcher.is_started("stuck")
 
 
 async def test_a_failing_outbox_operation_undoes_only_its_own_writes(tmp_path: Path) -> None:
-    class Poison(OutboxOp[None]):
-        async def run(self, conn: aiosqlite.Connection) -> None:
+    class Poison(DeliveryOp[None]):
+        async def apply(self, conn: aiosqlite.Connection) -> None:
             await conn.execute("INSERT INTO meta (key, value) VALUES ('poison', 'x')")
             raise ValueError("a bad value, after a write")
 
@@ -451,7 +419,7 @@ async def test_a_failing_outbox_operation_undoes_only_its_own_writes(tmp_path: P
     try:
         # Queued together, so they share one group-commit transaction.
         poisoned, verdict = await asyncio.gather(
-            writer.execute(Poison()), writer.submit(callback), return_exceptions=True
+            writer.submit(Poison()), writer.submit(callback), return_exceptions=True
         )
     finally:
         await writer.close()

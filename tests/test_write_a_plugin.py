@@ -57,9 +57,8 @@ async def test_readme_plugin_runs_from_a_plugins_dir(tmp_path: Path) -> None:
         tmp_path, kling_hooks_plugins_dir=plugins_dir, plugins={"archive": plugin_table(archive)}
     )
     async with start_receiver(settings) as r:
-        assert r.runtime.dispatcher is not None
         done = asyncio.Event()
-        r.runtime.dispatcher.add_listener(lambda job, outcome: done.set())
+        r.services.dispatcher.add_listener(lambda job, outcome: done.set())
         await r.post_callback("kh-42", task_body("42", "processing", "kh-42"))
         await r.post_callback("kh-42", task_body("42", "succeed", "kh-42", task_result=RESULT))
         await asyncio.wait_for(done.wait(), 15)

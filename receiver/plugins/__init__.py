@@ -31,14 +31,15 @@ before it failed (``saved_files=``); they are stored as a success's would be.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from receiver.errors import ReceiverError
+from receiver.models import Event, ResultURL, SavedFile
 from submitter.protocol import Route, TaskStatus
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
-class PluginError(Exception):
+class PluginError(ReceiverError):
     """Base of the errors a handler raises on purpose (:class:`RetryAfter`,
     :class:`PermanentError`, or a plugin's own subclass).
 
@@ -149,128 +150,6 @@ class PluginSettings(BaseModel):
     concurrency: int = Field(default=4, ge=1, le=256)
     statuses: list[TaskStatus] | None = None
     routes: list[Route] | None = None
-
-
-@dataclass(frozen=True)
-class SavedFile:
-    """A file a plugin saved for a task; returned by :meth:`Plugin.handle`, stored with the
-    delivery, shown under ``files`` in ``GET /tasks/{id}``.
-
-    Attributes:
-        url: Where it was fetched from (Kling's result URL).
-        path: Where it is now (absolute path on the receiver's machine).
-        bytes: Size in bytes.
-        sha256: Hex digest of the content.
-    """
-
-    url: str
-    path: str
-    bytes: int
-    sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ResultURL:
-    """One URL in ``task_result``: ``kind`` is the list's name made singular, with the URL
-    field's prefix (``image``, ``image_watermark``, ``video``, ``video_watermark``, ``audio``),
-    ``index`` its position in that list."""
-
-    kind: str
-    index: int
-    url: str
-
-    @property
-    def media(self) -> str:
-        """``image``, ``video``, ``audio`` or ``other``: what content type to expect."""
-        head = self.kind.split("_", 1)[0]
-        return head if head in ("image", "video", "audio") else "other"
-
-
-@dataclass(frozen=True)
-class Event:
-    """One task transition, as a plugin receives it.
-
-    Attributes:
-        idempotency_key: ``"{task_id}:{task_status}"``; the same on every redelivery and
-            replay of this transition, to every plugin.
-        delivery_id: The outbox row (``GET /deliveries``); attempt: 1 for the first try.
-        task_id, external_task_id, task_status, task_status_msg, final_unit_deduction: Kling's
-            fields (PROTOCOL.md section 4), as the transition's callback carried them.
-        route: The Kling route (``videos/text2video``...), or None when the task was never
-            registered by the submitter.
-        task_result: Kling's ``task_result`` (``{"images": [...], "videos": [...]}``), or None.
-        created_at, updated_at: Kling's timestamps, Unix ms (None when not sent).
-        received_at: When kling-hooks accepted the transition, Unix ms.
-        request: The body the task was created with, when registered (large Base64 images
-            redacted), else None.
-        saved_files: Files already recorded for this task by earlier deliveries.
-    """
-
-    idempotency_key: str
-    delivery_id: int
-    attempt: int
-    task_id: str
-    external_task_id: str
-    route: str | None
-    task_status: TaskStatus
-    task_status_msg: str | None
-    task_result: dict[str, Any] | None
-    final_unit_deduction: str | None
-    created_at: int | None
-    updated_at: int | None
-    received_at: int
-    request: dict[str, Any] | None
-    saved_files: tuple[SavedFile, ...] = field(default_factory=tuple)
-
-    @property
-    def prompt(self) -> str | None:
-        """The registered request's ``prompt``, when known."""
-        value = (self.request or {}).get("prompt")
-        return value if isinstance(value, str) else None
-
-    def result_urls(self) -> list[ResultURL]:
-        """Every URL in ``task_result``, in order: for each list (``images``, ``videos``,
-        ``audios``...), each item's ``url`` and then its other ``*_url`` fields."""
-        return list(_result_urls(self.task_result or {}))
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as JSON (what the webhook plugin sends), without delivery details."""
-        return {
-            "idempotency_key": self.idempotency_key,
-            "task_id": self.task_id,
-            "external_task_id": self.external_task_id,
-            "route": self.route,
-            "task_status": self.task_status.value,
-            "task_status_msg": self.task_status_msg,
-            "task_result": self.task_result,
-            "final_unit_deduction": self.final_unit_deduction,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "received_at": self.received_at,
-            "request": self.request,
-        }
-
-
-def _result_urls(task_result: dict[str, Any]) -> Iterator[ResultURL]:
-    for key, items in task_result.items():
-        if not isinstance(items, list):
-            continue
-        singular = key[:-1] if key.endswith("s") else key
-        for position, item in enumerate(items):
-            if not isinstance(item, dict):
-                continue
-            index = item.get("index", position)
-            index = index if isinstance(index, int) else position
-            names = sorted(k for k in item if k == "url" or k.endswith("_url"))
-            names.sort(key=lambda k: k != "url")
-            for name in names:
-                url = item[name]
-                if isinstance(url, str) and url:
-                    kind = singular if name == "url" else f"{singular}_{name[: -len('_url')]}"
-                    yield ResultURL(kind, index, url)
 
 
 class Plugin:

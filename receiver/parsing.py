@@ -13,25 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from submitter.protocol import TaskObject
-
-
-class CallbackError(Exception):
-    """Base of the parsing errors; ``status`` is the HTTP status to answer."""
-
-    status = 400
-
-
-class NotJSON(CallbackError):
-    """The body is not JSON (answered 400)."""
-
-    status = 400
-
-
-class NotATask(CallbackError):
-    """The body is JSON but not a Kling task object (answered 422)."""
-
-    status = 422
+from receiver.errors import NotATask, NotJSON
+from submitter.protocol import TaskObject, first_error
 
 
 def _reject_constant(name: str) -> Any:
@@ -64,6 +47,4 @@ def parse_callback(raw: str) -> TaskObject:
     try:
         return TaskObject.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise NotATask(f"{field}: {first['msg']}") from None
+        raise NotATask(first_error(exc)) from None

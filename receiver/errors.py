@@ -1,0 +1,90 @@
+"""Every exception the receiver raises on purpose, under one base.
+
+Hierarchy::
+
+    ReceiverError
+    ├── ConfigError              a setting or plugin table is wrong; start-up stops (exit 2)
+    ├── StoreUnavailable         the database could not commit or answer (503, Retry-After)
+    ├── TaskConflict             task_id and external_task_id name two tasks (409)
+    ├── BodyTooLarge             a request body is over KLING_HOOKS_MAX_BODY_BYTES (413)
+    ├── Refused                  a request the HTTP API refuses, with its status
+    │   ├── NotJSON              a body that is not JSON (400)
+    │   └── NotATask             JSON that is not a Kling task object (422)
+    ├── DeliveryError            a replay that cannot be done
+    │   ├── DeliveryNotFound     no delivery has that id (404)
+    │   ├── DeliveryRunning      it is running now (409)
+    │   └── PluginNotLoaded      its plugin is not loaded (409)
+    └── PluginError              raised by a plugin's handler (receiver.plugins)
+        ├── RetryAfter           retry no earlier than a delay
+        ├── PermanentError       no retry can help: dead at once
+        └── DownloadError, SlackError, WebhookError   the built-in plugins' own
+
+The status codes are those the HTTP edge answers (``receiver.callbacks``, ``receiver.api``).
+"""
+
+from __future__ import annotations
+
+
+class ReceiverError(Exception):
+    """Base of every exception the receiver raises on purpose."""
+
+
+class ConfigError(ReceiverError):
+    """A setting is missing or wrong; the message names the variable."""
+
+
+class StoreUnavailable(ReceiverError):
+    """The database could not commit or answer; nothing of the operation was recorded."""
+
+
+class TaskConflict(ReceiverError):
+    """The task_id and external_task_id given belong to two different tasks."""
+
+
+class BodyTooLarge(ReceiverError):
+    """A request body is over the limit (``Content-Length`` or the bytes received)."""
+
+
+class Refused(ReceiverError):
+    """A request the HTTP API refuses: answered ``status`` with ``message`` in the error shape.
+
+    Args:
+        message: The error text, naming the bad value and the rule.
+        status: The HTTP status; subclasses set a default.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class NotJSON(Refused):
+    """The body is not JSON (answered 400)."""
+
+    status = 400
+
+
+class NotATask(Refused):
+    """The body is JSON but not a Kling task object (answered 422)."""
+
+    status = 422
+
+
+class DeliveryError(ReceiverError):
+    """Base of the reasons a replay of one delivery cannot be done."""
+
+
+class DeliveryNotFound(DeliveryError):
+    """No delivery has that id (answered 404)."""
+
+
+class DeliveryRunning(DeliveryError):
+    """The delivery is running now and cannot be replayed until it ends (answered 409)."""
+
+
+class PluginNotLoaded(DeliveryError):
+    """The delivery's plugin is not loaded, so a replay could not run (answered 409)."""

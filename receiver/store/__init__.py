@@ -1,0 +1,32 @@
+"""The SQLite store: every statement of SQL in kling-hooks lives in this package.
+
+* ``database``: connections (WAL, ``synchronous=FULL``), migrations, the ``meta`` table;
+* ``rows``: the one mapping between rows and the shapes of ``receiver.models``;
+* ``batches``: the bulk writes of one group-commit batch (tasks, transitions, callbacks,
+  outbox rows);
+* ``transaction``: the transaction a batch runs in, and the protocol of write operations;
+* ``deliveries``: the outbox operations (claim, finish, recover, replay);
+* ``reads``: the status API's read-only queries.
+
+A second backend (Postgres) is a second package behind the same names; nothing outside this
+package writes SQL. What every backend keeps is listed in DESIGN.md ("What every storage
+backend must keep").
+"""
+
+from receiver.errors import StoreUnavailable
+from receiver.store.batches import Router
+from receiver.store.database import SCHEMA_VERSION, connect, get_or_create_meta, migrate
+from receiver.store.reads import Reader
+from receiver.store.transaction import Transaction, WriteOp
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Reader",
+    "Router",
+    "StoreUnavailable",
+    "Transaction",
+    "WriteOp",
+    "connect",
+    "get_or_create_meta",
+    "migrate",
+]

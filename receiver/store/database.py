@@ -1,0 +1,99 @@
+"""Connections and schema migrations of the SQLite database.
+
+One process owns the database. Writes go through :class:`receiver.writer.Writer` on its own
+connection; the status API reads on a second, read-only connection, which WAL lets run beside
+the writer. ``synchronous=FULL``: a transition acknowledged with 200 survives a power cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+from receiver.errors import StoreUnavailable
+
+#: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
+SCHEMA_VERSION = 2
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("receiver.store") / "migrations"
+    found = [
+        (int(p.name.split("_", 1)[0]), p.read_text())
+        for p in folder.iterdir()
+        if p.name.endswith(".sql")
+    ]
+    return sorted(found)
+
+
+async def connect(
+    path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
+) -> aiosqlite.Connection:
+    """Open a connection to ``path`` in autocommit mode with WAL and ``synchronous=FULL``.
+
+    Args:
+        path: The SQLite file; its folder is created if missing.
+        busy_timeout_ms: How long a statement waits for another process's lock.
+        read_only: Refuse every write on this connection (``PRAGMA query_only``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute("PRAGMA synchronous = FULL")
+    if read_only:
+        await conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`; each step in its own transaction.
+
+    Returns:
+        The schema version now in force.
+
+    Raises:
+        StoreUnavailable: the database is newer than this program knows.
+    """
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(f"database schema {version} is newer than {SCHEMA_VERSION}")
+    for number, sql in _migrations():
+        if number <= version:
+            continue
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
+
+
+async def get_or_create_meta(
+    conn: aiosqlite.Connection, key: str, factory: Callable[[], str]
+) -> tuple[str, bool]:
+    """Read ``meta[key]``, creating it with ``factory()`` if absent (atomic across processes).
+
+    Returns:
+        ``(value, created)``.
+    """
+    async with conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, factory())
+    ) as cur:
+        created = cur.rowcount == 1
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return str(row[0]), created

@@ -1,0 +1,93 @@
+"""One group-commit transaction, and the protocol every write operation follows.
+
+The writer (``receiver.writer``) opens a :class:`Transaction` for each batch of queued
+operations, runs each operation's :meth:`WriteOp.run` against it, and commits once. Two kinds
+of operation follow the one protocol:
+
+* task operations (a callback, a registration: ``receiver.transitions``) name the task rows
+  they touch in ``task_keys``; the transaction loads those rows once for the whole batch, the
+  operations change them in memory, and :meth:`Transaction.commit` writes them in bulk;
+* delivery operations (``receiver.store.deliveries``) write at once, each inside its own
+  savepoint, so that one that fails undoes only its own writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, TypeVar
+
+import aiosqlite
+
+from receiver.store.batches import Router, load_batch, write_batch
+from receiver.transitions import Batch
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class WriteOp(Protocol[T_co]):
+    """An operation the writer runs inside its group-commit transaction."""
+
+    @property
+    def task_keys(self) -> tuple[str, str] | None:
+        """``(task_id, external_task_id)`` of the task it changes, or None."""
+        ...
+
+    async def run(self, tx: Transaction) -> T_co:
+        """Do the operation's work in ``tx``; what it returns reaches its caller once the
+        transaction has committed, and what it raises reaches that caller only."""
+        ...
+
+
+class Transaction:
+    """An open ``BEGIN IMMEDIATE`` transaction on the writer's connection.
+
+    Attributes:
+        conn: The connection (operations that write at once use it in :meth:`savepoint`).
+        batch: The task rows the batch's operations named, and what they changed.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, batch: Batch, router: Router) -> None:
+        self.conn = conn
+        self.batch = batch
+        self._router = router
+
+    @classmethod
+    async def begin(
+        cls, conn: aiosqlite.Connection, ops: Sequence[WriteOp[object]], router: Router
+    ) -> Transaction:
+        """Begin, and load the task rows that ``ops`` name.
+
+        Args:
+            router: Names the plugins that want a new transition (one outbox row each).
+        """
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            keys = [k for op in ops if (k := op.task_keys) is not None]
+            return cls(conn, await load_batch(conn, keys), router)
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the block in a savepoint: an exception undoes the block's writes, and is
+        raised again for its operation alone."""
+        await self.conn.execute("SAVEPOINT op")
+        try:
+            yield self.conn
+        except BaseException:
+            await self.conn.execute("ROLLBACK TO op")
+            await self.conn.execute("RELEASE op")
+            raise
+        await self.conn.execute("RELEASE op")
+
+    async def commit(self) -> None:
+        """Write the batch's changed rows and its outbox rows, then COMMIT."""
+        await write_batch(self.conn, self.batch, self._router)
+        await self.conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        """ROLLBACK, ignoring a connection that is already broken."""
+        with contextlib.suppress(Exception):
+            await self.conn.execute("ROLLBACK")
