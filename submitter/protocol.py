@@ -75,12 +75,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def field_errors(exc: ValidationError, *, root: str = "body") -> list[tuple[str, str]]:
+    """``(field, message)`` of every problem pydantic found: ``field`` is the dotted path
+    (``task_result.images``), or ``root`` when the problem is the whole document."""
+    return [(".".join(str(p) for p in e["loc"]) or root, e["msg"]) for e in exc.errors()]
+
+
 def first_error(exc: ValidationError, *, root: str = "body") -> str:
-    """``"field.path: message"`` of the first problem pydantic found (``root`` when the
-    problem is the whole document); how every refused body names its bad field."""
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or root
-    return f"{field}: {first['msg']}"
+    """``"field.path: message"`` of the first problem; how a refused body names its field."""
+    field, message = field_errors(exc, root=root)[0]
+    return f"{field}: {message}"
 
 
 class TaskInfo(BaseModel):

@@ -23,6 +23,7 @@ from pydantic import SecretStr, ValidationError
 
 from receiver.config import ConfigError
 from receiver.plugins import Plugin
+from submitter.protocol import field_errors
 
 ENTRY_POINT_GROUP = "kling_hooks.plugins"
 _NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -158,8 +159,8 @@ def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> 
             settings = cls.settings_model.model_validate(dict(table))
         except ValidationError as exc:
             problems = "; ".join(
-                f"plugins.{name}.{'.'.join(str(p) for p in e['loc']) or '*'}: {e['msg']}"
-                for e in exc.errors()
+                f"plugins.{name}.{field}: {message}"
+                for field, message in field_errors(exc, root="*")
             )
             raise ConfigError(f"bad plugin setting: {problems}") from None
         loaded.append(LoadedPlugin(cls(settings), origin))
