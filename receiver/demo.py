@@ -141,20 +141,7 @@ async def run_demo(
     slack_sock = listen()
     slack_url = f"http://127.0.0.1:{slack_sock.getsockname()[1]}/services/T0/B0/demo"
     downloads = tmp / "downloads"
-    settings = Settings(
-        kling_hooks_db=tmp / "demo.db",
-        kling_hooks_public_url=receiver_url,
-        kling_api_key=SecretStr("demo-key"),
-        kling_hooks_secret=SecretStr(new_secret()),
-        kling_hooks_api_token=SecretStr(new_secret()),
-        kling_hooks_log_level="warning",
-        plugins={
-            # The simulator serves results on loopback, which the downloader refuses
-            # unless told otherwise (a callback must not reach internal services).
-            "downloader": {"directory": str(downloads), "allow_private_hosts": True},
-            "slack": {"webhook_url": slack_url},
-        },
-    )
+    settings = _settings(tmp / "demo.db", receiver_url, slack_url, downloads)
     ready: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     started = time.monotonic()
     async with (
@@ -180,6 +167,24 @@ async def run_demo(
         _report(tasks, submissions, time.monotonic() - started, len(slack.messages), tmp, out)
     print(f"The database and the downloads are kept in {tmp}", file=out)
     return 0
+
+
+def _settings(db: Path, receiver_url: str, slack_url: str, downloads: Path) -> Settings:
+    """The demo receiver's settings: fresh secrets, the downloader and the Slack plugin."""
+    return Settings(
+        kling_hooks_db=db,
+        kling_hooks_public_url=receiver_url,
+        kling_api_key=SecretStr("demo-key"),
+        kling_hooks_secret=SecretStr(new_secret()),
+        kling_hooks_api_token=SecretStr(new_secret()),
+        kling_hooks_log_level="warning",
+        plugins={
+            # The simulator serves results on loopback, which the downloader refuses
+            # unless told otherwise (a callback must not reach internal services).
+            "downloader": {"directory": str(downloads), "allow_private_hosts": True},
+            "slack": {"webhook_url": slack_url},
+        },
+    )
 
 
 async def _submit_all(svc: Services, sim_url: str) -> list[Submission]:
@@ -242,9 +247,10 @@ def _report(
     ]
     print("\n" + format_table([f"saved in {directory}", "bytes", "sha256"], files), file=out)
     final = [t.task_status for t in tasks]
+    succeeded, failed = final.count(TaskStatus.SUCCEED), final.count(TaskStatus.FAILED)
     print(
-        f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {final.count(TaskStatus.SUCCEED)} succeed, "
-        f"{final.count(TaskStatus.FAILED)} failed. {len(files)} files saved, {slack_messages} Slack "
+        f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {succeeded} succeed, "
+        f"{failed} failed. {len(files)} files saved, {slack_messages} Slack "
         "messages sent.\nTry: kling-hooks serve, then kling-hooks submit.",
         file=out,
     )
