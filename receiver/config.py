@@ -1,29 +1,47 @@
-"""Settings, read once at start-up from the environment and an optional TOML file.
+"""Settings, read once at start-up from command-line flags, the environment and a TOML file.
 
-The environment wins over the file. Names are the environment variables'; in the TOML file the
-same names are written in lower case (``kling_hooks_db = "/var/lib/kling-hooks/db.sqlite"``).
-A bad value stops start-up with a message naming the variable.
+Precedence, highest first: command-line flags (``load_settings(**overrides)``), the
+environment, the TOML file (``--config FILE``), the defaults. Names are the environment
+variables'; in the TOML file the same names are written in lower case
+(``kling_hooks_db = "/var/lib/kling-hooks/db.sqlite"``; upper case is read too), and each
+``[plugins.NAME]`` table goes into :attr:`Settings.plugins`. The file is read by
+pydantic-settings' own ``TomlConfigSettingsSource``. A bad value stops start-up with a
+message naming the variable.
 """
 
 from __future__ import annotations
 
-import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from receiver.errors import ConfigError
+from submitter.protocol import field_errors
+
+__all__ = ["DEFAULT_API_BASE", "DEFAULT_PUBLIC_URL", "ConfigError", "Settings", "load_settings"]
 
 DEFAULT_API_BASE = "https://api-singapore.klingai.com"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
-
-class ConfigError(Exception):
-    """A setting is missing or wrong; the message names the variable."""
+# The TOML file of the Settings being built now: set by load_settings for one construction.
+# pydantic-settings chooses sources per class (settings_customise_sources), not per call.
+_toml_file: ContextVar[Path | None] = ContextVar("kling_hooks_toml_file", default=None)
 
 
 class Settings(BaseSettings):
-    """Every setting of kling-hooks (environment variable = field name in upper case)."""
+    """Every setting of kling-hooks (environment variable = field name in upper case).
+
+    Values given to the constructor win over the environment, which wins over the TOML file
+    (only :func:`load_settings` names one) and the defaults.
+    """
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="forbid", frozen=True)
 
@@ -64,8 +82,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first, then the values given in code (those read from the TOML file).
-        return env_settings, init_settings
+        """Constructor values (the command-line flags), then the environment, then the TOML
+        file; no ``.env`` file, no secrets directory.
+
+        Raises:
+            ConfigError: the TOML file is missing, unreadable, not UTF-8 or not TOML.
+        """
+        return init_settings, env_settings, _toml_source(settings_cls, _toml_file.get())
 
     @property
     def api_url(self) -> str:
@@ -73,37 +96,40 @@ class Settings(BaseSettings):
         return (self.kling_hooks_api_url or self.kling_hooks_public_url).rstrip("/")
 
 
+def _toml_source(settings_cls: type[BaseSettings], path: Path | None) -> TomlConfigSettingsSource:
+    """The TOML source of ``path`` (None: an empty one). Unlike the source itself, which skips
+    a missing file, a file named with ``--config`` must exist."""
+    try:
+        if path is not None:
+            path.open("rb").close()
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError too
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings.
 
     Args:
         config_file: A TOML file (``--config``) whose keys are the settings' names, lower case.
-        overrides: Values from command-line flags; they win over the file and the environment.
+        overrides: Values from command-line flags, named like the settings; they win over the
+            environment and the file. None means "flag not given" and is left out.
+
+    Returns:
+        The settings, validated.
 
     Raises:
-        ConfigError: the file cannot be read, or a value is wrong (the message names it).
+        ConfigError: the file cannot be read (``cannot read config file PATH: ...``), or a
+            value is wrong (``bad setting: NAME: message``, every bad one, ``; ``-separated).
     """
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            text = config_file.read_text(encoding="utf-8")
-            values = {k.lower(): v for k, v in tomllib.loads(text).items()}
-        except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError too
-            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+    given = {name: value for name, value in overrides.items() if value is not None}
+    token = _toml_file.set(config_file)
     try:
-        settings = Settings(**values)
+        return Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"{field.upper()}: {message}" for field, message in field_errors(exc, root="settings")
         )
         raise ConfigError(f"bad setting: {problems}") from None
-    given: dict[str, Any] = {}
-    for name, value in overrides.items():
-        annotation = Settings.model_fields[name].annotation
-        if value is None or annotation is None:
-            continue
-        try:
-            given[name] = TypeAdapter(annotation).validate_python(value)
-        except ValidationError as exc:
-            raise ConfigError(f"bad setting: {name.upper()}: {exc.errors()[0]['msg']}") from None
-    return settings.model_copy(update=given)
+    finally:
+        _toml_file.reset(token)

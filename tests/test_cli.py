@@ -5,6 +5,7 @@ real receiver, both served on 127.0.0.1 in the test's event loop (the subprocess
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
+from receiver import cli
 from receiver.serving import running
 from submitter.protocol import Route
 from submitter.simulator import Simulator
@@ -40,6 +43,8 @@ from tests.test_deliveries_api import (
 )
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
+# The console script imports this tree's packages, not a copy installed earlier.
+TREE = str(Path(__file__).resolve().parents[1])
 FAST = (0.0, 0.01)
 IMAGE_BODY = {"prompt": "a lighthouse at dawn", "n": 2}
 VIDEO_BODY = {"prompt": "waves rolling onto a beach", "duration": "5"}
@@ -70,9 +75,10 @@ async def kling_hooks(*args: str, env: dict[str, str], cwd: Path) -> Run:
 
 
 def cli_env(**values: str) -> dict[str, str]:
-    """``os.environ`` without any KLING_* variable, plus ``values`` (names in upper case)."""
+    """``os.environ`` without any KLING_* variable, plus ``values`` (names in upper case), with
+    this tree first on ``PYTHONPATH``."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
-    return {**env, **{k.upper(): v for k, v in values.items()}}
+    return {**env, "PYTHONPATH": TREE, **{k.upper(): v for k, v in values.items()}}
 
 
 def closed_port_url() -> str:
@@ -91,7 +97,7 @@ def submit_env(receiver: Receiver, sim_url: str, **values: str) -> dict[str, str
         "kling_hooks_public_url": receiver.url,
         "kling_hooks_secret": SECRET,
         "kling_hooks_api_token": API_TOKEN,
-        "kling_hooks_db": str(receiver.runtime.settings.kling_hooks_db),
+        "kling_hooks_db": str(receiver.services.settings.kling_hooks_db),
     }
     return cli_env(**{**base, **values})
 
@@ -381,7 +387,8 @@ async def test_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
     env = cli_env(kling_hooks_max_body_bytes="abc", kling_hooks_db=str(tmp_path / "k.db"))
     run = await kling_hooks("token", env=env, cwd=tmp_path)
     assert run.code == 2
-    assert "KLING_HOOKS_MAX_BODY_BYTES" in run.err
+    assert run.err.startswith("error: bad setting: KLING_HOOKS_MAX_BODY_BYTES: ")
+    assert len(run.err.splitlines()) == 1  # one line, no traceback
 
 
 async def test_token_for_a_database_that_does_not_exist_exits_2_and_creates_nothing(
@@ -426,6 +433,12 @@ async def test_deliveries_prints_a_table_and_redeliver_replays_one_by_id(tmp_pat
 
         first_page = await kling_hooks("deliveries", "--limit", "1", env=env, cwd=tmp_path)
         assert first_page.out.strip().splitlines()[-1] == "(more: --cursor 2)"
+        next_page = await kling_hooks(
+            "deliveries", "--limit", "1", "--cursor", "2", env=env, cwd=tmp_path
+        )
+        assert next_page.code == 0, next_page.err
+        header, row = next_page.out.strip().splitlines()  # the last page: no "(more: ...)"
+        assert row.split()[:2] == ["1", "alpha"]
 
         dead = await kling_hooks("deliveries", "--state", "dead", "--json", env=env, cwd=tmp_path)
         assert dead.code == 0, dead.err
@@ -499,7 +512,9 @@ async def deliveries_of(r: Receiver) -> list[dict[str, Any]]:
         (["1", "--all"], "delivery ID or --all"),
         (["1", "--plugin", "alpha"], "go with --all"),
         (["--all", "--since", "yesterday"], "'yesterday'"),
-        (["one"], "invalid int value"),
+        (["one"], "'one' is not a valid integer"),
+        (["--all", "--state", "running"], "'running' is not one of"),
+        (["--every"], "--every"),
     ],
 )
 async def test_redeliver_used_wrongly_exits_2_and_sends_nothing(
@@ -509,6 +524,8 @@ async def test_redeliver_used_wrongly_exits_2_and_sends_nothing(
     run = await kling_hooks("redeliver", *args, env=env, cwd=tmp_path)
     assert run.code == 2
     assert named in run.err
+    assert run.err.startswith("error: ")
+    assert len(run.err.splitlines()) == 1  # one line: no usage block, no traceback
     assert run.out == ""
 
 
@@ -582,11 +599,16 @@ async def test_serve_runs_the_plugins_of_its_plugins_dir(tmp_path: Path) -> None
     (folder / "echo.py").write_text(ECHO_PLUGIN)
     config = tmp_path / "kling-hooks.toml"
     config.write_text("[plugins.echo]\nretry_schedule_s = [1]\n")
-    db = {"KLING_HOOKS_DB": str(tmp_path / "k.db")}
-    env = cli_env(kling_hooks_api_token=API_TOKEN, **db)
-    async with serve(config, tmp_path, "--plugins-dir", str(folder), env=db) as server:
+    db = tmp_path / "given.db"
+    env = cli_env(kling_hooks_api_token=API_TOKEN)
+    tree = {"PYTHONPATH": TREE}
+    async with serve(
+        config, tmp_path, "--plugins-dir", str(folder), "--db", str(db), env=tree
+    ) as server:
         run = await kling_hooks("plugins", "--json", "--url", server.url, env=env, cwd=tmp_path)
     assert run.code == 0, run.err
+    assert db.exists()  # --db, not the default ./kling-hooks.db
+    assert not (tmp_path / "kling-hooks.db").exists()
     (echo,) = json.loads(run.out)["plugins"]
     assert echo["name"] == "echo"
     assert echo["version"] == "0.1"
@@ -629,3 +651,146 @@ async def test_status_commands_need_no_database_when_the_api_token_is_set(
     assert run.code == 0, run.err
     assert run.out.startswith("id  plugin")
     assert not (tmp_path / "none.db").exists()
+
+
+# -- the command line itself: version, help, the shared options ----------------------------
+
+
+async def test_version_prints_the_installed_package_version(tmp_path: Path) -> None:
+    run = await kling_hooks("--version", env=cli_env(), cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert run.out == f"kling-hooks, version {importlib.metadata.version('kling-hooks')}\n"
+
+
+def test_bare_command_exits_2_showing_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    for name in ("serve", "submit", "tasks", "deliveries", "redeliver", "demo"):
+        assert re.search(rf"^  {name}\s", err, re.MULTILINE), err
+
+
+def test_unknown_command_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tasklist"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No such command 'tasklist'.")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(cli.cli.commands))
+def test_help_of_every_command_gives_each_option_help_and_its_default(
+    capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert cli.main([name, "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())  # help lines are wrapped
+    options = [p for p in cli.cli.commands[name].params if isinstance(p, click.Option)]
+    assert options
+    for option in options:
+        assert option.help, f"{name} {option.opts[0]} has no help"
+        assert option.help.split()[0] in shown
+        if option.is_flag:
+            continue  # off unless given
+        if isinstance(option.show_default, str):
+            assert f"[default: ({option.show_default})]" in shown, option.opts[0]
+        elif option.required:
+            assert "[required]" in shown
+        else:
+            default = '""' if option.default == "" else str(option.default)
+            assert re.search(rf"\[default: {re.escape(default)}[;\]]", shown), option.opts[0]
+
+
+def test_help_shows_the_documented_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    for args, default in [
+        (["serve"], "--port INTEGER TCP port (0: any free port) [default: 8000]"),
+        (["simulate"], "--port INTEGER TCP port (0: any free port) [default: 9000]"),
+        (["tasks"], "--limit INTEGER page size, 1 to 500 [default: 50]"),
+        (["redeliver"], "with --all: only deliveries in this state [default: (dead)]"),
+        (["demo"], "--seed INTEGER simulator seed (which tasks fail) [default: 1]"),
+    ]:
+        assert cli.main([*args, "-h"]) == 0
+        assert default in " ".join(capsys.readouterr().out.split())
+
+
+STATUS_COMMANDS = [
+    ["tasks"],
+    ["task", "kh-one"],
+    ["deliveries"],
+    ["redeliver", "--all"],
+    ["plugins"],
+]
+
+
+async def test_url_and_json_options_work_on_every_command_that_takes_them(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    await receiver.post_callback("kh-one", task_body("900000000000000001", "succeed", "kh-one"))
+    # The environment points at nothing: only --url reaches the receiver.
+    env = cli_env(kling_hooks_api_url=closed_port_url(), kling_hooks_api_token=API_TOKEN)
+    with_json = {"tasks", "task", "deliveries", "plugins"}
+    runs = await asyncio.gather(
+        *(
+            kling_hooks(
+                *args,
+                "--url",
+                receiver.url,
+                *(["--json"] if args[0] in with_json else []),
+                env=env,
+                cwd=tmp_path,
+            )
+            for args in STATUS_COMMANDS
+        )
+    )
+    for args, run in zip(STATUS_COMMANDS, runs, strict=True):
+        assert run.code == 0, (args, run.err)
+    tasks, task, deliveries, replayed, plugins = runs
+    assert [t["external_task_id"] for t in json.loads(tasks.out)["tasks"]] == ["kh-one"]
+    assert json.loads(task.out)["task_status"] == "succeed"
+    assert json.loads(deliveries.out) == {"deliveries": [], "next_cursor": None}
+    assert replayed.out == "0 deliveries replayed\n"
+    assert json.loads(plugins.out) == {"plugins": []}
+
+
+async def test_limit_and_cursor_page_through_tasks(receiver: Receiver, tmp_path: Path) -> None:
+    for n in (1, 2):
+        body = task_body(f"90000000000000000{n}", "processing", f"kh-{n}", updated_at=n)
+        await receiver.post_callback(f"kh-{n}", body)
+    env = cli_env(kling_hooks_api_url=receiver.url, kling_hooks_api_token=API_TOKEN)
+    first = await kling_hooks("tasks", "--limit", "1", env=env, cwd=tmp_path)
+    assert first.code == 0, first.err
+    _header, row, more = first.out.strip().splitlines()
+    assert row.split()[1] == "kh-2"
+    cursor = re.fullmatch(r"\(more: --cursor (\S+)\)", more)
+    assert cursor
+    second = await kling_hooks(
+        "tasks", "--limit", "1", "--cursor", cursor[1], "--json", env=env, cwd=tmp_path
+    )
+    page = json.loads(second.out)
+    assert [t["external_task_id"] for t in page["tasks"]] == ["kh-1"]
+    assert page["next_cursor"] is None
+
+
+async def test_config_and_db_options_work_on_every_command_that_takes_them(
+    tmp_path: Path, sim: Simulator, sim_url: str
+) -> None:
+    # The receiver keeps a generated API token in its database: only --db leads to it.
+    settings = make_settings(tmp_path, kling_hooks_api_token=None)
+    async with start_receiver(settings) as r:
+        await r.post_callback("kh-one", task_body("900000000000000001", "succeed", "kh-one"))
+        config = tmp_path / "client.toml"
+        config.write_text(
+            f'kling_hooks_api_url = "{r.url}"\nkling_hooks_public_url = "{r.url}"\n'
+            f'kling_api_base = "{sim_url}"\nkling_api_key = "any-key"\n'
+        )
+        env = cli_env(kling_hooks_secret=SECRET)  # no token, URL or database in the environment
+        given = ["--config", str(config), "--db", str(settings.kling_hooks_db)]
+        submit = ["submit", "images/generations", "--data", json.dumps(IMAGE_BODY)]
+        runs = {}
+        for args in [*STATUS_COMMANDS, ["token"], submit]:
+            runs[args[0]] = await kling_hooks(*args, *given, env=env, cwd=tmp_path)
+        await sim.wait_idle()
+    for name, run in runs.items():
+        assert run.code == 0, (name, run.err)
+    token = runs["token"].out.strip()
+    assert token and token != API_TOKEN
+    assert "kh-one" in runs["tasks"].out
+    assert re.search(r"^task_status\s+succeed$", runs["task"].out, re.MULTILINE)
+    assert json.loads(runs["submit"].out)["registered"] is True  # with the database's token

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from receiver import credentials
-from receiver.config import DEFAULT_API_BASE, ConfigError, load_settings
+from receiver.config import DEFAULT_API_BASE, ConfigError, Settings, load_settings
 from submitter.tokens import CallbackTokens
 
 EXT = "kh-config-0001"
@@ -92,6 +92,60 @@ def test_command_line_override_wins_over_the_environment(
     assert load_settings(kling_hooks_db=None).kling_hooks_db == tmp_path / "from-env.db"
 
 
+def test_precedence_is_flag_then_environment_then_file_then_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = toml(
+        tmp_path,
+        "kling_hooks_busy_timeout_ms = 1\n"
+        "kling_hooks_retry_after_s = 1\n"
+        "kling_hooks_shutdown_grace_s = 1\n",
+    )
+    monkeypatch.setenv("KLING_HOOKS_BUSY_TIMEOUT_MS", "2")
+    monkeypatch.setenv("KLING_HOOKS_RETRY_AFTER_S", "2")
+    settings = load_settings(path, kling_hooks_busy_timeout_ms=3)
+    assert settings.kling_hooks_busy_timeout_ms == 3  # flag over environment and file
+    assert settings.kling_hooks_retry_after_s == 2  # environment over file
+    assert settings.kling_hooks_shutdown_grace_s == 1.0  # file over default
+    assert settings.kling_hooks_max_body_bytes == 1024 * 1024  # default
+
+
+def test_values_given_in_code_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLING_HOOKS_DB", "/from/env.db")
+    assert Settings(kling_hooks_db=Path("/given.db")).kling_hooks_db == Path("/given.db")
+    assert Settings().kling_hooks_db == Path("/from/env.db")
+
+
+def test_a_config_file_applies_to_one_load_only(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'kling_hooks_public_url = "https://from-file.example"\n')
+    assert load_settings(path).kling_hooks_public_url == "https://from-file.example"
+    assert load_settings().kling_hooks_public_url == "http://127.0.0.1:8000"
+    assert Settings().kling_hooks_public_url == "http://127.0.0.1:8000"
+
+
+def test_plugin_tables_go_into_plugins_with_their_nested_values(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        'kling_hooks_db = "k.db"\n\n[plugins.downloader]\ndirectory = "/d"\n'
+        "retry_schedule_s = [1, 5]\n\n[plugins.slack]\nenabled = false\n",
+    )
+    assert load_settings(path).plugins == {
+        "downloader": {"directory": "/d", "retry_schedule_s": [1, 5]},
+        "slack": {"enabled": False},
+    }
+
+
+def test_every_bad_value_is_named_in_one_message(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'kling_hooks_retry_after_s = 0\nkling_hooks_log_level = "loud"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert message.startswith("bad setting: ")
+    assert "KLING_HOOKS_RETRY_AFTER_S: " in message
+    assert "KLING_HOOKS_LOG_LEVEL: " in message
+    assert "\n" not in message
+
+
 def test_secret_values_are_hidden_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLING_API_KEY", "kling-key-value")
     monkeypatch.setenv("KLING_HOOKS_SECRET", "callback-secret-value")
@@ -153,7 +207,7 @@ def test_unreadable_or_invalid_toml_raises_config_error_naming_the_file(
         path = tmp_path
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
-    assert str(path) in str(caught.value)
+    assert str(caught.value).startswith(f"cannot read config file {path}: ")
 
 
 def test_api_url_falls_back_to_the_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,3 +298,10 @@ def test_toml_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 def test_bad_command_line_override_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KLING_HOOKS_MAX_BODY_BYTES"):
         load_settings(kling_hooks_max_body_bytes="lots")
+
+
+def test_command_line_override_is_checked_like_any_other_value() -> None:
+    with pytest.raises(ConfigError, match=r"bad setting: KLING_HOOKS_API_TOKEN: .*blank"):
+        load_settings(kling_hooks_api_token="  ")
+    with pytest.raises(ConfigError, match="bad setting: KLING_HOOKS_MAX_BODY_BYTES: "):
+        load_settings(kling_hooks_max_body_bytes=10)  # under the 1024 minimum

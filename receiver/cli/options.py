@@ -1,0 +1,116 @@
+"""The options several ``kling-hooks`` commands share, each defined once, and the settings
+they load.
+
+``settings_options`` (``--config``, ``--db``) goes on every command that reads settings;
+``url_option`` and ``json_option`` on those that call the status API; ``page_options`` adds
+``--limit`` and ``--cursor`` for the paged lists. Every option has help text and shows its
+default (``show_default`` comes from the group's context settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from receiver.config import Settings, load_settings
+from receiver.logging import configure_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+#: The group's context settings, inherited by every command.
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "show_default": True,
+    "help_option_names": ["-h", "--help"],
+    "max_content_width": 100,
+}
+ANY_PATH = click.Path(path_type=Path)
+
+
+def settings_options(f: F) -> F:
+    """``--config FILE`` and ``--db PATH``: where the command's settings come from."""
+    f = click.option(
+        "--db",
+        type=ANY_PATH,
+        show_default="KLING_HOOKS_DB, else ./kling-hooks.db",
+        help="the receiver's SQLite file",
+    )(f)
+    return click.option(
+        "--config",
+        type=ANY_PATH,
+        show_default="none",
+        help="TOML file with settings (the environment wins over it)",
+    )(f)
+
+
+url_option = click.option(
+    "--url",
+    show_default="KLING_HOOKS_API_URL, else KLING_HOOKS_PUBLIC_URL",
+    help="status API base URL",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="print the API's JSON answer instead of a table"
+)
+limit_option = click.option("--limit", type=int, default=50, help="page size, 1 to 500")
+cursor_option = click.option(
+    "--cursor", show_default="the first page", help="next page: the cursor a previous page printed"
+)
+
+
+def page_options(f: F) -> F:
+    """``--limit``, ``--cursor``, ``--json``, ``--url`` and the settings options: a paged list
+    from the status API."""
+    return limit_option(cursor_option(json_option(url_option(settings_options(f)))))
+
+
+def load(config: Path | None, db: Path | None, *, quiet: bool = True, **overrides: Any) -> Settings:
+    """The settings of ``--config`` and ``--db`` (``overrides``, named like the settings, win
+    too), with logging set up; ``quiet`` commands log errors only (they print their own
+    warnings).
+
+    Raises:
+        ConfigError: a bad setting or an unreadable config file.
+    """
+    settings = load_settings(config, kling_hooks_db=db, **overrides)
+    level = settings.kling_hooks_log_level
+    if quiet and level in ("debug", "info", "warning"):
+        level = "error"
+    configure_logging(settings.kling_hooks_log_format, level)
+    return settings
+
+
+def since_ms(value: str) -> int:
+    """``--since``: Unix ms, or an ISO 8601 date or date-time (UTC unless it has an offset).
+
+    Raises:
+        ValueError: neither, or before 1970 (the message quotes ``value``).
+    """
+    if value.isascii() and value.isdigit():
+        return int(value)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither Unix ms nor an ISO 8601 date-time (2026-03-01T12:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ms = (when - datetime.fromtimestamp(0, UTC)) // timedelta(milliseconds=1)
+    if ms < 0:
+        raise ValueError(f"{value!r} is before 1970")
+    return ms
+
+
+def parse_since(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Click callback of ``--since``: :func:`since_ms`, a bad value being a usage error."""
+    if value is None:
+        return None
+    try:
+        return since_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None

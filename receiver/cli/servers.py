@@ -1,0 +1,133 @@
+"""The commands that run servers until stopped: ``serve`` (the receiver), ``simulate`` (the
+Kling simulator) and ``demo`` (both, with a Slack sink, for one task per route)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from receiver.cli.options import ANY_PATH, EXIT_OK, F, load, settings_options
+from receiver.logging import configure_logging
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", help="address to listen on")
+@click.option("--port", type=int, default=8000, help="TCP port (0: any free port)")
+@click.option(
+    "--plugins-dir",
+    type=ANY_PATH,
+    show_default="KLING_HOOKS_PLUGINS_DIR, else none",
+    help="directory of single-file plugins",
+)
+@settings_options
+def serve(
+    host: str, port: int, plugins_dir: Path | None, config: Path | None, db: Path | None
+) -> int:
+    """Run the receiver (callbacks + status API) under uvicorn."""
+    import uvicorn
+
+    from receiver.app import create_app
+
+    settings = load(config, db, quiet=False, kling_hooks_plugins_dir=plugins_dir)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level=settings.kling_hooks_log_level,
+        log_config=None,
+    )
+    return EXIT_OK
+
+
+_FAULT_RATES = {
+    "failure_rate": "share of tasks that fail",
+    "duplicate_rate": "share of callbacks sent twice",
+    "reorder_rate": "share of tasks whose callbacks arrive newest first",
+    "envelope_rate": "share of callbacks wrapped in {code, message, data}",
+    "old_schema_rate": "share of callbacks without task_info and final_unit_deduction",
+    "drop_nonterminal_rate": "share of non-terminal callbacks never sent",
+}
+
+
+def fault_options(f: F) -> F:
+    """One ``--NAME-rate`` option, a share in [0, 1], per rate of ``Faults``."""
+    for name, help_ in reversed(_FAULT_RATES.items()):
+        option = click.option(
+            f"--{name.replace('_', '-')}",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            help=help_,
+        )
+        f = option(f)
+    return f
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", help="address to listen on")
+@click.option("--port", type=int, default=9000, help="TCP port (0: any free port)")
+@click.option("--prefix", default="", help="route prefix, e.g. /kling like a reseller")
+@click.option("--api-key", show_default="any key", help="accept only this bearer key")
+@click.option("--seed", type=int, show_default="random", help="makes runs repeatable")
+@click.option("--min-delay", type=float, default=0.5, help="least seconds between states")
+@click.option("--max-delay", type=float, default=2.0, help="most seconds between states")
+@fault_options
+def simulate(
+    host: str,
+    port: int,
+    prefix: str,
+    api_key: str | None,
+    seed: int | None,
+    min_delay: float,
+    max_delay: float,
+    failure_rate: float,
+    duplicate_rate: float,
+    reorder_rate: float,
+    envelope_rate: float,
+    old_schema_rate: float,
+    drop_nonterminal_rate: float,
+) -> int:
+    """Run the Kling simulator (no account, no credits)."""
+    import uvicorn
+
+    from submitter.simulator import Faults, Simulator
+
+    configure_logging("auto", "info")
+    faults = Faults(
+        failure_rate=failure_rate,
+        duplicate_rate=duplicate_rate,
+        reorder_rate=reorder_rate,
+        envelope_rate=envelope_rate,
+        old_schema_rate=old_schema_rate,
+        drop_nonterminal_rate=drop_nonterminal_rate,
+    )
+    sim = Simulator(
+        faults=faults,
+        prefix=prefix,
+        delay_s=(min_delay, max_delay),
+        api_key=api_key,
+        seed=seed,
+    )
+    uvicorn.run(sim.app, host=host, port=port, access_log=False, log_config=None)
+    return EXIT_OK
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=ANY_PATH,
+    show_default="a new temporary directory",
+    help="where the database and downloads go",
+)
+@click.option("--seed", type=int, default=1, help="simulator seed (which tasks fail)")
+def demo(directory: Path | None, seed: int) -> int:
+    """Run the whole pipeline in one process: one task per route.
+
+    Simulator + receiver + downloader + a Slack sink, on loopback, with no Kling account.
+    """
+    from receiver.demo import run_demo
+
+    return asyncio.run(run_demo(seed=seed, directory=directory))

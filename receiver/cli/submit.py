@@ -1,0 +1,84 @@
+"""``kling-hooks submit``: one task to Kling, with our callback_url, registered with the
+receiver. The body is checked against Kling's documented rules before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from receiver import credentials
+from receiver.cli.options import EXIT_OK, load, settings_options
+from receiver.config import Settings
+
+if TYPE_CHECKING:
+    from submitter import Submission
+
+
+@click.command()
+@click.argument("route")
+@click.option("--data", required=True, help="the body as JSON, or @file.json")
+@click.option(
+    "--external-task-id", show_default="a generated kh-<ULID>", help="your id for the task"
+)
+@settings_options
+def submit(
+    route: str, data: str, external_task_id: str | None, config: Path | None, db: Path | None
+) -> int:
+    """Submit one task to Kling with our callback_url.
+
+    ROUTE is images/generations, images/multi-image2image, videos/multi-image2video,
+    videos/text2video or videos/image2video. The body is checked against Kling's documented
+    rules first: a body that breaks one sends nothing (exit 2).
+    """
+    from submitter import validate_body
+
+    settings = load(config, db)
+    try:
+        body = _read_data(data)
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"cannot read --data: {exc}") from None
+    validate_body(route, body)  # before anything else: a bad body sends nothing
+    submission = asyncio.run(_submit(settings, route, body, external_task_id))
+    if submission.warning:
+        click.echo(f"warning: {submission.warning}", err=True)
+    click.echo(json.dumps(submission.to_json()))
+    return EXIT_OK
+
+
+def _read_data(value: str) -> dict[str, Any]:
+    """``--data``: JSON text, or ``@path`` of a file holding it; must be an object."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("--data must be a JSON object")
+    return data
+
+
+async def _submit(
+    settings: Settings, route: str, body: dict[str, Any], external_task_id: str | None
+) -> Submission:
+    """Create the task at Kling and register it with the receiver; the ``Submission``."""
+    from submitter import KlingClient, Registrar, auth_from_keys
+
+    auth = auth_from_keys(
+        settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
+        settings.kling_access_key,
+        settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
+    )
+    # A new database would hold a callback secret no receiver knows: every callback refused.
+    creds = await credentials.resolve_from_file(settings, must_exist=True)
+    async with (
+        Registrar(settings.api_url, creds.api_token) as registrar,
+        KlingClient(
+            api_base=settings.kling_api_base,
+            auth=auth,
+            tokens=creds.tokens,
+            public_url=settings.kling_hooks_public_url,
+            registrar=registrar,
+        ) as client,
+    ):
+        return await client.submit(route, body, external_task_id)

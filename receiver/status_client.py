@@ -1,0 +1,186 @@
+"""A client of the receiver's status API, as the ``kling-hooks`` status commands use it.
+
+Each method makes one request with ``Authorization: Bearer <token>`` and returns the JSON
+answer (see ``receiver.api`` and ``GET /openapi.json`` for the shapes). Errors::
+
+    ApiError           the status API answered, but not 200 (the message names the URL,
+                       the status and the API's ``error``)
+    httpx.HTTPError    the receiver could not be reached, or did not answer in time
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from receiver.errors import ReceiverError
+
+
+class ApiError(ReceiverError):
+    """The status API answered with an error status.
+
+    Args:
+        message: ``"{base_url}{path}: HTTP {status}: {error}"``.
+        status: The HTTP status code.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StatusClient:
+    """The status API at ``base_url``, over one ``httpx.AsyncClient``.
+
+    Use it as an async context manager (or call :meth:`aclose`).
+
+    Args:
+        base_url: The receiver's status API base, e.g. ``http://127.0.0.1:8000``.
+        token: The status API bearer token (``KLING_HOOKS_API_TOKEN``).
+        timeout_s: Timeout of each request, seconds.
+        transport: An httpx transport (tests pass ``httpx.ASGITransport``); default: the
+            network.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout_s,
+            transport=transport,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def tasks(
+        self,
+        *,
+        task_status: str | None = None,
+        route: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """``GET /tasks``: one page, newest first, filtered by the arguments given.
+
+        Returns:
+            ``{"tasks": [task summary, ...], "next_cursor": str | None}``.
+
+        Raises:
+            ApiError: e.g. 400 for a limit outside [1, 500] or a bad cursor.
+        """
+        query = _query(task_status=task_status, route=route, limit=limit, cursor=cursor)
+        page: dict[str, Any] = await self._call("GET", "/tasks", params=query)
+        return page
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        """``GET /tasks/{id}``: one task by task_id or external_task_id, with its transitions,
+        deliveries and saved files.
+
+        Raises:
+            ApiError: 404 when no task has that id.
+        """
+        task: dict[str, Any] = await self._call("GET", f"/tasks/{task_id}")
+        return task
+
+    async def deliveries(
+        self,
+        *,
+        state: str | None = None,
+        plugin: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """``GET /deliveries``: one page, newest first, filtered by the arguments given.
+
+        Returns:
+            ``{"deliveries": [delivery with external_task_id, ...], "next_cursor": str | None}``.
+        """
+        query = _query(state=state, plugin=plugin, limit=limit, cursor=cursor)
+        page: dict[str, Any] = await self._call("GET", "/deliveries", params=query)
+        return page
+
+    async def redeliver(self, delivery_id: int) -> int:
+        """``POST /deliveries/{id}/redeliver``: replay one delivery.
+
+        Returns:
+            How many deliveries were replayed (1).
+
+        Raises:
+            ApiError: 404 for an unknown id; 409 while it runs or when its plugin is not
+                loaded.
+        """
+        answer = await self._call("POST", f"/deliveries/{delivery_id}/redeliver")
+        return int(answer["redelivered"])
+
+    async def redeliver_all(
+        self, *, state: str, plugin: str | None = None, since_ms: int | None = None
+    ) -> int:
+        """``POST /deliveries/redeliver``: replay every delivery in ``state`` (to ``plugin``,
+        created at or after ``since_ms``, Unix epoch milliseconds, when given).
+
+        Returns:
+            How many deliveries were replayed.
+        """
+        body = {"state": state, "plugin": plugin, "since": since_ms}
+        given = {k: v for k, v in body.items() if v is not None}
+        answer = await self._call("POST", "/deliveries/redeliver", body=given)
+        return int(answer["redelivered"])
+
+    async def plugins(self) -> dict[str, Any]:
+        """``GET /plugins``: the plugins the receiver runs, secrets in settings masked.
+
+        Returns:
+            ``{"plugins": [{"name", "version", "statuses", "routes", "started", "origin",
+            "settings"}, ...]}``.
+        """
+        doc: dict[str, Any] = await self._call("GET", "/plugins")
+        return doc
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """The JSON answer of one request; raises :class:`ApiError` unless it is a 200."""
+        response = await self._http.request(method, path, params=params, json=body)
+        if response.status_code != 200:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text[:200]
+            raise ApiError(
+                f"{self.base_url}{path}: HTTP {response.status_code}: {message}",
+                response.status_code,
+            )
+        return response.json()
+
+
+def _query(**values: object) -> dict[str, str]:
+    """Query parameters: the given values as text, leaving out None and empty ones."""
+    return {k: str(v) for k, v in values.items() if v is not None and v != ""}

@@ -1,0 +1,158 @@
+"""Plain-text tables of the status API's answers, as ``kling-hooks`` and the demo print them.
+
+Every table is left-aligned columns separated by two spaces under a header line; a missing
+value (None) shows as ``-``. Times are Unix epoch milliseconds shown in UTC
+(``2026-11-21 18:47:15.339``). The inputs are the JSON answers of the status API
+(``receiver.api``): ``GET /tasks`` items, ``GET /tasks/{id}``, ``GET /deliveries`` items and
+``GET /plugins`` items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+#: Width at which ``last_error`` is cut in delivery tables.
+LAST_ERROR_WIDTH = 60
+
+_TASK_FIELDS = (
+    "task_id",
+    "external_task_id",
+    "route",
+    "task_status",
+    "task_status_msg",
+    "final_unit_deduction",
+)
+
+
+def format_time(ms: int | None) -> str:
+    """``ms`` (Unix epoch milliseconds) as ``YYYY-MM-DD HH:MM:SS.mmm`` in UTC; ``-`` for None."""
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def shorten(text: str | None, width: int) -> str | None:
+    """``text`` cut to at most ``width`` characters, ``...`` marking a cut; None stays None."""
+    if text is None or len(text) <= width:
+        return text
+    return text[: width - 3] + "..."
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces, under a header line.
+
+    Args:
+        headers: The column names.
+        rows: One sequence of cells per row, as long as ``headers``; None shows as ``-``.
+
+    Returns:
+        The lines joined by newlines, without a final newline or trailing spaces.
+
+    Raises:
+        ValueError: a row is not as long as ``headers``.
+    """
+    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in r] for r in rows]]
+    for row in cells:
+        if len(row) != len(headers):
+            raise ValueError(f"{row!r} has {len(row)} cells for {len(headers)} columns")
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def tasks_table(tasks: Sequence[Mapping[str, Any]]) -> str:
+    """``GET /tasks`` items, one row each: ids, route, status and ``updated_at``."""
+    rows = [
+        (
+            t["task_id"],
+            t["external_task_id"],
+            t["route"],
+            t["task_status"],
+            format_time(t["updated_at"]),
+        )
+        for t in tasks
+    ]
+    return format_table(["task_id", "external_task_id", "route", "task_status", "updated_at"], rows)
+
+
+def task_view(task: Mapping[str, Any]) -> str:
+    """One task (``GET /tasks/{id}``) as blocks separated by blank lines.
+
+    The blocks: a field/value table followed by one ``image: URL`` (``video: URL``, ...) line
+    per result file Kling reported; the transitions; the deliveries, if any; the files plugins
+    saved, if any.
+    """
+    fields = [(f, task[f]) for f in _TASK_FIELDS]
+    fields += [(f, format_time(task[f])) for f in ("created_at", "updated_at")]
+    head = [format_table(["field", "value"], fields), *_result_lines(task["task_result"])]
+    transitions = [
+        (t["task_status"], format_time(t["updated_at"]), format_time(t["received_at"]))
+        for t in task["transitions"]
+    ]
+    blocks = [
+        "\n".join(head),
+        format_table(["transition", "updated_at", "received_at"], transitions),
+    ]
+    if task.get("deliveries"):
+        blocks.append(delivery_table(task["deliveries"]))
+    if task.get("files"):
+        files = [(f["url"], f["path"], f["bytes"], f["sha256"]) for f in task["files"]]
+        blocks.append(format_table(["file", "path", "bytes", "sha256"], files))
+    return "\n\n".join(blocks)
+
+
+def _result_lines(task_result: Mapping[str, Any] | None) -> list[str]:
+    """``kind: URL`` for every item with a ``url`` in Kling's ``task_result`` (``images`` gives
+    ``image: ...``); other shapes are skipped."""
+    lines = []
+    for kind, items in (task_result or {}).items():
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and "url" in item:
+                lines.append(f"{kind.removesuffix('s')}: {item['url']}")
+    return lines
+
+
+def delivery_table(deliveries: Sequence[Mapping[str, Any]], *, with_task: bool = False) -> str:
+    """Deliveries, one row each, ``last_error`` cut to :data:`LAST_ERROR_WIDTH` characters.
+
+    Args:
+        deliveries: ``GET /deliveries`` items when ``with_task``, else the ``deliveries`` of
+            ``GET /tasks/{id}``.
+        with_task: Add the ``external_task_id`` column (a list spanning tasks).
+    """
+    headers = ["id", "plugin", "state", "attempts", "next_attempt_at"]
+    headers += ["external_task_id", "task_status"] if with_task else ["task_status"]
+    rows = [
+        (
+            d["id"],
+            d["plugin"],
+            d["state"],
+            d["attempts"],
+            format_time(d["next_attempt_at"]),
+            *([d["external_task_id"]] if with_task else []),
+            d["task_status"],
+            shorten(d["last_error"], LAST_ERROR_WIDTH),
+        )
+        for d in deliveries
+    ]
+    return format_table([*headers, "last_error"], rows)
+
+
+def plugins_table(plugins: Sequence[Mapping[str, Any]]) -> str:
+    """``GET /plugins`` items, one row each; ``routes`` None shows as ``all``, and a plugin
+    whose ``start()`` failed as ``NO (see the log: plugin_start_failed)``."""
+    rows = [
+        (
+            p["name"],
+            p["version"],
+            ",".join(p["statuses"]),
+            "all" if p["routes"] is None else ",".join(p["routes"]),
+            "yes" if p["started"] else "NO (see the log: plugin_start_failed)",
+            p["origin"],
+        )
+        for p in plugins
+    ]
+    return format_table(["plugin", "version", "statuses", "routes", "started", "origin"], rows)
