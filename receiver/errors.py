@@ -10,6 +10,7 @@ Hierarchy::
     ├── Refused                  a request the HTTP API refuses, with its status
     │   ├── NotJSON              a body that is not JSON (400)
     │   └── NotATask             JSON that is not a Kling task object (422)
+    ├── ApiError                 the status API answered an error (receiver.status_client)
     ├── DeliveryError            a replay that cannot be done
     │   ├── DeliveryNotFound     no delivery has that id (404)
     │   ├── DeliveryRunning      it is running now (409)

@@ -1,21 +1,26 @@
 """A client of the receiver's status API, as the ``kling-hooks`` status commands use it.
 
-Each method makes one request with ``Authorization: Bearer <token>`` and returns the JSON
-answer (see ``receiver.api`` and ``GET /openapi.json`` for the shapes). Errors::
+Each method makes one request with ``Authorization: Bearer <token>`` and returns the answer
+as the model the server built it from (``receiver.models``). Errors::
 
     ApiError           the status API answered, but not 200 (the message names the URL,
                        the status and the API's ``error``)
     httpx.HTTPError    the receiver could not be reached, or did not answer in time
+    pydantic.ValidationError   the answer is not the documented shape (another program?)
 """
 
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from receiver.errors import ReceiverError
+from receiver.models import DeliveryPage, PluginList, Redelivered, Task, TaskPage
+
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class ApiError(ReceiverError):
@@ -82,28 +87,23 @@ class StatusClient:
         route: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> TaskPage:
         """``GET /tasks``: one page, newest first, filtered by the arguments given.
-
-        Returns:
-            ``{"tasks": [task summary, ...], "next_cursor": str | None}``.
 
         Raises:
             ApiError: e.g. 400 for a limit outside [1, 500] or a bad cursor.
         """
         query = _query(task_status=task_status, route=route, limit=limit, cursor=cursor)
-        page: dict[str, Any] = await self._call("GET", "/tasks", params=query)
-        return page
+        return await self._call(TaskPage, "GET", "/tasks", params=query)
 
-    async def task(self, task_id: str) -> dict[str, Any]:
+    async def task(self, task_id: str) -> Task:
         """``GET /tasks/{id}``: one task by task_id or external_task_id, with its transitions,
         deliveries and saved files.
 
         Raises:
             ApiError: 404 when no task has that id.
         """
-        task: dict[str, Any] = await self._call("GET", f"/tasks/{task_id}")
-        return task
+        return await self._call(Task, "GET", f"/tasks/{task_id}")
 
     async def deliveries(
         self,
@@ -112,15 +112,10 @@ class StatusClient:
         plugin: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> dict[str, Any]:
-        """``GET /deliveries``: one page, newest first, filtered by the arguments given.
-
-        Returns:
-            ``{"deliveries": [delivery with external_task_id, ...], "next_cursor": str | None}``.
-        """
+    ) -> DeliveryPage:
+        """``GET /deliveries``: one page, newest first, filtered by the arguments given."""
         query = _query(state=state, plugin=plugin, limit=limit, cursor=cursor)
-        page: dict[str, Any] = await self._call("GET", "/deliveries", params=query)
-        return page
+        return await self._call(DeliveryPage, "GET", "/deliveries", params=query)
 
     async def redeliver(self, delivery_id: int) -> int:
         """``POST /deliveries/{id}/redeliver``: replay one delivery.
@@ -132,8 +127,8 @@ class StatusClient:
             ApiError: 404 for an unknown id; 409 while it runs or when its plugin is not
                 loaded.
         """
-        answer = await self._call("POST", f"/deliveries/{delivery_id}/redeliver")
-        return int(answer["redelivered"])
+        path = f"/deliveries/{delivery_id}/redeliver"
+        return (await self._call(Redelivered, "POST", path)).redelivered
 
     async def redeliver_all(
         self, *, state: str, plugin: str | None = None, since_ms: int | None = None
@@ -146,28 +141,23 @@ class StatusClient:
         """
         body = {"state": state, "plugin": plugin, "since": since_ms}
         given = {k: v for k, v in body.items() if v is not None}
-        answer = await self._call("POST", "/deliveries/redeliver", body=given)
-        return int(answer["redelivered"])
+        answer = await self._call(Redelivered, "POST", "/deliveries/redeliver", body=given)
+        return answer.redelivered
 
-    async def plugins(self) -> dict[str, Any]:
-        """``GET /plugins``: the plugins the receiver runs, secrets in settings masked.
-
-        Returns:
-            ``{"plugins": [{"name", "version", "statuses", "routes", "started", "origin",
-            "settings"}, ...]}``.
-        """
-        doc: dict[str, Any] = await self._call("GET", "/plugins")
-        return doc
+    async def plugins(self) -> PluginList:
+        """``GET /plugins``: the plugins the receiver runs, secrets in settings masked."""
+        return await self._call(PluginList, "GET", "/plugins")
 
     async def _call(
         self,
+        model: type[Answer],
         method: str,
         path: str,
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
-    ) -> Any:
-        """The JSON answer of one request; raises :class:`ApiError` unless it is a 200."""
+    ) -> Answer:
+        """The answer of one request as ``model``; raises :class:`ApiError` unless a 200."""
         response = await self._http.request(method, path, params=params, json=body)
         if response.status_code != 200:
             try:
@@ -178,7 +168,7 @@ class StatusClient:
                 f"{self.base_url}{path}: HTTP {response.status_code}: {message}",
                 response.status_code,
             )
-        return response.json()
+        return model.model_validate_json(response.content)
 
 
 def _query(**values: object) -> dict[str, str]:

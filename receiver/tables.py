@@ -2,9 +2,8 @@
 
 Every table is left-aligned columns separated by two spaces under a header line; a missing
 value (None) shows as ``-``. Times are Unix epoch milliseconds shown in UTC
-(``2026-11-21 18:47:15.339``). The inputs are the JSON answers of the status API
-(``receiver.api``): ``GET /tasks`` items, ``GET /tasks/{id}``, ``GET /deliveries`` items and
-``GET /plugins`` items.
+(``2026-11-21 18:47:15.339``). The inputs are the status API's answers, as the models of
+``receiver.models`` that ``receiver.status_client`` returns.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from receiver.models import Delivery, ListedDelivery, PluginInfo, Task, TaskSummary
 
 #: Width at which ``last_error`` is cut in delivery tables.
 LAST_ERROR_WIDTH = 60
@@ -63,43 +64,38 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     )
 
 
-def tasks_table(tasks: Sequence[Mapping[str, Any]]) -> str:
+def tasks_table(tasks: Sequence[TaskSummary]) -> str:
     """``GET /tasks`` items, one row each: ids, route, status and ``updated_at``."""
     rows = [
-        (
-            t["task_id"],
-            t["external_task_id"],
-            t["route"],
-            t["task_status"],
-            format_time(t["updated_at"]),
-        )
+        (t.task_id, t.external_task_id, t.route, t.task_status, format_time(t.updated_at))
         for t in tasks
     ]
     return format_table(["task_id", "external_task_id", "route", "task_status", "updated_at"], rows)
 
 
-def task_view(task: Mapping[str, Any]) -> str:
+def task_view(task: Task) -> str:
     """One task (``GET /tasks/{id}``) as blocks separated by blank lines.
 
     The blocks: a field/value table followed by one ``image: URL`` (``video: URL``, ...) line
     per result file Kling reported; the transitions; the deliveries, if any; the files plugins
     saved, if any.
     """
-    fields = [(f, task[f]) for f in _TASK_FIELDS]
-    fields += [(f, format_time(task[f])) for f in ("created_at", "updated_at")]
-    head = [format_table(["field", "value"], fields), *_result_lines(task["task_result"])]
+    fields = [(f, getattr(task, f)) for f in _TASK_FIELDS]
+    fields += [("created_at", format_time(task.created_at))]
+    fields += [("updated_at", format_time(task.updated_at))]
+    head = [format_table(["field", "value"], fields), *_result_lines(task.task_result)]
     transitions = [
-        (t["task_status"], format_time(t["updated_at"]), format_time(t["received_at"]))
-        for t in task["transitions"]
+        (t.task_status, format_time(t.updated_at), format_time(t.received_at))
+        for t in task.transitions
     ]
     blocks = [
         "\n".join(head),
         format_table(["transition", "updated_at", "received_at"], transitions),
     ]
-    if task.get("deliveries"):
-        blocks.append(delivery_table(task["deliveries"]))
-    if task.get("files"):
-        files = [(f["url"], f["path"], f["bytes"], f["sha256"]) for f in task["files"]]
+    if task.deliveries:
+        blocks.append(delivery_table(task.deliveries))
+    if task.files:
+        files = [(f.url, f.path, f.bytes, f.sha256) for f in task.files]
         blocks.append(format_table(["file", "path", "bytes", "sha256"], files))
     return "\n\n".join(blocks)
 
@@ -115,7 +111,9 @@ def _result_lines(task_result: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
-def delivery_table(deliveries: Sequence[Mapping[str, Any]], *, with_task: bool = False) -> str:
+def delivery_table(
+    deliveries: Sequence[Delivery] | Sequence[ListedDelivery], *, with_task: bool = False
+) -> str:
     """Deliveries, one row each, ``last_error`` cut to :data:`LAST_ERROR_WIDTH` characters.
 
     Args:
@@ -127,31 +125,31 @@ def delivery_table(deliveries: Sequence[Mapping[str, Any]], *, with_task: bool =
     headers += ["external_task_id", "task_status"] if with_task else ["task_status"]
     rows = [
         (
-            d["id"],
-            d["plugin"],
-            d["state"],
-            d["attempts"],
-            format_time(d["next_attempt_at"]),
-            *([d["external_task_id"]] if with_task else []),
-            d["task_status"],
-            shorten(d["last_error"], LAST_ERROR_WIDTH),
+            d.id,
+            d.plugin,
+            d.state,
+            d.attempts,
+            format_time(d.next_attempt_at),
+            *([d.external_task_id] if isinstance(d, ListedDelivery) and with_task else []),
+            d.task_status,
+            shorten(d.last_error, LAST_ERROR_WIDTH),
         )
         for d in deliveries
     ]
     return format_table([*headers, "last_error"], rows)
 
 
-def plugins_table(plugins: Sequence[Mapping[str, Any]]) -> str:
+def plugins_table(plugins: Sequence[PluginInfo]) -> str:
     """``GET /plugins`` items, one row each; ``routes`` None shows as ``all``, and a plugin
     whose ``start()`` failed as ``NO (see the log: plugin_start_failed)``."""
     rows = [
         (
-            p["name"],
-            p["version"],
-            ",".join(p["statuses"]),
-            "all" if p["routes"] is None else ",".join(p["routes"]),
-            "yes" if p["started"] else "NO (see the log: plugin_start_failed)",
-            p["origin"],
+            p.name,
+            p.version,
+            ",".join(p.statuses),
+            "all" if p.routes is None else ",".join(p.routes),
+            "yes" if p.started else "NO (see the log: plugin_start_failed)",
+            p.origin,
         )
         for p in plugins
     ]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from receiver.models import ListedDelivery, PluginInfo, Task, TaskSummary
 from receiver.tables import (
     delivery_table,
     format_table,
@@ -55,16 +56,23 @@ def test_shorten_cuts_over_the_width_marking_the_cut(text: str | None, shown: st
     assert shorten(text, 10) == shown
 
 
+SUMMARY: dict[str, Any] = {
+    "task_id": "2505875930906139466",
+    "external_task_id": "kh-1",
+    "route": "images/generations",
+    "task_status": "succeed",
+    "task_status_msg": "",
+    "task_result": {"images": [{"index": 0, "url": "http://k/0.png"}], "other": "x"},
+    "final_unit_deduction": "0.4",
+    "created_at": MS - 4069,
+    "updated_at": MS,
+    "first_seen_at": MS - 4065,
+    "last_received_at": MS + 2,
+}
+
+
 def test_tasks_table_has_one_row_per_task() -> None:
-    tasks = [
-        {
-            "task_id": "2505875930906139466",
-            "external_task_id": "kh-1",
-            "route": "images/generations",
-            "task_status": "succeed",
-            "updated_at": MS,
-        }
-    ]
+    tasks = [TaskSummary.model_validate(SUMMARY)]
     assert tasks_table(tasks).splitlines() == [
         "task_id              external_task_id  route               task_status  updated_at",
         "2505875930906139466  kh-1              images/generations  succeed      "
@@ -72,18 +80,21 @@ def test_tasks_table_has_one_row_per_task() -> None:
     ]
 
 
-def delivery(**values: Any) -> dict[str, Any]:
+def delivery(**values: Any) -> ListedDelivery:
     base = {
         "id": 2,
         "plugin": "slack",
         "state": "failed",
         "attempts": 1,
         "next_attempt_at": MS,
+        "task_id": "2505875930906139466",
         "external_task_id": "kh-1",
         "task_status": "succeed",
         "last_error": "SlackError: " + "x" * 100,
+        "created_at": MS,
+        "updated_at": MS,
     }
-    return {**base, **values}
+    return ListedDelivery.model_validate({**base, **values})
 
 
 def test_delivery_table_cuts_last_error_to_60_characters() -> None:
@@ -107,17 +118,12 @@ def test_delivery_table_with_task_adds_external_task_id() -> None:
     assert row.split()[-3:] == ["kh-1", "succeed", "-"]
 
 
-def task(**values: Any) -> dict[str, Any]:
+def task(**values: Any) -> Task:
     base: dict[str, Any] = {
-        "task_id": "2505875930906139466",
-        "external_task_id": "kh-1",
-        "route": "images/generations",
-        "task_status": "succeed",
-        "task_status_msg": "",
-        "final_unit_deduction": "0.4",
-        "created_at": MS - 4069,
-        "updated_at": MS,
-        "task_result": {"images": [{"index": 0, "url": "http://k/0.png"}], "other": "x"},
+        **SUMMARY,
+        "task_info": None,
+        "request": None,
+        "callbacks": {"new": 2},
         "transitions": [
             {"task_status": "submitted", "updated_at": MS - 4069, "received_at": MS - 4065},
             {"task_status": "succeed", "updated_at": MS, "received_at": MS + 2},
@@ -125,7 +131,7 @@ def task(**values: Any) -> dict[str, Any]:
         "deliveries": [],
         "files": [],
     }
-    return {**base, **values}
+    return Task.model_validate({**base, **values})
 
 
 def test_task_view_shows_fields_results_and_transitions() -> None:
@@ -149,7 +155,8 @@ def test_task_view_shows_fields_results_and_transitions() -> None:
 
 def test_task_view_adds_deliveries_and_files_as_their_own_blocks() -> None:
     saved = {"url": "http://k/0.png", "path": "/d/image-0.png", "bytes": 1815, "sha256": "ab"}
-    blocks = task_view(task(deliveries=[delivery()], files=[saved], task_result=None))
+    one = delivery().model_dump(exclude={"task_id", "external_task_id"})
+    blocks = task_view(task(deliveries=[one], files=[saved], task_result=None))
     fields, transitions, deliveries, files = blocks.split("\n\n")
     assert "image:" not in fields
     assert transitions.startswith("transition")
@@ -162,22 +169,25 @@ def test_task_view_adds_deliveries_and_files_as_their_own_blocks() -> None:
 
 def test_plugins_table_shows_all_routes_and_a_failed_start() -> None:
     plugins = [
-        {
-            "name": "slack",
-            "version": "0.2.0",
-            "statuses": ["failed", "succeed"],
-            "routes": None,
-            "started": True,
-            "origin": "entry point (kling-hooks 0.2.0)",
-        },
-        {
-            "name": "echo",
-            "version": "0.1",
-            "statuses": ["succeed"],
-            "routes": ["videos/text2video"],
-            "started": False,
-            "origin": "/p/echo.py",
-        },
+        PluginInfo(**p, settings={})
+        for p in (
+            {
+                "name": "slack",
+                "version": "0.2.0",
+                "statuses": ["failed", "succeed"],
+                "routes": None,
+                "started": True,
+                "origin": "entry point (kling-hooks 0.2.0)",
+            },
+            {
+                "name": "echo",
+                "version": "0.1",
+                "statuses": ["succeed"],
+                "routes": ["videos/text2video"],
+                "started": False,
+                "origin": "/p/echo.py",
+            },
+        )
     ]
     assert plugins_table(plugins).splitlines() == [
         "plugin  version  statuses        routes             started"

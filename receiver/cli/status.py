@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
+from pydantic import BaseModel
 
 from receiver import credentials
 from receiver.cli.options import (
@@ -25,7 +25,7 @@ from receiver.cli.options import (
     settings_options,
     url_option,
 )
-from receiver.models import DeliveryState
+from receiver.models import DeliveryPage, DeliveryState, TaskPage
 from receiver.status_client import StatusClient
 from receiver.tables import delivery_table, plugins_table, task_view, tasks_table
 from submitter.protocol import Route, TaskStatus
@@ -56,15 +56,20 @@ def _ask(
     return asyncio.run(run())
 
 
-def _print_page(page: dict[str, Any], table: str, as_json: bool) -> int:
+def _print_page(page: TaskPage | DeliveryPage, table: str, as_json: bool) -> int:
     """A page of a list: its JSON, or ``table`` then the hint for the next page, if any."""
     if as_json:
-        click.echo(json.dumps(page, indent=2))
+        click.echo(_json(page))
         return EXIT_OK
     click.echo(table)
-    if page["next_cursor"]:
-        click.echo(f"(more: --cursor {page['next_cursor']})")
+    if page.next_cursor:
+        click.echo(f"(more: --cursor {page.next_cursor})")
     return EXIT_OK
+
+
+def _json(answer: BaseModel) -> str:
+    """An answer as the API sent it, indented."""
+    return answer.model_dump_json(indent=2)
 
 
 @click.command()
@@ -99,7 +104,7 @@ def tasks(
         db,
         lambda c: c.tasks(task_status=status, route=route, limit=limit, cursor=cursor),
     )
-    return _print_page(page, tasks_table(page["tasks"]), as_json)
+    return _print_page(page, tasks_table(page.tasks), as_json)
 
 
 @click.command()
@@ -110,7 +115,7 @@ def tasks(
 def task(task_id: str, as_json: bool, url: str | None, config: Path | None, db: Path | None) -> int:
     """Show one task by task_id or external_task_id."""
     answer = _ask(url, config, db, lambda c: c.task(task_id))
-    click.echo(json.dumps(answer, indent=2) if as_json else task_view(answer))
+    click.echo(_json(answer) if as_json else task_view(answer))
     return EXIT_OK
 
 
@@ -140,7 +145,7 @@ def deliveries(
         db,
         lambda c: c.deliveries(state=state, plugin=plugin, limit=limit, cursor=cursor),
     )
-    return _print_page(page, delivery_table(page["deliveries"], with_task=True), as_json)
+    return _print_page(page, delivery_table(page.deliveries, with_task=True), as_json)
 
 
 @click.command()
@@ -206,11 +211,11 @@ def plugins(as_json: bool, url: str | None, config: Path | None, db: Path | None
     """
     doc = _ask(url, config, db, lambda c: c.plugins())
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
-    elif not doc["plugins"]:
+        click.echo(_json(doc))
+    elif not doc.plugins:
         click.echo("no plugin enabled (add a [plugins.NAME] table to the config file)")
     else:
-        click.echo(plugins_table(doc["plugins"]))
+        click.echo(plugins_table(doc.plugins))
     return EXIT_OK
 
 
