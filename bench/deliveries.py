@@ -45,10 +45,10 @@ from starlette.routing import Route as HttpRoute
 
 from receiver.logging import configure_logging
 from receiver.serving import listen, running
-from submitter.tokens import CallbackTokens, new_secret
 from submitter import KlingClient, Registrar, auth_from_keys
 from submitter.protocol import Route
 from submitter.simulator import Faults, Simulator
+from submitter.tokens import CallbackTokens, new_secret
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 IMAGE = "https://example.com/kling-hooks/subject.png"

@@ -108,7 +108,5 @@ async def receive_callback(request: Request) -> Response:
 
 #: The callback route; ``external_task_id`` may contain ``/`` (it is URL-quoted).
 CALLBACK_ROUTES = [
-    Route(
-        CALLBACK_PATH + "/{external_task_id:path}/{token}", receive_callback, methods=["POST"]
-    ),
+    Route(CALLBACK_PATH + "/{external_task_id:path}/{token}", receive_callback, methods=["POST"]),
 ]

@@ -227,9 +227,7 @@ def _report(
     rows = []
     for task, sub in zip(tasks, submissions, strict=True):
         start = task.transitions[0].received_at
-        steps = "  ".join(
-            f"{t.task_status} +{t.received_at - start}ms" for t in task.transitions
-        )
+        steps = "  ".join(f"{t.task_status} +{t.received_at - start}ms" for t in task.transitions)
         counts = task.callbacks
         extra = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()) if v != "new")
         received = f"{sum(counts.values())}" + (f" ({extra})" if extra else "")

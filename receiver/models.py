@@ -121,7 +121,7 @@ class TaskSummary(_Shape):
     task_status: TaskStatus
     task_status_msg: str | None
     task_result: dict[str, Any] | None
-    final_unit_deduction: str | None = Field(description="Kling's string, e.g. \"0.2\"")
+    final_unit_deduction: str | None = Field(description='Kling\'s string, e.g. "0.2"')
     created_at: int | None = Field(description="Kling's, Unix ms")
     updated_at: int | None = Field(description="Kling's, of the latest transition, Unix ms")
     first_seen_at: int = Field(description="ours, Unix ms")
@@ -298,9 +298,7 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         """The event as JSON (what the webhook plugin sends): every field but the delivery's
         own (``delivery_id``, ``attempt``, ``saved_files``)."""
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in _DELIVERY_ONLY
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _DELIVERY_ONLY}
 
 
 _DELIVERY_ONLY = frozenset({"delivery_id", "attempt", "saved_files"})
@@ -323,5 +321,3 @@ def _result_urls(task_result: dict[str, Any]) -> Iterator[ResultURL]:
                 if isinstance(url, str) and url:
                     kind = singular if name == "url" else f"{singular}_{name[: -len('_url')]}"
                     yield ResultURL(kind, index, url)
-
-

@@ -23,8 +23,8 @@ from receiver.config import Settings
 from receiver.models import DeliveryState
 from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
 from receiver.plugins.registry import LoadedPlugin
-from receiver.serving import running
 from receiver.services import Services
+from receiver.serving import running
 from receiver.store.deliveries import Job, Outcome
 from submitter.tokens import CallbackTokens
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from receiver.store.deliveries import Job, Outcome
 from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
+from receiver.store.deliveries import Job, Outcome
 from submitter.protocol import TaskStatus
 from tests.conftest import (
     API_TOKEN,
@@ -490,4 +490,3 @@ async def test_delivery_and_plugin_routes_answer_401_without_the_right_bearer(
         assert answer.headers["www-authenticate"] == "Bearer"
         assert [d["state"] for d in await listed(r)] == ["dead"]  # nothing was replayed
     assert len(plugin.events) == 1
-

@@ -86,7 +86,8 @@ async def test_every_live_answer_matches_the_published_schema(live: Any) -> None
 
     task = (await c.call("GET", "/tasks/kh-1")).json()
     assert [t["task_status"] for t in task["transitions"]] == ["submitted", "succeed"]
-    assert task["files"] == [FILE.to_json()] and task["callbacks"] == {"new": 1, "duplicate": 1, "stale": 1}
+    assert task["files"] == [FILE.to_json()]
+    assert task["callbacks"] == {"new": 1, "duplicate": 1, "stale": 1}
     assert (await c.call("GET", "/tasks?limit=1")).json()["tasks"][0]["task_id"] == "1"
     assert await c.call("GET", "/tasks?task_status=succeed&route=images/generations")
     listed = (await c.call("GET", "/deliveries?state=done")).json()["deliveries"]

@@ -38,5 +38,3 @@ def test_retry_after_is_clamped_to_a_day() -> None:
     assert RetryAfter(1e20).seconds == 86_400
     assert RetryAfter(-5).seconds == 0
     assert retry_after_s("9" * 400) == float("inf")  # parsed as given; RetryAfter clamps it
-
-

@@ -14,8 +14,8 @@ import pytest
 
 from submitter.protocol import Route
 from submitter.simulator import Simulator
-from tests import test_simulator_support as support
-from tests.test_simulator_support import (
+from tests import simulator_support as support
+from tests.simulator_support import (
     ACCESS_KEY,
     AUTH,
     CREATE,

@@ -13,8 +13,8 @@ import pytest
 
 from submitter.protocol import TaskStatus
 from submitter.simulator import CallbackAttempt, Faults, Simulator
-from tests import test_simulator_support as support
-from tests.test_simulator_support import (
+from tests import simulator_support as support
+from tests.simulator_support import (
     AUTH,
     CALLBACK_URL,
     CREATE,

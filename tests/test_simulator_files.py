@@ -14,8 +14,8 @@ import uvicorn
 
 from submitter.media import mp4_bytes, png_bytes
 from submitter.simulator import Simulator
-from tests import test_simulator_support as support
-from tests.test_simulator_support import (
+from tests import simulator_support as support
+from tests.simulator_support import (
     AUTH,
     CREATE,
     FAST,

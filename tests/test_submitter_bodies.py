@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from submitter import InvalidRequest
-from tests.test_submitter_support import (
+from tests.submitter_support import (
     GEN,
     I2V,
     M2I,

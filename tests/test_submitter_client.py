@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from submitter import InvalidRequest, KlingAPIError, Submission, new_external_task_id
-from tests.test_submitter_support import (
+from tests.submitter_support import (
     API_KEY,
     CREATED_AT_MS,
     GEN,

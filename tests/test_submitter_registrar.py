@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from submitter import Submission, redact
-from tests.test_submitter_support import (
+from tests.submitter_support import (
     CREATED_AT_MS,
     GEN,
     M2V,

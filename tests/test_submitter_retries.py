@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from submitter import KlingAPIError, KlingUnreachable
-from tests.test_submitter_support import (
+from tests.submitter_support import (
     API_KEY,
     CREATED_AT_MS,
     GEN,

@@ -160,8 +160,7 @@ async def saved_files(
     """The files recorded for each of ``task_ids``, by id: ``{task_id: [SavedFile]}``."""
     names = ", ".join(SavedFile.__dataclass_fields__)
     async with conn.execute(
-        f"SELECT task_id, {names} FROM files WHERE task_id IN ({marks(len(task_ids))})"
-        " ORDER BY id",
+        f"SELECT task_id, {names} FROM files WHERE task_id IN ({marks(len(task_ids))}) ORDER BY id",
         task_ids,
     ) as cur:
         found: dict[str, list[SavedFile]] = {}
