@@ -182,6 +182,19 @@ async def test_submit_with_unreadable_data_exits_2_and_sends_nothing(
     assert sim.requests == []
 
 
+async def test_submit_without_kling_credentials_exits_2_with_one_line(
+    receiver: Receiver, sim: Simulator, sim_url: str, tmp_path: Path
+) -> None:
+    env = submit_env(receiver, sim_url)
+    del env["KLING_API_KEY"]
+    run = await kling_hooks(
+        "submit", "images/generations", "--data", json.dumps(IMAGE_BODY), env=env, cwd=tmp_path
+    )
+    assert run.code == 2
+    assert run.err.startswith("error: no Kling credentials") and run.err.count("\n") == 1
+    assert sim.requests == []
+
+
 # -- submit, then read the status back -----------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from receiver.cli import servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
 from receiver.status_client import ApiError
-from submitter.errors import InvalidRequest, SubmitterError
+from submitter.errors import AuthNotConfigured, InvalidRequest, SubmitterError
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:  # usage errors: exit 2
         click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
-    except ConfigError as exc:
+    except (ConfigError, AuthNotConfigured) as exc:  # a setting is missing or wrong
         click.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
     except InvalidRequest as exc:
