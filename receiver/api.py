@@ -29,11 +29,12 @@ from receiver.errors import (
     TaskConflict,
 )
 from receiver.models import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     MAX_ROW_ID,
     DeliveryPage,
     DeliveryState,
     Ok,
-    PluginInfo,
     PluginList,
     Redelivered,
     RedeliveryFilter,
@@ -53,8 +54,6 @@ log = structlog.get_logger("kling_hooks.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
 E = TypeVar("E", bound=StrEnum)
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 50
 
 
 def _authorized(request: Request, svc: Services) -> bool:
@@ -235,10 +234,7 @@ async def list_plugins(request: Request) -> Response:
     started = svc.started_plugins()
     return respond(
         PluginList(
-            plugins=[
-                PluginInfo(**loaded.describe(), started=loaded.name in started)
-                for loaded in svc.plugins
-            ]
+            plugins=[loaded.describe(started=loaded.name in started) for loaded in svc.plugins]
         )
     )
 

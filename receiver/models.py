@@ -24,6 +24,10 @@ from submitter.protocol import Millis, Route, TaskStatus
 
 #: The most ids a path or cursor may name: SQLite's INTEGER is a signed 64-bit number.
 MAX_ROW_ID = 2**63 - 1
+#: A page of ``GET /tasks`` or ``GET /deliveries``: ``limit`` is 1 to MAX_LIMIT, by default
+#: DEFAULT_LIMIT.
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
 
 
 class Verdict(StrEnum):
@@ -56,9 +60,11 @@ class TransitionSource(StrEnum):
 
 
 class _Shape(BaseModel):
-    """An answer of the status API: every field declared, nothing else sent."""
+    """An answer of the status API: every field declared and always sent, nothing else."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
+    )
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,10 @@ class RegistrationBody(BaseModel):
     request: dict[str, Any] | None = None
 
 
+#: The states a replay may select: every state but ``running``.
+ReplayableState = Literal["dead", "failed", "done", "pending"]
+
+
 class RedeliveryFilter(BaseModel):
     """``POST /deliveries/redeliver``: which deliveries to replay (an empty body: every
     ``dead`` one)."""
@@ -222,7 +232,7 @@ class RedeliveryFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plugin: StrictStr | None = None
-    state: Literal["dead", "failed", "done", "pending"] = "dead"
+    state: ReplayableState = "dead"
     since: Annotated[StrictInt, Field(ge=0, le=MAX_ROW_ID)] | None = Field(
         default=None, description="only deliveries created at or after this time, Unix ms"
     )

@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from receiver.models import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     Accepted,
     DeliveryPage,
     DeliveryState,
@@ -56,7 +58,7 @@ def _enum(values: type[Any]) -> dict[str, Any]:
 
 
 _PAGE: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     "cursor": {**_STRING, "pattern": "^[0-9]+$", "description": "a page's next_cursor"},
 }
 

@@ -150,7 +150,7 @@ class Writer:
             try:
                 for p in pending:
                     try:
-                        p.result = await p.op.run(tx)
+                        p.result = await tx.run(p.op)
                     except Exception as exc:  # this operation's own failure
                         p.error = exc
                 await tx.commit()

@@ -53,7 +53,7 @@ def test_single_file_plugin_is_loaded_from_the_plugins_dir(tmp_path: Path) -> No
     [loaded] = load_plugins({"echo": {"target": "x", "token": "s3cret"}}, folder)
     assert loaded.name == "echo"
     assert loaded.origin == str(folder / "echo.py")
-    described = loaded.describe()
+    described = loaded.describe(started=True).model_dump(mode="json")
     assert described["version"] == "2.1"
     assert described["settings"]["target"] == "x"
     assert described["settings"]["token"] == "**********"

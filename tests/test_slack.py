@@ -383,7 +383,7 @@ def test_settings_refuse_a_webhook_url_that_is_not_http_without_echoing_it() -> 
 
 def test_plugin_description_masks_the_webhook_url_and_defaults_to_final_statuses() -> None:
     [loaded] = load_plugins({"slack": {"webhook_url": f"https://hooks.example.com{HOOK_PATH}"}})
-    described = loaded.describe()
+    described = loaded.describe(started=True).model_dump(mode="json")
     assert described["settings"]["webhook_url"] == "**********"
     assert described["statuses"] == ["failed", "succeed"]
     assert described["settings"]["timeout_s"] == 30.0

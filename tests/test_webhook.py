@@ -194,7 +194,7 @@ def test_url_must_be_http_and_is_required() -> None:
 
 def test_plugin_description_masks_the_secret_and_defaults_to_every_status() -> None:
     [loaded] = load_plugins({"webhook": {"url": "https://example.com/hooks", "secret": SECRET}})
-    described = loaded.describe()
+    described = loaded.describe(started=True).model_dump(mode="json")
     assert described["settings"]["secret"] == "**********"
     assert described["statuses"] == ["failed", "processing", "submitted", "succeed"]
     assert SECRET not in repr(described)

@@ -18,6 +18,7 @@ import click
 
 from receiver.config import Settings, load_settings
 from receiver.logging import configure_logging
+from receiver.models import DEFAULT_LIMIT, MAX_LIMIT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +57,12 @@ url_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="print the API's JSON answer instead of a table"
 )
-limit_option = click.option("--limit", type=int, default=50, help="page size, 1 to 500")
+limit_option = click.option(
+    "--limit",
+    type=int,
+    default=DEFAULT_LIMIT,
+    help=f"page size, 1 to {MAX_LIMIT}",
+)
 cursor_option = click.option(
     "--cursor", show_default="the first page", help="next page: the cursor a previous page printed"
 )

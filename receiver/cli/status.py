@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import click
 from pydantic import BaseModel
@@ -25,7 +25,7 @@ from receiver.cli.options import (
     settings_options,
     url_option,
 )
-from receiver.models import DeliveryPage, DeliveryState, TaskPage
+from receiver.models import DeliveryPage, DeliveryState, ReplayableState, TaskPage
 from receiver.status_client import StatusClient
 from receiver.tables import delivery_table, plugins_table, task_view, tasks_table
 from submitter.protocol import Route, TaskStatus
@@ -154,7 +154,7 @@ def deliveries(
 @click.option("--plugin", show_default="any", help="with --all: only deliveries to this plugin")
 @click.option(
     "--state",
-    type=click.Choice([s.value for s in DeliveryState if s is not DeliveryState.RUNNING]),
+    type=click.Choice(get_args(ReplayableState)),
     show_default="dead",
     help="with --all: only deliveries in this state",
 )

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from receiver.config import ConfigError
+from receiver.models import PluginInfo
 from receiver.plugins import Plugin
 from submitter.protocol import field_errors
 
@@ -40,18 +41,22 @@ class LoadedPlugin:
     def name(self) -> str:
         return self.plugin.name
 
-    def describe(self) -> dict[str, Any]:
-        """``{name, version, origin, statuses, routes, settings}``, secrets masked
-        (``GET /plugins``)."""
+    def describe(self, *, started: bool) -> PluginInfo:
+        """The plugin as ``GET /plugins`` shows it, secrets masked.
+
+        Args:
+            started: Whether its ``start()`` succeeded (the dispatcher knows).
+        """
         p = self.plugin
-        return {
-            "name": p.name,
-            "version": p.version,
-            "origin": self.origin,
-            "statuses": sorted(s.value for s in p.statuses),
-            "routes": None if p.routes is None else sorted(r.value for r in p.routes),
-            "settings": _masked(p.settings.model_dump(mode="python")),
-        }
+        return PluginInfo(
+            name=p.name,
+            version=str(p.version),
+            origin=self.origin,
+            statuses=sorted(p.statuses),
+            routes=None if p.routes is None else sorted(p.routes),
+            settings=_masked(p.settings.model_dump(mode="python")),
+            started=started,
+        )
 
 
 def _masked(value: Any) -> Any:

@@ -33,14 +33,13 @@ T = TypeVar("T")
 
 
 class DeliveryOp(Generic[T]):
-    """A write operation on deliveries: :meth:`apply` runs in a savepoint of its own."""
+    """A write operation on deliveries; the transaction runs it in a savepoint of its own."""
 
     task_keys: ClassVar[None] = None
 
     async def run(self, tx: Transaction) -> T:
-        """Run :meth:`apply` in a savepoint of ``tx``."""
-        async with tx.savepoint() as conn:
-            return await self.apply(conn)
+        """Run :meth:`apply` on the transaction's connection."""
+        return await self.apply(tx.conn)
 
     async def apply(self, conn: aiosqlite.Connection) -> T:
         """The operation's statements."""

@@ -7,8 +7,9 @@ of operation follow the one protocol:
 * task operations (a callback, a registration: ``receiver.transitions``) name the task rows
   they touch in ``task_keys``; the transaction loads those rows once for the whole batch, the
   operations change them in memory, and :meth:`Transaction.commit` writes them in bulk;
-* delivery operations (``receiver.store.deliveries``) write at once, each inside its own
-  savepoint, so that one that fails undoes only its own writes.
+* every other operation (the outbox's: ``receiver.store.deliveries``) writes at once through
+  ``tx.conn``; :meth:`Transaction.run` runs each inside a savepoint of its own, so that one
+  that fails undoes only its own writes, never the callbacks committed beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiosqlite
 from receiver.store.batches import Router, load_batch, write_batch
 from receiver.transitions import Batch
 
+T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -69,13 +71,22 @@ class Transaction:
             await conn.execute("ROLLBACK")
             raise
 
+    async def run(self, op: WriteOp[T]) -> T:
+        """Run one operation of the batch; what it raises is raised again for it alone.
+
+        A task operation only changes :attr:`batch` (in memory, checked before any change); any
+        other runs in a savepoint, so that its writes are undone if it raises.
+        """
+        if op.task_keys is not None:
+            return await op.run(self)
+        async with self._savepoint():
+            return await op.run(self)
+
     @contextlib.asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Run the block in a savepoint: an exception undoes the block's writes, and is
-        raised again for its operation alone."""
+    async def _savepoint(self) -> AsyncIterator[None]:
         await self.conn.execute("SAVEPOINT op")
         try:
-            yield self.conn
+            yield
         except BaseException:
             await self.conn.execute("ROLLBACK TO op")
             await self.conn.execute("RELEASE op")
