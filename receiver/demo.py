@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
 from pydantic import SecretStr
+from starlette import routing
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route as HttpRoute
 
 from receiver.app import create_app
 from receiver.config import Settings
@@ -31,6 +30,7 @@ from receiver.models import DeliveryState, Task
 from receiver.plugins.registry import LoadedPlugin
 from receiver.services import Services
 from receiver.serving import listen, running
+from receiver.status_client import StatusClient
 from receiver.store.deliveries import Job, Outcome
 from receiver.tables import format_table
 from receiver.transitions import TransitionRow
@@ -104,7 +104,7 @@ class SlackSink:
     def __init__(self) -> None:
         self.messages: list[bytes] = []
         self.app = Starlette(
-            routes=[HttpRoute("/services/{path:path}", self._post, methods=["POST"])]
+            routes=[routing.Route("/services/{path:path}", self._post, methods=["POST"])]
         )
 
     async def _post(self, request: Request) -> Response:
@@ -207,13 +207,8 @@ async def _submit_all(svc: Services, sim_url: str) -> list[Submission]:
 
 
 async def _fetch(url: str, token: str, submissions: list[Submission]) -> list[Task]:
-    async with httpx.AsyncClient(
-        base_url=url, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
-        answers = await asyncio.gather(
-            *[client.get(f"/tasks/{s.external_task_id}") for s in submissions]
-        )
-    return [Task.model_validate(a.raise_for_status().json()) for a in answers]
+    async with StatusClient(url, token) as client:
+        return list(await asyncio.gather(*[client.task(s.external_task_id) for s in submissions]))
 
 
 def _report(

@@ -97,11 +97,6 @@ class Dispatcher:
         slot = self._slots.get(name)
         return slot is not None and slot.available
 
-    @property
-    def running_count(self) -> int:
-        """Deliveries whose handler is running now."""
-        return len(self._running)
-
     async def start(self) -> None:
         """Make interrupted deliveries due again, start each plugin, start dispatching.
 

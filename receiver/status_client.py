@@ -4,9 +4,9 @@ Each method makes one request with ``Authorization: Bearer <token>`` and returns
 as the model the server built it from (``receiver.models``). Errors::
 
     ApiError           the status API answered, but not 200 (the message names the URL,
-                       the status and the API's ``error``)
+                       the status and the API's ``error``), or its answer is not the
+                       documented shape (another program, or another version)
     httpx.HTTPError    the receiver could not be reached, or did not answer in time
-    pydantic.ValidationError   the answer is not the documented shape (another program?)
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from receiver.errors import ReceiverError
 from receiver.models import DeliveryPage, PluginList, Redelivered, Task, TaskPage
+from submitter.protocol import first_error
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -168,7 +169,14 @@ class StatusClient:
                 f"{self.base_url}{path}: HTTP {response.status_code}: {message}",
                 response.status_code,
             )
-        return model.model_validate_json(response.content)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                f"{self.base_url}{path}: the answer is not a kling-hooks status API answer"
+                f" ({first_error(exc)}): is another program, or another version, there?",
+                response.status_code,
+            ) from None
 
 
 def _query(**values: object) -> dict[str, str]:

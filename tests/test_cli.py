@@ -807,3 +807,20 @@ async def test_config_and_db_options_work_on_every_command_that_takes_them(
     assert "kh-one" in runs["tasks"].out
     assert re.search(r"^task_status\s+succeed$", runs["task"].out, re.MULTILINE)
     assert json.loads(runs["submit"].out)["registered"] is True  # with the database's token
+
+
+async def test_a_status_command_against_another_program_exits_1_with_one_line(
+    tmp_path: Path,
+) -> None:
+    async def other(scope: Any, receive: Any, send: Any) -> None:  # 200, but not our shape
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"tasks": "none here"}'})
+
+    async with running(other) as url:
+        env = cli_env(kling_hooks_api_url=url, kling_hooks_api_token=API_TOKEN)
+        run = await kling_hooks("tasks", env=env, cwd=tmp_path)
+    assert run.code == 1
+    assert run.err.startswith(f"error: {url}/tasks: the answer is not a kling-hooks status API")
+    assert len(run.err.splitlines()) == 1

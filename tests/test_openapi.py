@@ -7,7 +7,9 @@ lists there. So any drift between the models the server sends and the document f
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,10 @@ import httpx
 import jsonschema
 import pytest
 
+from receiver.api import API_ROUTES
+from receiver.callbacks import CALLBACK_ROUTES
 from receiver.models import DeliveryState
+from receiver.openapi import openapi_document
 from receiver.plugins import SavedFile
 from tests.conftest import (
     API_TOKEN,
@@ -151,3 +156,46 @@ async def test_the_routes_the_document_secures_are_those_that_need_the_token(liv
                 assert answer.headers["www-authenticate"] == "Bearer"
             else:
                 assert answer.status_code == 200, (method, template)
+
+
+def test_the_document_lists_exactly_the_routes_the_app_serves() -> None:
+    served = {
+        (method.lower(), route.path.replace(":path", ""))
+        for route in [*CALLBACK_ROUTES, *API_ROUTES]
+        for method in route.methods or ()
+        if method != "HEAD" and route.path != "/openapi.json"  # the document itself
+    }
+    documented = {(m, p) for p, ops in openapi_document()["paths"].items() for m in ops}
+    assert served == documented
+
+
+async def test_answers_while_the_database_is_locked_match_the_published_schema(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, kling_hooks_busy_timeout_ms=0)
+    async with start_receiver(settings) as r:
+        c = Conformance(r, (await r.http.get(f"{r.url}/openapi.json")).json())
+        url = r.callback_url("kh-5").removeprefix(r.url)
+        registration = {"route": "images/generations", "task_id": "5", "external_task_id": "kh-5"}
+        locker = sqlite3.connect(settings.kling_hooks_db, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            locked = await c.call("POST", url, json=task_body("5", "succeed"), headers={})
+            refused = await c.call("POST", "/tasks", json=registration)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+    assert (locked.status_code, refused.status_code) == (503, 503)
+    assert locked.headers["retry-after"] == refused.headers["retry-after"] == "5"
+
+
+async def test_replaying_a_running_delivery_matches_the_published_schema(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    plugin = RecordingPlugin(gate=gate)
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        c = Conformance(r, (await r.http.get(f"{r.url}/openapi.json")).json())
+        await r.post_callback("kh-6", task_body("6", "succeed", "kh-6"))
+        [event] = await plugin.wait_for(1)
+        busy = await c.call("POST", f"/deliveries/{event.delivery_id}/redeliver")
+        gate.set()
+    assert busy.status_code == 409

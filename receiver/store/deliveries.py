@@ -19,7 +19,7 @@ Times are Unix ms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import aiosqlite
@@ -168,6 +168,14 @@ async def saved_files(
     return found
 
 
+_FILE_COLUMNS = ["task_id", "delivery_id", *SavedFile.__dataclass_fields__, "saved_at"]
+_UPSERT_FILE = (
+    f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({marks(len(_FILE_COLUMNS))})"
+    " ON CONFLICT (task_id, url) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _FILE_COLUMNS if c not in ("task_id", "url"))
+)
+
+
 @dataclass(frozen=True)
 class Finish(DeliveryOp[None]):
     """Store an attempt's :class:`Outcome` (and the files it saved) for a running delivery."""
@@ -192,14 +200,8 @@ class Finish(DeliveryOp[None]):
         )
         if o.files:
             await conn.executemany(
-                "INSERT INTO files (task_id, delivery_id, url, path, bytes, sha256, saved_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, url) DO UPDATE SET"
-                " delivery_id = excluded.delivery_id, path = excluded.path,"
-                " bytes = excluded.bytes, sha256 = excluded.sha256, saved_at = excluded.saved_at",
-                [
-                    (self.task_id, self.delivery_id, f.url, f.path, f.bytes, f.sha256, self.now_ms)
-                    for f in o.files
-                ],
+                _UPSERT_FILE,
+                [(self.task_id, self.delivery_id, *astuple(f), self.now_ms) for f in o.files],
             )
 
 

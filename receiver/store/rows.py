@@ -1,9 +1,10 @@
 """The one mapping between stored rows and the shapes of ``receiver.models``.
 
 A column holding JSON is named after its field with ``_json`` appended (``task_result`` is
-stored in ``task_result_json``); every other column has its field's name. SELECT lists are
-derived from the models' field names, and :func:`decode` turns a row back into field values,
-so a field added to a model and to the schema needs no third edit here.
+stored in ``task_result_json``); every other column has its field's name. The reads' SELECT
+lists are derived from the models' field names, and :func:`decode` turns a row back into
+field values. (The writes go through the row dataclasses of ``receiver.transitions``, whose
+fields are the tables' columns; ``receiver.store.batches`` derives its statements from them.)
 """
 
 from __future__ import annotations
