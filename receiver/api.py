@@ -32,6 +32,7 @@ from receiver.models import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     MAX_ROW_ID,
+    Accepted,
     DeliveryPage,
     DeliveryState,
     Ok,
@@ -41,13 +42,15 @@ from receiver.models import (
     Registered,
     RegistrationBody,
     TaskPage,
+    TransitionSource,
 )
 from receiver.openapi import openapi_document
-from receiver.requests import parse_body
+from receiver.parsing import parse_callback
+from receiver.requests import parse_body, read_text
 from receiver.responses import error, respond
 from receiver.services import Services, services
 from receiver.store.deliveries import Redeliver
-from receiver.transitions import Registration
+from receiver.transitions import IncomingCallback, Registration
 from submitter import protocol
 
 log = structlog.get_logger("kling_hooks.api")
@@ -117,6 +120,20 @@ def _choice(request: Request, name: str, choices: type[E]) -> E | None:
     return choices(value)
 
 
+def _millis(request: Request, name: str) -> int | None:
+    """The query parameter ``name`` as Unix ms, or None when absent or empty.
+
+    Raises:
+        Refused: 400, not a whole number in [0, 2**63 - 1].
+    """
+    value = request.query_params.get(name) or None
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) < 20) or int(value) > MAX_ROW_ID:
+        raise Refused(f"{name}={value!r} is not a time in Unix ms")
+    return int(value)
+
+
 def _cursor(value: int | None) -> str | None:
     return None if value is None else str(value)
 
@@ -135,7 +152,11 @@ async def list_tasks(request: Request) -> Response:
     limit, before = _page(request)
     route = _choice(request, "route", protocol.Route)
     tasks, cursor = await services(request).reader.list_tasks(
-        task_status=status, route=route, limit=limit, before_id=before
+        task_status=status,
+        route=route,
+        limit=limit,
+        before_id=before,
+        transition_before=_millis(request, "transition_before"),
     )
     return respond(TaskPage(tasks=tasks, next_cursor=_cursor(cursor)))
 
@@ -159,6 +180,30 @@ async def register(request: Request) -> Response:
     except TaskConflict as exc:
         return error(409, str(exc))
     return respond(Registered(verdict=verdict, task_id=body.task_id))
+
+
+async def reconcile(request: Request) -> Response:
+    """``POST /tasks/{id}/reconcile``: record Kling's answer to a query for a known task, as
+    its callback would have been recorded (same dedupe, state machine and outbox), with
+    ``source`` ``reconcile``. 404 when no task has that id; 409 when the body is another task.
+    """
+    svc = services(request)
+    known = await svc.reader.get_task(request.path_params["id"])
+    if known is None:
+        return error(404, "no task with that task_id or external_task_id")
+    raw = await read_text(request, svc.settings.kling_hooks_max_body_bytes)
+    task = parse_callback(raw)
+    if task.task_id != known.task_id:
+        return error(409, f"body is task {task.task_id}, not {known.task_id}")
+    op = IncomingCallback(
+        known.external_task_id, task, raw, svc.clock_ms(), source=TransitionSource.RECONCILE
+    )
+    try:
+        verdict = await svc.writer.submit(op)
+    except TaskConflict as exc:
+        return error(409, str(exc))
+    log.info("task_reconciled", task_id=task.task_id, task_status=task.task_status.value)
+    return respond(Accepted(verdict=verdict))
 
 
 async def list_deliveries(request: Request) -> Response:
@@ -265,6 +310,7 @@ async def openapi(request: Request) -> Response:
 API_ROUTES = [
     Route("/tasks", guarded(list_tasks), methods=["GET"]),
     Route("/tasks", guarded(register), methods=["POST"]),
+    Route("/tasks/{id:path}/reconcile", guarded(reconcile), methods=["POST"]),
     Route("/tasks/{id:path}", guarded(get_task), methods=["GET"]),
     Route("/deliveries", guarded(list_deliveries), methods=["GET"]),
     Route("/deliveries/redeliver", guarded(redeliver_many), methods=["POST"]),

@@ -24,10 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.errors import BodyTooLarge, Refused, StoreUnavailable, TaskConflict
+from receiver.errors import Refused, StoreUnavailable, TaskConflict
 from receiver.models import Accepted
 from receiver.parsing import parse_callback
-from receiver.requests import read_bounded
+from receiver.requests import read_text
 from receiver.responses import error, respond
 from receiver.services import services
 from receiver.transitions import IncomingCallback
@@ -65,12 +65,7 @@ async def _read_task(request: Request, ext: str, max_bytes: int) -> tuple[TaskOb
         Refused: 413, 400 or 422 as the module docstring's table says, or 409 when the body
             names another external_task_id than the URL.
     """
-    try:
-        raw = (await read_bounded(request, max_bytes)).decode("utf-8")
-    except BodyTooLarge:
-        raise Refused(f"body is over {max_bytes} bytes", 413) from None
-    except UnicodeDecodeError:
-        raise Refused("body is not UTF-8 JSON", 400) from None
+    raw = await read_text(request, max_bytes)
     task = parse_callback(raw)
     if task.external_task_id is not None and task.external_task_id != ext:
         raise Refused(_OTHER_TASK, 409)

@@ -53,10 +53,12 @@ class DeliveryState(StrEnum):
 
 
 class TransitionSource(StrEnum):
-    """What recorded a transition: Kling's callback, or the submitter's registration."""
+    """What recorded a transition: Kling's callback, the submitter's registration, or
+    ``kling-hooks reconcile`` (Kling's answer to a query, for a task whose callback was lost)."""
 
     CALLBACK = "callback"
     REGISTRATION = "registration"
+    RECONCILE = "reconcile"
 
 
 class _Shape(BaseModel):

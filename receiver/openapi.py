@@ -79,7 +79,16 @@ OPERATIONS = (
         "List tasks, newest first",
         TaskPage,
         (400, 401, 503),
-        query={"task_status": _enum(TaskStatus), "route": _enum(Route), **_PAGE},
+        query={
+            "task_status": _enum(TaskStatus),
+            "route": _enum(Route),
+            "transition_before": {
+                **_STRING,
+                "pattern": "^[0-9]{1,19}$",
+                "description": "only tasks whose latest transition was received before, Unix ms",
+            },
+            **_PAGE,
+        },
     ),
     Operation(
         "/tasks",
@@ -91,6 +100,14 @@ OPERATIONS = (
     ),
     Operation(
         "/tasks/{id}", "get", "One task by task_id or external_task_id", Task, (401, 404, 503)
+    ),
+    Operation(
+        "/tasks/{id}/reconcile",
+        "post",
+        "Record Kling's answer to a query for a task whose callback was lost",
+        Accepted,
+        (400, 401, 404, 409, 413, 422, 503),
+        body=TaskObject,
     ),
     Operation(
         "/deliveries",

@@ -32,6 +32,20 @@ async def read_bounded(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_text(request: Request, max_bytes: int) -> str:
+    """The body as text: at most ``max_bytes``, UTF-8.
+
+    Raises:
+        Refused: 413 too large; 400 not UTF-8.
+    """
+    try:
+        return (await read_bounded(request, max_bytes)).decode("utf-8")
+    except BodyTooLarge:
+        raise Refused(f"body is over {max_bytes} bytes", 413) from None
+    except UnicodeDecodeError:
+        raise Refused("body is not UTF-8 JSON", 400) from None
+
+
 async def parse_body(
     request: Request, model: type[Body], *, max_bytes: int, empty: Body | None = None
 ) -> Body:

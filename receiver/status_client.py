@@ -13,13 +13,22 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from receiver.errors import ReceiverError
-from receiver.models import DeliveryPage, PluginList, Redelivered, Task, TaskPage
-from submitter.protocol import first_error
+from receiver.models import (
+    Accepted,
+    DeliveryPage,
+    PluginList,
+    Redelivered,
+    Task,
+    TaskPage,
+    Verdict,
+)
+from submitter.protocol import TaskObject, first_error
 
 Answer = TypeVar("Answer", bound=BaseModel)
 
@@ -88,13 +97,21 @@ class StatusClient:
         route: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        transition_before: int | None = None,
     ) -> TaskPage:
-        """``GET /tasks``: one page, newest first, filtered by the arguments given.
+        """``GET /tasks``: one page, newest first, filtered by the arguments given
+        (``transition_before``: latest transition received before, Unix ms).
 
         Raises:
             ApiError: e.g. 400 for a limit outside [1, 500] or a bad cursor.
         """
-        query = _query(task_status=task_status, route=route, limit=limit, cursor=cursor)
+        query = _query(
+            task_status=task_status,
+            route=route,
+            limit=limit,
+            cursor=cursor,
+            transition_before=transition_before,
+        )
         return await self._call(TaskPage, "GET", "/tasks", params=query)
 
     async def task(self, task_id: str) -> Task:
@@ -105,6 +122,19 @@ class StatusClient:
             ApiError: 404 when no task has that id.
         """
         return await self._call(Task, "GET", f"/tasks/{task_id}")
+
+    async def reconcile(self, task_id: str, answer: TaskObject) -> Verdict:
+        """``POST /tasks/{id}/reconcile``: record Kling's query ``answer`` for a known task.
+
+        Returns:
+            What it did: ``new`` when it moved the task forward.
+
+        Raises:
+            ApiError: 404 for an unknown task; 409 when ``answer`` is another task.
+        """
+        body = answer.model_dump(mode="json", exclude_none=True)
+        path = f"/tasks/{quote(task_id, safe='')}/reconcile"
+        return (await self._call(Accepted, "POST", path, body=body)).verdict
 
     async def deliveries(
         self,

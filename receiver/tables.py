@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from receiver.models import Delivery, ListedDelivery, PluginInfo, Task, TaskSummary
+from submitter.protocol import TaskObject
 
 #: Width at which ``last_error`` is cut in delivery tables.
 LAST_ERROR_WIDTH = 60
@@ -154,3 +155,26 @@ def plugins_table(plugins: Sequence[PluginInfo]) -> str:
         for p in plugins
     ]
     return format_table(["plugin", "version", "statuses", "routes", "started", "origin"], rows)
+
+
+def kling_tasks_table(tasks: Sequence[TaskObject]) -> str:
+    """Kling's own task objects (``kling-hooks kling list``), one row each."""
+    rows = [
+        (t.task_id, t.external_task_id, t.task_status, format_time(t.updated_at)) for t in tasks
+    ]
+    return format_table(["task_id", "external_task_id", "task_status", "updated_at"], rows)
+
+
+def kling_task_view(task: TaskObject) -> str:
+    """One of Kling's task objects (``kling-hooks kling get``): a field/value table, then one
+    ``image: URL`` (``video: URL``...) line per result."""
+    fields = [
+        ("task_id", task.task_id),
+        ("external_task_id", task.external_task_id),
+        ("task_status", task.task_status),
+        ("task_status_msg", task.task_status_msg),
+        ("final_unit_deduction", task.final_unit_deduction),
+        ("created_at", format_time(task.created_at)),
+        ("updated_at", format_time(task.updated_at)),
+    ]
+    return "\n".join([format_table(["field", "value"], fields), *_result_lines(task.task_result)])

@@ -54,7 +54,8 @@ class HasBatch(Protocol):
 
 @dataclass(frozen=True)
 class IncomingCallback:
-    """An authenticated, parsed callback: the URL's external_task_id, the task, the raw body.
+    """An authenticated, parsed callback: the URL's external_task_id, the task, the raw body;
+    ``source`` is ``reconcile`` when the task object is Kling's answer to a query instead.
 
     A write operation (``receiver.writer.Writer.submit``): its verdict is returned once the
     transaction that recorded it has committed.
@@ -64,6 +65,7 @@ class IncomingCallback:
     task: TaskObject
     body: str
     received_at_ms: int
+    source: TransitionSource = TransitionSource.CALLBACK
 
     @property
     def task_keys(self) -> tuple[str, str]:
@@ -115,13 +117,15 @@ class TransitionRow:
 
 @dataclass(frozen=True)
 class CallbackRow:
-    """One row of ``callbacks``: the raw body of an accepted callback, with its verdict."""
+    """One row of ``callbacks``: the raw body of an accepted callback (or of a reconciled
+    query answer), with its verdict."""
 
     task_id: str
     task_status: TaskStatus
     verdict: Verdict
     received_at: int
     body: str
+    source: TransitionSource = TransitionSource.CALLBACK
 
 
 @dataclass
@@ -172,7 +176,7 @@ class Batch:
         source: TransitionSource,
     ) -> None:
         self.seen.add((task.task_id, status))
-        by_callback = source is TransitionSource.CALLBACK
+        by_callback = source is not TransitionSource.REGISTRATION  # Kling's task object
         self.transitions.append(
             TransitionRow(
                 self.next_transition_id,
@@ -215,11 +219,13 @@ class Batch:
             task.final_unit_deduction = t.final_unit_deduction
             task.created_at = task.created_at or t.created_at
             task.updated_at = t.updated_at if t.updated_at is not None else now
-            self._transition(task, task.task_status, t.updated_at, now, TransitionSource.CALLBACK)
+            self._transition(task, task.task_status, t.updated_at, now, cb.source)
         if task is not None:
             task.last_received_at = now
             self._add(task)
-        self.callbacks.append(CallbackRow(t.task_id, t.task_status, verdict, now, cb.body))
+        self.callbacks.append(
+            CallbackRow(t.task_id, t.task_status, verdict, now, cb.body, cb.source)
+        )
         return verdict
 
     def apply_registration(self, reg: Registration) -> Verdict:

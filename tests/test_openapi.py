@@ -95,6 +95,9 @@ async def test_every_live_answer_matches_the_published_schema(live: Any) -> None
     assert task["callbacks"] == {"new": 1, "duplicate": 1, "stale": 1}
     assert (await c.call("GET", "/tasks?limit=1")).json()["tasks"][0]["task_id"] == "1"
     assert await c.call("GET", "/tasks?task_status=succeed&route=images/generations")
+    assert (await c.call("GET", "/tasks?transition_before=1")).json()["tasks"] == []
+    answer = await c.call("POST", "/tasks/kh-1/reconcile", json=body)  # Kling's query answer
+    assert answer.json()["verdict"] == "duplicate"
     listed = (await c.call("GET", "/deliveries?state=done")).json()["deliveries"]
     assert [d["state"] for d in listed] == [DeliveryState.DONE] * len(listed) != []
     assert (await c.call("GET", "/plugins")).json()["plugins"][0]["started"] is True
@@ -129,6 +132,8 @@ async def test_every_refusal_matches_the_published_schema(live: Any) -> None:
         ("POST", "/deliveries/redeliver", {"json": {"plugin": "absent"}}, 400),
         ("POST", "/deliveries/redeliver", {"json": {"state": "running"}}, 422),
         ("GET", "/plugins", {"headers": {"Authorization": "Bearer wrong"}}, 401),
+        ("GET", "/tasks?transition_before=soon", {}, 400),
+        ("POST", "/tasks/unknown/reconcile", {"json": task_body("9", "succeed")}, 404),
     ]
     for method, path, kw, status in refusals:
         answer = await c.call(method, path, **kw)

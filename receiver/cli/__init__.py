@@ -2,7 +2,8 @@
 
 Commands, by module: ``serve``, ``simulate``, ``demo`` (``servers``); ``submit``
 (``submit``); ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins``, ``token``
-(``status``). The options they share are defined once in ``options``.
+(``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``). The options they
+share are defined once in ``options``.
 ``kling-hooks COMMAND --help`` shows each command's options with their defaults.
 
 Exit codes: 0 success; 1 Kling or the receiver answered with an error (an unknown task or
@@ -22,7 +23,7 @@ from typing import Any
 import click
 import httpx
 
-from receiver.cli import servers, status, submit
+from receiver.cli import kling, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
 from receiver.status_client import ApiError
@@ -68,6 +69,8 @@ for command in (
     status.redeliver,
     status.plugins,
     status.token,
+    kling.kling,
+    kling.reconcile,
     servers.simulate,
     servers.demo,
 ):

@@ -16,7 +16,7 @@ import aiosqlite
 from receiver.errors import StoreUnavailable
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrations() -> list[tuple[int, str]]:

@@ -32,6 +32,9 @@ _DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"
 _DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _FILE = select_list(SavedFile.__dataclass_fields__)
+_LATEST_TRANSITION_BEFORE = (
+    "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
+)
 
 
 class Reader:
@@ -95,14 +98,22 @@ class Reader:
         route: Route | None,
         limit: int,
         before_id: int | None,
+        transition_before: int | None = None,
     ) -> tuple[list[TaskSummary], int | None]:
         """Tasks newest first (by first-seen order), filtered, at most ``limit``.
+
+        Args:
+            transition_before: Only tasks whose latest transition was received before this
+                time, Unix ms (``kling-hooks reconcile`` looks for overdue tasks so).
 
         Returns:
             ``(tasks, next_cursor)``; ``next_cursor`` is None on the last page.
         """
         where, args = _filters(
-            ("task_status = ?", task_status), ("route = ?", route), ("id < ?", before_id)
+            ("task_status = ?", task_status),
+            ("route = ?", route),
+            ("id < ?", before_id),
+            (_LATEST_TRANSITION_BEFORE, transition_before),
         )
         rows = await self._fetch(
             f"SELECT id, {_SUMMARY} FROM tasks WHERE {where} ORDER BY id DESC LIMIT ?",

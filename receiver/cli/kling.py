@@ -1,0 +1,229 @@
+"""The commands that ask Kling itself rather than our store: ``kling get``, ``kling list``
+and ``reconcile``.
+
+``reconcile`` is the safety net for a lost callback, not a poll. Kling documents no retry of
+its callbacks (PROTOCOL.md section 4), so a task whose terminal callback came while the
+receiver was down would stay ``processing`` for ever. ``reconcile`` looks only at the tasks
+our store holds as ``submitted`` or ``processing`` whose latest transition is older than a
+cutoff, queries each once, and hands each answer to the receiver (``POST
+/tasks/{id}/reconcile``), which records it exactly as it records a callback: same dedupe,
+same state machine, same outbox, so plugins get the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from receiver import credentials
+from receiver.cli.options import (
+    EXIT_ERROR,
+    EXIT_OK,
+    json_option,
+    load,
+    settings_options,
+    url_option,
+)
+from receiver.config import Settings
+from receiver.models import TaskSummary
+from receiver.status_client import ApiError, StatusClient
+from receiver.tables import format_table, kling_task_view, kling_tasks_table
+from submitter.protocol import Route, TaskStatus, now_ms
+
+if TYPE_CHECKING:
+    from submitter import KlingClient
+
+#: ``2h``, ``30m``, ``90s``, ``1d``, or plain seconds.
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Tasks not finished, as ``reconcile`` looks for them.
+_OPEN = (TaskStatus.SUBMITTED, TaskStatus.PROCESSING)
+
+
+def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Click callback: ``2h``, ``30m``, ``90s``, ``1d`` or seconds, as milliseconds."""
+    found = _DURATION.match(value.strip().lower())
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a duration such as 2h, 30m or 90s")
+    return round(float(found[1]) * _UNIT_S[found[2]] * 1000)
+
+
+@contextlib.asynccontextmanager
+async def kling_client(settings: Settings) -> AsyncIterator[KlingClient]:
+    """A client of the configured Kling system (``KLING_API_BASE``), for queries only."""
+    from submitter import KlingClient, auth_from_keys
+    from submitter.tokens import CallbackTokens, new_secret
+
+    auth = auth_from_keys(
+        settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
+        settings.kling_access_key,
+        settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
+    )
+    # A query signs no callback URL: the tokens and the public URL are never used.
+    async with KlingClient(
+        api_base=settings.kling_api_base,
+        auth=auth,
+        tokens=CallbackTokens([new_secret()]),
+        public_url=settings.kling_hooks_public_url,
+    ) as client:
+        yield client
+
+
+@click.group()
+def kling() -> None:
+    """Ask Kling itself (not our store) about tasks: one, or a page of them."""
+
+
+@kling.command("get")
+@click.argument("route", type=click.Choice([r.value for r in Route]), metavar="ROUTE")
+@click.argument("task_id", metavar="ID")
+@json_option
+@settings_options
+def kling_get(route: str, task_id: str, as_json: bool, config: Path | None, db: Path | None) -> int:
+    """Show one task as Kling answers for it: ID is its task_id or external_task_id."""
+
+    async def run() -> str:
+        async with kling_client(load(config, db)) as client:
+            task = await client.query(route, task_id)
+        return task.model_dump_json(indent=2) if as_json else kling_task_view(task)
+
+    click.echo(asyncio.run(run()))
+    return EXIT_OK
+
+
+@kling.command("list")
+@click.argument("route", type=click.Choice([r.value for r in Route]), metavar="ROUTE")
+@click.option("--page", type=int, default=1, help="Kling's pageNum, 1 to 1000")
+@click.option("--page-size", type=int, default=30, help="Kling's pageSize, 1 to 500")
+@json_option
+@settings_options
+def kling_list(
+    route: str, page: int, page_size: int, as_json: bool, config: Path | None, db: Path | None
+) -> int:
+    """List the tasks Kling holds for ROUTE, one page, as Kling orders them."""
+
+    async def run() -> str:
+        async with kling_client(load(config, db)) as client:
+            tasks = await client.list(route, page_num=page, page_size=page_size)
+        if as_json:
+            return json.dumps([t.model_dump(mode="json") for t in tasks], indent=2)
+        return kling_tasks_table(tasks)
+
+    click.echo(asyncio.run(run()))
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What ``reconcile`` did with one overdue task."""
+
+    task: TaskSummary
+    kling_status: TaskStatus | None
+    result: str
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    "older_than_ms",
+    default="2h",
+    callback=parse_duration,
+    help="only tasks whose latest transition is older than this (2h, 30m, 90s, 1d)",
+)
+@click.option("--limit", type=click.IntRange(1), default=100, help="most tasks to query")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=2.0, help="queries per second")
+@click.option("--dry-run", is_flag=True, help="query Kling, but record nothing")
+@url_option
+@settings_options
+def reconcile(
+    older_than_ms: int,
+    limit: int,
+    rate: float,
+    dry_run: bool,
+    url: str | None,
+    config: Path | None,
+    db: Path | None,
+) -> int:
+    """Recover tasks whose callbacks were lost: query each overdue task once.
+
+    Looks only at tasks the receiver holds as submitted or processing whose latest transition
+    is older than --older-than; each Kling answer is recorded as its callback would have been
+    (plugins get the event). Exit 1 when a query failed.
+    """
+    settings = load(config, db)
+    done = asyncio.run(_reconcile(settings, url, now_ms() - older_than_ms, limit, rate, dry_run))
+    rows = [
+        (r.task.external_task_id, r.task.route, r.task.task_status, r.kling_status, r.result)
+        for r in done
+    ]
+    click.echo(format_table(["external_task_id", "route", "stored", "kling", "result"], rows))
+    moved = sum(r.result.startswith(("recorded", "would record")) for r in done)
+    failed = sum(r.result.startswith("error") for r in done)
+    click.echo(f"{len(done)} overdue, {moved} moved forward, {failed} failed")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+async def _reconcile(
+    settings: Settings, url: str | None, cutoff_ms: int, limit: int, rate: float, dry_run: bool
+) -> list[Reconciled]:
+    token = await credentials.api_token_from_file(settings)
+    async with (
+        StatusClient(url or settings.api_url, token) as api,
+        kling_client(settings) as client,
+    ):
+        overdue = await _overdue(api, cutoff_ms, limit)
+        done = []
+        for number, task in enumerate(overdue):
+            if number:
+                await asyncio.sleep(1 / rate)
+            done.append(await _reconcile_one(api, client, task, dry_run))
+    return done
+
+
+async def _overdue(api: StatusClient, cutoff_ms: int, limit: int) -> list[TaskSummary]:
+    """The unfinished tasks whose latest transition was received before ``cutoff_ms``."""
+    found: list[TaskSummary] = []
+    for status in _OPEN:
+        cursor: str | None = None
+        while len(found) < limit:
+            page = await api.tasks(
+                task_status=status,
+                transition_before=cutoff_ms,
+                limit=min(limit - len(found), 500),
+                cursor=cursor,
+            )
+            found += page.tasks
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return found[:limit]
+
+
+async def _reconcile_one(
+    api: StatusClient, client: KlingClient, task: TaskSummary, dry_run: bool
+) -> Reconciled:
+    from submitter.errors import SubmitterError
+
+    if task.route is None:
+        return Reconciled(task, None, "skipped: route unknown (never registered)")
+    try:
+        answer = await client.query(task.route, task.task_id)
+    except SubmitterError as exc:
+        return Reconciled(task, None, f"error: {exc}"[:200])
+    if answer.task_status == task.task_status:
+        return Reconciled(task, answer.task_status, "unchanged")
+    if dry_run:
+        return Reconciled(task, answer.task_status, "would record (dry run)")
+    try:
+        verdict = await api.reconcile(task.task_id, answer)
+    except ApiError as exc:
+        return Reconciled(task, answer.task_status, f"error: {exc}"[:200])
+    return Reconciled(task, answer.task_status, f"recorded ({verdict})")

@@ -1,0 +1,150 @@
+"""Recovery of lost callbacks: ``kling-hooks reconcile`` and ``POST /tasks/{id}/reconcile``.
+
+Kling documents no retry of its callbacks, so a task whose terminal callback came while the
+receiver was down stays ``processing``. The end-to-end test kills a real ``kling-hooks serve``
+before the simulator sends the task's callbacks, restarts it, and shows that ``reconcile``
+records the result and that the downloader then saves the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+from receiver.serving import running
+from submitter import BearerAuth, KlingClient, Registrar
+from submitter.simulator import Simulator
+from submitter.tokens import CallbackTokens
+from tests.conftest import (
+    API_TOKEN,
+    SECRET,
+    Outcomes,
+    RecordingPlugin,
+    make_settings,
+    rows,
+    serve,
+    start_receiver,
+    task_body,
+)
+from tests.test_cli import cli_env, kling_hooks
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+async def test_a_reconciled_answer_is_recorded_like_a_callback_and_reaches_plugins(
+    tmp_path: Path,
+) -> None:
+    plugin = RecordingPlugin()
+    async with start_receiver(make_settings(tmp_path), [plugin]) as r:
+        outcomes = Outcomes(r)
+        await r.post_callback("kh-1", task_body("1", "processing", "kh-1"))
+        answer = task_body("1", "succeed", "kh-1", task_result={"images": [{"url": "u"}]})
+        recorded = await r.http.post(f"{r.url}/tasks/kh-1/reconcile", json=answer, headers=AUTH)
+        again = await r.http.post(f"{r.url}/tasks/1/reconcile", json=answer, headers=AUTH)
+        await outcomes.ended(2)
+        task = (await r.get_task("kh-1")).json()
+    assert recorded.json() == {"ok": True, "verdict": "new"}
+    assert again.json() == {"ok": True, "verdict": "duplicate"}
+    assert task["task_status"] == "succeed" and task["task_result"] == {"images": [{"url": "u"}]}
+    assert [e.task_status for e in plugin.events] == ["processing", "succeed"]
+    db = tmp_path / "kling-hooks.db"
+    assert [tuple(x) for x in rows(db, "SELECT task_status, source FROM transitions")] == [
+        ("processing", "callback"),
+        ("succeed", "reconcile"),
+    ]
+    assert [tuple(x) for x in rows(db, "SELECT verdict, source FROM callbacks ORDER BY id")] == [
+        ("new", "callback"),
+        ("new", "reconcile"),
+        ("duplicate", "reconcile"),
+    ]
+
+
+async def test_a_reconciled_answer_of_another_task_is_refused(tmp_path: Path) -> None:
+    async with start_receiver(make_settings(tmp_path)) as r:
+        await r.post_callback("kh-1", task_body("1", "processing", "kh-1"))
+        other = await r.http.post(
+            f"{r.url}/tasks/kh-1/reconcile", json=task_body("2", "succeed"), headers=AUTH
+        )
+        unknown = await r.http.post(
+            f"{r.url}/tasks/kh-9/reconcile", json=task_body("9", "succeed"), headers=AUTH
+        )
+        task = (await r.get_task("kh-1")).json()
+    assert (other.status_code, other.json()["error"]) == (409, "body is task 2, not 1")
+    assert unknown.status_code == 404
+    assert task["task_status"] == "processing"
+
+
+def write_config(tmp_path: Path, downloads: Path) -> Path:
+    config = tmp_path / "kling-hooks.toml"
+    config.write_text(
+        f"""
+kling_hooks_db = "{tmp_path / "kling-hooks.db"}"
+
+[plugins.downloader]
+directory = "{downloads}"
+allow_private_hosts = true
+"""
+    )
+    return config
+
+
+async def test_reconcile_recovers_a_task_whose_callbacks_were_lost_and_the_file_is_saved(
+    tmp_path: Path,
+) -> None:
+    downloads = tmp_path / "downloads"
+    config = write_config(tmp_path, downloads)
+    simulator = Simulator(delay_s=(0.5, 0.5), seed=3, callback_retries=0)
+    async with running(simulator.app) as sim_url:
+        async with serve(config, tmp_path) as down:
+            async with (
+                Registrar(down.url, API_TOKEN) as registrar,
+                KlingClient(
+                    api_base=sim_url,
+                    auth=BearerAuth("any-key"),
+                    tokens=CallbackTokens([SECRET]),
+                    public_url=down.url,
+                    registrar=registrar,
+                ) as client,
+            ):
+                sub = await client.submit("images/generations", {"prompt": "a lighthouse"})
+            assert sub.registered
+            down.proc.send_signal(signal.SIGKILL)  # before Kling's callbacks come
+            await down.proc.wait()
+        await simulator.wait_idle()  # the task ended; each callback was refused
+        assert simulator.tasks[sub.task_id].task_status.value == "succeed"
+
+        async with serve(config, tmp_path) as up:
+            env = cli_env(
+                kling_api_base=sim_url, kling_api_key="any-key", kling_hooks_api_token=API_TOKEN
+            )
+            args = ["--older-than", "0s", "--url", up.url, "--config", str(config)]
+            dry = await kling_hooks("reconcile", "--dry-run", *args, env=env, cwd=tmp_path)
+            run = await kling_hooks("reconcile", *args, env=env, cwd=tmp_path)
+            again = await kling_hooks("reconcile", *args, env=env, cwd=tmp_path)
+            await up.until(
+                lambda e: e.get("event") == "delivery_done" and e.get("plugin") == "downloader"
+            )
+            async with httpx.AsyncClient(base_url=up.url, headers=AUTH) as api:
+                task = (await api.get(f"/tasks/{sub.external_task_id}")).json()
+
+    assert dry.code == 0 and "would record (dry run)" in dry.out, dry
+    assert run.code == 0, run.err
+    assert f"{sub.external_task_id}  images/generations  submitted  succeed  recorded (new)" in (
+        run.out
+    )
+    assert run.out.splitlines()[-1] == "1 overdue, 1 moved forward, 0 failed"
+    assert again.out.splitlines()[-1] == "0 overdue, 0 moved forward, 0 failed"  # terminal now
+    assert task["task_status"] == "succeed"
+    assert [t["task_status"] for t in task["transitions"]] == ["submitted", "succeed"]
+    with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
+        sources = dict(conn.execute("SELECT task_status, source FROM transitions"))
+    assert sources == {"submitted": "registration", "succeed": "reconcile"}
+    expected = simulator.tasks[sub.task_id].task_result or {}
+    assert {f["url"] for f in task["files"]} == {i["url"] for i in expected["images"]}
+    for saved in task["files"]:
+        content = Path(saved["path"]).read_bytes()
+        assert hashlib.sha256(content).hexdigest() == saved["sha256"]
