@@ -132,6 +132,7 @@ async def test_reconcile_recovers_a_task_whose_callbacks_were_lost_and_the_file_
                 task = (await api.get(f"/tasks/{sub.external_task_id}")).json()
 
     assert dry.code == 0 and "would record (dry run)" in dry.out, dry
+    assert dry.out.splitlines()[-1] == "1 overdue, 1 would move forward, 0 failed"
     assert run.code == 0, run.err
     assert f"{sub.external_task_id}  images/generations  submitted  succeed  recorded (new)" in (
         run.out

@@ -167,7 +167,8 @@ def reconcile(
     click.echo(format_table(["external_task_id", "route", "stored", "kling", "result"], rows))
     moved = sum(r.result.startswith(("recorded", "would record")) for r in done)
     failed = sum(r.result.startswith("error") for r in done)
-    click.echo(f"{len(done)} overdue, {moved} moved forward, {failed} failed")
+    verb = "would move" if dry_run else "moved"
+    click.echo(f"{len(done)} overdue, {moved} {verb} forward, {failed} failed")
     return EXIT_ERROR if failed else EXIT_OK
 
 
