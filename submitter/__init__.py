@@ -2,9 +2,10 @@
 
 Modules: ``client`` (:class:`KlingClient`: idempotent create and query), ``answers`` (reading
 Kling's answers), ``retries`` (the retry policy), ``registrar`` (``POST /tasks``), ``bodies``
-(the rules of each create body), ``auth`` (JWT or bearer key), ``protocol`` (Kling's wire
-format), ``tokens`` (callback URL tokens), ``simulator`` (a Kling stand-in), ``media`` (its
-result files) and ``errors`` (the hierarchy).
+(the rules of each create body), ``images`` (the image rules: format, size, pixels),
+``safehttp`` (fetching a URL without SSRF; the receiver's downloader uses it too), ``auth``
+(JWT or bearer key), ``protocol`` (Kling's wire format), ``tokens`` (callback URL tokens),
+``simulator`` (a Kling stand-in), ``media`` (its result files) and ``errors`` (the hierarchy).
 """
 
 from submitter.auth import BearerAuth, KlingJWTAuth, auth_from_keys

@@ -254,6 +254,9 @@ def validate_body(route: str | Route, body: dict[str, Any]) -> dict[str, Any]:
         MODELS[parsed_route].model_validate(out)
     except ValidationError as exc:
         raise InvalidRequest(parsed_route, [_problem(e) for e in exc.errors()]) from None
+    from submitter.images import check_inline_images  # here: submitter.images imports us
+
+    check_inline_images(parsed_route, out)  # pixel size and aspect ratio (seed 002)
     return out
 
 

@@ -38,9 +38,11 @@ from submitter import protocol
 from submitter.answers import error_fields, is_transient, may_have_created, task_from
 from submitter.bodies import parse_route, validate_body
 from submitter.errors import InvalidRequest, KlingAPIError, Problem
+from submitter.images import check_image_urls
 from submitter.protocol import Route, TaskObject
 from submitter.registrar import Registrar, Submission
 from submitter.retries import RetryPolicy
+from submitter.safehttp import Guard
 from submitter.tokens import CallbackTokens
 
 log = structlog.get_logger("kling_hooks.submitter")
@@ -111,6 +113,8 @@ class KlingClient:
         backoff_max_s: Upper bound of one retry delay, seconds.
         clock_ms: Current time, Unix epoch milliseconds; stamps generated external_task_ids.
         sleep: Awaited with each retry delay in seconds; tests inject a recorder.
+        image_guard: The SSRF rules of ``submit(..., check_images=True)``'s image fetches;
+            ``Guard()`` (public hosts only) by default.
 
     Raises:
         ValueError: ``max_attempts`` < 1, or a URL is not http(s).
@@ -131,6 +135,7 @@ class KlingClient:
         backoff_max_s: float = 30.0,
         clock_ms: Callable[[], int] = protocol.now_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        image_guard: Guard | None = None,
     ) -> None:
         for name, url in (("api_base", api_base), ("public_url", public_url)):
             if not url.startswith(("http://", "https://")):
@@ -142,6 +147,7 @@ class KlingClient:
         self._retry = RetryPolicy(max_attempts, backoff_base_s, backoff_max_s, sleep)
         self._clock_ms = clock_ms
         self._http = httpx.AsyncClient(auth=auth, transport=transport, timeout=timeout_s)
+        self._image_guard = image_guard
 
     async def __aenter__(self) -> Self:
         return self
@@ -158,7 +164,12 @@ class KlingClient:
         return url if task_id is None else f"{url}/{quote(task_id, safe='')}"
 
     async def submit(
-        self, route: str, body: dict[str, Any], external_task_id: str | None = None
+        self,
+        route: str,
+        body: dict[str, Any],
+        external_task_id: str | None = None,
+        *,
+        check_images: bool = False,
     ) -> Submission:
         """Validate ``body``, create the task with our callback URL, then register it.
 
@@ -167,6 +178,9 @@ class KlingClient:
             body: The create body without ``callback_url``; unknown fields pass through.
             external_task_id: Our id for the task; wins over ``body["external_task_id"]``.
                 When neither is given, :func:`new_external_task_id` makes one.
+            check_images: Also fetch the start of each URL image and check Kling's image
+                rules on it (:func:`~submitter.images.check_image_urls`); Base64 images
+                are always checked.
 
         Returns:
             The :class:`Submission`. A failed registration does not fail the call: it gives
@@ -174,7 +188,8 @@ class KlingClient:
 
         Raises:
             InvalidRequest: the route is unknown, ``body`` carries ``callback_url``, or a
-                documented rule is broken; no request at all was sent.
+                documented rule is broken (with ``check_images``, also a URL image that
+                could not be fetched); no request at all was sent to Kling.
             KlingAPIError: Kling refused the create (final codes at once; transient ones after
                 ``max_attempts``).
             KlingUnreachable: no answer after ``max_attempts``; the message says whether the
@@ -182,6 +197,8 @@ class KlingClient:
         """
         parsed = parse_route(route)
         wire = _prepare(parsed, body, external_task_id)
+        if check_images:
+            await check_image_urls(parsed, wire, guard=self._image_guard)
         ext = wire.get("external_task_id") or new_external_task_id(self._clock_ms())
         wire["external_task_id"] = ext
         callback_url = self._tokens.callback_url(self._public_url, ext)

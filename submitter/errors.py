@@ -9,6 +9,8 @@ Hierarchy::
     ├── KlingUnreachable    no answer from Kling after every retry (network, timeouts)
     ├── AuthNotConfigured   neither KLING_API_KEY nor KLING_ACCESS_KEY + KLING_SECRET_KEY is set
     ├── RegistrationFailed  the receiver did not accept a task registration (POST /tasks)
+    ├── safehttp.UnsafeURL  a URL the SSRF guard will not fetch (not http(s), a non-public
+    │                       host, too many redirects); image checks report it as a Problem
     └── simulator.api.Refused
                             the simulator refusing a request; its app turns it into Kling's
                             error envelope, so it never reaches a caller

@@ -24,15 +24,26 @@ if TYPE_CHECKING:
 @click.option(
     "--external-task-id", show_default="a generated kh-<ULID>", help="your id for the task"
 )
+@click.option(
+    "--check-images",
+    is_flag=True,
+    help="also fetch the start of each image URL and check Kling's image rules on it",
+)
 @settings_options
 def submit(
-    route: str, data: str, external_task_id: str | None, config: Path | None, db: Path | None
+    route: str,
+    data: str,
+    external_task_id: str | None,
+    check_images: bool,
+    config: Path | None,
+    db: Path | None,
 ) -> int:
     """Submit one task to Kling with our callback_url.
 
     ROUTE is images/generations, images/multi-image2image, videos/multi-image2video,
     videos/text2video or videos/image2video. The body is checked against Kling's documented
-    rules first: a body that breaks one sends nothing (exit 2).
+    rules first: a body that breaks one sends nothing (exit 2). Base64 images are checked
+    for format, size, pixel size and aspect ratio; image URLs only with --check-images.
     """
     from submitter import validate_body
 
@@ -42,7 +53,7 @@ def submit(
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"cannot read --data: {exc}") from None
     validate_body(route, body)  # before anything else: a bad body sends nothing
-    submission = asyncio.run(_submit(settings, route, body, external_task_id))
+    submission = asyncio.run(_submit(settings, route, body, external_task_id, check_images))
     if submission.warning:
         click.echo(f"warning: {submission.warning}", err=True)
     click.echo(json.dumps(submission.to_json()))
@@ -59,7 +70,11 @@ def _read_data(value: str) -> dict[str, Any]:
 
 
 async def _submit(
-    settings: Settings, route: str, body: dict[str, Any], external_task_id: str | None
+    settings: Settings,
+    route: str,
+    body: dict[str, Any],
+    external_task_id: str | None,
+    check_images: bool,
 ) -> Submission:
     """Create the task at Kling and register it with the receiver; the ``Submission``."""
     from submitter import KlingClient, Registrar, auth_from_keys
@@ -81,4 +96,4 @@ async def _submit(
             registrar=registrar,
         ) as client,
     ):
-        return await client.submit(route, body, external_task_id)
+        return await client.submit(route, body, external_task_id, check_images=check_images)
