@@ -7,6 +7,11 @@ variables'; in the TOML file the same names are written in lower case
 ``[plugins.NAME]`` table goes into :attr:`Settings.plugins`. The file is read by
 pydantic-settings' own ``TomlConfigSettingsSource``. A bad value stops start-up with a
 message naming the variable.
+
+``KLING_PROVIDER`` names the provider profile (:mod:`submitter.providers`); unset, it is
+inferred from ``KLING_API_BASE``'s host, else ``official``. ``KLING_API_BASE`` is checked and
+normalised here, once: unset, the provider's default; a base without a path gets the
+provider's prefix; a trailing ``/v1`` is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,11 +29,13 @@ from pydantic_settings import (
 )
 
 from receiver.errors import ConfigError
+from submitter import providers
 from submitter.protocol import field_errors
+from submitter.providers import Provider
 
 __all__ = ["DEFAULT_API_BASE", "DEFAULT_PUBLIC_URL", "ConfigError", "Settings", "load_settings"]
 
-DEFAULT_API_BASE = "https://api-singapore.klingai.com"
+DEFAULT_API_BASE = providers.OFFICIAL.default_api_base  # https://api-singapore.klingai.com
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 # The TOML file of the Settings being built now: set by load_settings for one construction.
@@ -45,7 +52,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="forbid", frozen=True)
 
-    kling_api_base: str = DEFAULT_API_BASE
+    kling_provider: str | None = None
+    # "" (unset) becomes the provider's default base URL; always normalised (see below).
+    kling_api_base: str = Field(default="", validate_default=True)
     kling_api_key: SecretStr | None = None
     kling_access_key: str | None = None
     kling_secret_key: SecretStr | None = None
@@ -72,6 +81,38 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().replace(",", "").strip():
             raise ValueError("must not be blank (unset it instead)")
         return value
+
+    @field_validator("kling_provider")
+    @classmethod
+    def _known_provider(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else providers.by_name(value).name
+
+    @field_validator("kling_api_base")
+    @classmethod
+    def _normalised_api_base(cls, value: str, info: ValidationInfo) -> str:
+        """The base URL of Kling, normalised by the provider (:meth:`Provider.api_base`):
+        unset means the provider's default; a base without a path gets its prefix; a
+        trailing ``/v1`` is refused (it would double as ``/v1/v1/``)."""
+        if "kling_provider" not in info.data:  # the provider itself was refused
+            return value
+        name = info.data["kling_provider"]
+        if not value.strip():
+            return providers.resolve(name, None).default_api_base
+        return providers.resolve(name, value.strip()).api_base(value.strip())
+
+    @field_validator("kling_hooks_public_url", "kling_hooks_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Callbacks and the status API are reached at these: an http(s) URL with a host.
+        if value is not None:
+            providers.check_url(value)
+        return value
+
+    @property
+    def provider(self) -> Provider:
+        """The effective provider profile: ``KLING_PROVIDER``, else the one inferred from
+        ``KLING_API_BASE``'s host, else ``official`` (:func:`submitter.providers.resolve`)."""
+        return providers.resolve(self.kling_provider, self.kling_api_base)
 
     @classmethod
     def settings_customise_sources(
@@ -128,7 +169,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{field.upper()}: {message}" for field, message in field_errors(exc, root="settings")
+            f"{field.upper()}: {message.removeprefix('Value error, ')}"
+            for field, message in field_errors(exc, root="settings")
         )
         raise ConfigError(f"bad setting: {problems}") from None
     finally:

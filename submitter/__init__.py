@@ -1,14 +1,15 @@
 """kling-hooks submitter: create Kling tasks whose progress comes back as callbacks.
 
-Modules: ``client`` (:class:`KlingClient`: idempotent create and query), ``answers`` (reading
-Kling's answers), ``retries`` (the retry policy), ``registrar`` (``POST /tasks``), ``bodies``
-(the rules of each create body), ``images`` (the image rules: format, size, pixels),
+Modules: ``client`` (:class:`KlingClient`: idempotent create, query one task, list a page),
+``providers`` (the profile of each Kling system: paths, auth, rule overlays), ``answers``
+(reading Kling's answers), ``retries`` (the retry policy), ``registrar`` (``POST /tasks``),
+``bodies`` (the rules of each create body), ``images`` (the image rules: format, size, pixels),
 ``safehttp`` (fetching a URL without SSRF; the receiver's downloader uses it too), ``auth``
 (JWT or bearer key), ``protocol`` (Kling's wire format), ``tokens`` (callback URL tokens),
 ``simulator`` (a Kling stand-in), ``media`` (its result files) and ``errors`` (the hierarchy).
 """
 
-from submitter.auth import BearerAuth, KlingJWTAuth, auth_from_keys
+from submitter.auth import BearerAuth, KlingJWTAuth, auth_for, auth_from_keys
 from submitter.bodies import validate_body
 from submitter.client import KlingClient, new_external_task_id
 from submitter.errors import (
@@ -20,9 +21,11 @@ from submitter.errors import (
     RegistrationFailed,
     SubmitterError,
 )
+from submitter.providers import PROVIDERS, Provider
 from submitter.registrar import Registrar, Submission, redact
 
 __all__ = [
+    "PROVIDERS",
     "AuthNotConfigured",
     "BearerAuth",
     "InvalidRequest",
@@ -31,10 +34,12 @@ __all__ = [
     "KlingJWTAuth",
     "KlingUnreachable",
     "Problem",
+    "Provider",
     "Registrar",
     "RegistrationFailed",
     "Submission",
     "SubmitterError",
+    "auth_for",
     "auth_from_keys",
     "new_external_task_id",
     "redact",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from submitter.errors import KlingAPIError
 from submitter.protocol import RETRYABLE_CODES, Envelope, TaskObject, first_error
@@ -27,12 +27,42 @@ cannot make a second task."""
 
 
 def task_from(response: httpx.Response) -> TaskObject:
-    """Parse Kling's envelope and its task object.
+    """Parse Kling's envelope and its task object (a create or query answer).
 
     Raises:
         KlingAPIError: an HTTP error, ``code != 0``, a body that is not Kling's envelope
             (code None, message = the first 200 characters), or ``data`` that is not a task
             (message ``"the answer's data is not a task object: <field>: <problem>"``).
+    """
+    envelope = _envelope(response)
+    try:
+        return TaskObject.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise _not_tasks(response, envelope, first_error(exc, root="data")) from None
+
+
+def tasks_from(response: httpx.Response) -> list[TaskObject]:
+    """Parse Kling's envelope of a list query: ``data`` is a list of task objects.
+
+    Raises:
+        KlingAPIError: as :func:`task_from`; ``data`` that is not a list of tasks gives
+            ``"the answer's data is not a task list: <field>: <problem>"``.
+    """
+    envelope = _envelope(response)
+    try:
+        return _TASK_LIST.validate_python(envelope.data)
+    except ValidationError as exc:
+        raise _not_tasks(response, envelope, first_error(exc, root="data"), "list") from None
+
+
+_TASK_LIST = TypeAdapter(list[TaskObject])
+
+
+def _envelope(response: httpx.Response) -> Envelope:
+    """Kling's envelope of a successful answer.
+
+    Raises:
+        KlingAPIError: an HTTP error, ``code != 0``, or a body that is not the envelope.
     """
     try:
         envelope = Envelope.model_validate(response.json())
@@ -42,13 +72,14 @@ def task_from(response: httpx.Response) -> TaskObject:
         raise KlingAPIError(
             response.status_code, envelope.code, envelope.message or "", envelope.request_id
         )
-    try:
-        return TaskObject.model_validate(envelope.data)
-    except ValidationError as exc:
-        message = f"the answer's data is not a task object: {first_error(exc, root='data')}"
-        raise KlingAPIError(
-            response.status_code, envelope.code, message, envelope.request_id
-        ) from None
+    return envelope
+
+
+def _not_tasks(
+    response: httpx.Response, envelope: Envelope, problem: str, kind: str = "object"
+) -> KlingAPIError:
+    message = f"the answer's data is not a task {kind}: {problem}"
+    return KlingAPIError(response.status_code, envelope.code, message, envelope.request_id)
 
 
 def is_transient(exc: KlingAPIError) -> bool:

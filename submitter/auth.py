@@ -6,7 +6,9 @@ with the Secret Key, header ``{"alg": "HS256", "typ": "JWT"}``, claims ``iss`` =
 ``exp`` = now + 1800 s, ``nbf`` = now - 5 s. Resellers want ``Authorization: Bearer <api key>``.
 
 Both classes are :class:`httpx.Auth` flows, so they plug into any ``httpx`` client. Neither
-ever puts a secret into its ``repr`` or into a log line.
+ever puts a secret into its ``repr`` or into a log line. :func:`auth_for` picks the flow a
+provider profile declares (:mod:`submitter.providers`); :func:`auth_from_keys` picks it from
+the keys alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import httpx
 import jwt
 
 from submitter.errors import AuthNotConfigured
+from submitter.providers import AuthKind, Provider
 
 NBF_LEEWAY_S = 5  # Kling's example signs nbf = now - 5 s, to absorb clock skew.
 
@@ -155,4 +158,35 @@ def auth_from_keys(
     raise AuthNotConfigured(
         "no Kling credentials: set KLING_API_KEY (reseller key), or KLING_ACCESS_KEY and "
         f"KLING_SECRET_KEY (official API){hint}"
+    )
+
+
+def auth_for(
+    provider: Provider, api_key: str | None, access_key: str | None, secret_key: str | None
+) -> httpx.Auth:
+    """Choose the auth flow of ``provider`` (its :attr:`~submitter.providers.Provider.auth`)
+    from the configured keys. Empty strings count as unset.
+
+    Returns:
+        For a bearer provider (hingnet, cometapi): :class:`BearerAuth` of ``api_key``. For a
+        JWT provider (official): :class:`KlingJWTAuth` when both ``access_key`` and
+        ``secret_key`` are set, else :class:`BearerAuth` of ``api_key`` (a gateway in front
+        of Kling, or the simulator), as :func:`auth_from_keys` does.
+
+    Raises:
+        AuthNotConfigured: the keys this provider needs are not set; the message names the
+            provider and the variables to set.
+    """
+    if provider.auth is AuthKind.JWT:
+        if access_key and secret_key:
+            return KlingJWTAuth(access_key, secret_key)
+        return auth_from_keys(api_key, access_key, secret_key)
+    if api_key:
+        return BearerAuth(api_key)
+    hint = ""
+    if access_key or secret_key:
+        hint = " (KLING_ACCESS_KEY and KLING_SECRET_KEY sign the official API's JWT)"
+    raise AuthNotConfigured(
+        f"no Kling credentials: provider {provider.name} takes a bearer key: set "
+        f"KLING_API_KEY{hint}"
     )

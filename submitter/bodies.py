@@ -6,13 +6,16 @@ multi-image2image, 003: images/generations, 004: a reseller's multi-image page).
 are kept and passed through, because Kling adds fields over time.
 
 Use :func:`validate_body`; it raises :class:`~submitter.errors.InvalidRequest` naming every
-broken rule, so that no request is ever sent with a body Kling would refuse.
+broken rule, so that no request is ever sent with a body Kling would refuse. These are the
+common rules; a provider's own (CometAPI's 2 to 4 subject images, seed 004) are an
+:func:`overlay` declared in :mod:`submitter.providers`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,6 +28,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    create_model,
     model_validator,
 )
 
@@ -37,7 +41,16 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 # Fields that carry an image (a URL or raw Base64). Used by validation and by the registration
 # redaction in submitter.registrar.
 IMAGE_FIELDS = frozenset(
-    {"image", "image_tail", "subject_image", "scene_image", "style_image", "static_mask", "mask"}
+    {
+        "image",
+        "image_tail",
+        "subject_image",
+        "scene_image",
+        "scence_image",  # CometAPI's wire spelling of scene_image (seed 004)
+        "style_image",
+        "static_mask",
+        "mask",
+    }
 )
 
 
@@ -209,6 +222,24 @@ ALIASES: dict[Route, dict[str, str]] = {
 }
 
 
+def overlay(route: Route, name: str, fields: Mapping[str, tuple[Any, Any]]) -> type[_Body]:
+    """The common model of ``route`` with some fields' rules replaced: a provider's overlay.
+
+    Args:
+        route: The route whose common model (:data:`MODELS`) is narrowed.
+        name: Names the new model (e.g. ``"cometapi"``), for messages and reprs.
+        fields: ``{field: (type, default)}`` in :func:`pydantic.create_model`'s terms;
+            ``...`` as the default makes the field required. Every other rule is kept.
+
+    Returns:
+        A subclass of ``MODELS[route]``, to pass to :func:`validate_body` as ``model``.
+    """
+    base = MODELS[route]
+    model_name = f"{base.__name__}_{name}"
+    defined: dict[str, Any] = dict(fields)
+    return create_model(model_name, __base__=base, **defined)
+
+
 def parse_route(route: str) -> Route:
     """Return the :class:`Route` for ``"images/generations"`` and the like.
 
@@ -224,12 +255,16 @@ def parse_route(route: str) -> Route:
         ) from None
 
 
-def validate_body(route: str | Route, body: dict[str, Any]) -> dict[str, Any]:
+def validate_body(
+    route: str | Route, body: dict[str, Any], *, model: type[_Body] | None = None
+) -> dict[str, Any]:
     """Check a create body against every documented rule of its route.
 
     Args:
         route: One of the five create routes, e.g. ``"images/generations"``.
         body: The JSON object to send, as a dict.
+        model: The rules to check against instead of the common ones (``MODELS[route]``):
+            a provider's overlay made by :func:`overlay` (see :mod:`submitter.providers`).
 
     Returns:
         The body to send: the caller's fields unchanged (no defaults are added), unknown
@@ -251,7 +286,7 @@ def validate_body(route: str | Route, body: dict[str, Any]) -> dict[str, Any]:
                 )
             out[name] = out.pop(alias)
     try:
-        MODELS[parsed_route].model_validate(out)
+        (model or MODELS[parsed_route]).model_validate(out)
     except ValidationError as exc:
         raise InvalidRequest(parsed_route, [_problem(e) for e in exc.errors()]) from None
     from submitter.images import check_inline_images  # here: submitter.images imports us

@@ -26,6 +26,7 @@ so the create is simply repeated. Which failures are transient, and how long to 
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 from urllib.parse import quote
@@ -35,11 +36,18 @@ import structlog
 from ulid import ULID
 
 from submitter import protocol
-from submitter.answers import error_fields, is_transient, may_have_created, task_from
-from submitter.bodies import parse_route, validate_body
+from submitter.answers import (
+    error_fields,
+    is_transient,
+    may_have_created,
+    task_from,
+    tasks_from,
+)
+from submitter.bodies import parse_route
 from submitter.errors import InvalidRequest, KlingAPIError, Problem
 from submitter.images import check_image_urls
 from submitter.protocol import Route, TaskObject
+from submitter.providers import Provider, infer
 from submitter.registrar import Registrar, Submission
 from submitter.retries import RetryPolicy
 from submitter.safehttp import Guard
@@ -48,6 +56,8 @@ from submitter.tokens import CallbackTokens
 log = structlog.get_logger("kling_hooks.submitter")
 
 EXTERNAL_TASK_ID_PREFIX = "kh-"
+# Kling's list query: pageNum in [1, 1000], pageSize in [1, 500] (seed 002, PROTOCOL.md 1).
+PAGE_NUM_MAX, PAGE_SIZE_MAX = 1000, 500
 
 
 def new_external_task_id(now_ms: int | None = None) -> str:
@@ -64,8 +74,11 @@ def new_external_task_id(now_ms: int | None = None) -> str:
     return f"{EXTERNAL_TASK_ID_PREFIX}{ulid}"
 
 
-def _prepare(route: Route, body: dict[str, Any], external_task_id: str | None) -> dict[str, Any]:
-    """The body to send (before ``callback_url`` is added), checked by :func:`validate_body`.
+def _prepare(
+    provider: Provider, route: str, body: dict[str, Any], external_task_id: str | None
+) -> tuple[Route, dict[str, Any]]:
+    """The route and the body to send (before ``callback_url`` is added, in Kling's own
+    spelling), checked by :meth:`Provider.check <submitter.providers.Provider.check>`.
 
     ``external_task_id``, when given, replaces the body's. A caller's ``callback_url`` is a
     problem: kling-hooks sets it, signed, for every task.
@@ -82,16 +95,26 @@ def _prepare(route: Route, body: dict[str, Any], external_task_id: str | None) -
         if external_task_id is not None:
             candidate["external_task_id"] = external_task_id
     try:
-        wire = validate_body(route, candidate)
+        resolved, checked = provider.check(route, candidate)
     except InvalidRequest as exc:
-        raise InvalidRequest(route, problems + exc.problems) from None
+        raise InvalidRequest(exc.route, problems + exc.problems) from None
     if problems:
-        raise InvalidRequest(route, problems)
-    return wire
+        raise InvalidRequest(resolved, problems)
+    return resolved, checked
+
+
+def _log_failure(event: str, **fields: Any) -> Callable[[int, Exception], None]:
+    """A retry policy's ``failed`` callback: logs ``event`` with ``fields``, the attempt
+    number and the failure."""
+
+    def failed(attempt: int, exc: Exception) -> None:
+        log.warning(event, **fields, attempt=attempt, **error_fields(exc))
+
+    return failed
 
 
 class KlingClient:
-    """Creates Kling tasks whose progress comes back as callbacks; queries one task on demand.
+    """Creates Kling tasks whose progress comes back as callbacks; queries tasks on demand.
 
     Use as ``async with KlingClient(...) as client:`` or call :meth:`aclose`. The client owns
     its HTTP connection pool, not the ``registrar`` (close that yourself).
@@ -99,9 +122,14 @@ class KlingClient:
     Args:
         api_base: Kling's base URL, possibly with a reseller's path prefix
             (``https://api-singapore.klingai.com``, ``http://127.0.0.1:9000/kling``); routes
-            are appended as ``/v1/<route>``. Trailing slashes are ignored.
+            are appended as ``/v1/<path>``. Trailing slashes are ignored; a base without a
+            path gets the provider's prefix (:meth:`Provider.api_base
+            <submitter.providers.Provider.api_base>`).
         auth: :class:`~submitter.auth.KlingJWTAuth` or :class:`~submitter.auth.BearerAuth`
-            (see :func:`~submitter.auth.auth_from_keys`).
+            (:func:`~submitter.auth.auth_for` picks the provider's).
+        provider: The :class:`~submitter.providers.Provider` profile: each route's path, its
+            rules and wire spellings. None: inferred from ``api_base``'s host
+            (:func:`~submitter.providers.infer`), ``official`` for an unknown host.
         tokens: Signs the callback URL of each task.
         public_url: The receiver's public base URL; callbacks go to
             ``{public_url}/callbacks/{external_task_id}/{token}``.
@@ -117,7 +145,8 @@ class KlingClient:
             ``Guard()`` (public hosts only) by default.
 
     Raises:
-        ValueError: ``max_attempts`` < 1, or a URL is not http(s).
+        ValueError: ``max_attempts`` < 1, ``public_url`` is not http(s), or ``api_base`` is
+            not an http(s) URL with a host or ends in ``/v1``.
     """
 
     def __init__(
@@ -125,6 +154,7 @@ class KlingClient:
         *,
         api_base: str,
         auth: httpx.Auth,
+        provider: Provider | None = None,
         tokens: CallbackTokens,
         public_url: str,
         registrar: Registrar | None = None,
@@ -137,10 +167,13 @@ class KlingClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         image_guard: Guard | None = None,
     ) -> None:
-        for name, url in (("api_base", api_base), ("public_url", public_url)):
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{name}={url!r} must be an http(s) URL")
-        self._api_base = api_base.rstrip("/")
+        if not public_url.startswith(("http://", "https://")):
+            raise ValueError(f"public_url={public_url!r} must be an http(s) URL")
+        try:
+            self.provider = provider or infer(api_base)
+            self._api_base = self.provider.api_base(api_base)
+        except ValueError as exc:
+            raise ValueError(f"api_base: {exc}") from None
         self._tokens = tokens
         self._public_url = public_url
         self._registrar = registrar
@@ -160,7 +193,7 @@ class KlingClient:
         await self._http.aclose()
 
     def _url(self, route: Route, task_id: str | None = None) -> str:
-        url = f"{self._api_base}/v1/{route.value}"
+        url = f"{self._api_base}/v1/{self.provider.path(route)}"
         return url if task_id is None else f"{url}/{quote(task_id, safe='')}"
 
     async def submit(
@@ -173,6 +206,11 @@ class KlingClient:
     ) -> Submission:
         """Validate ``body``, create the task with our callback URL, then register it.
 
+        The body is checked against the common rules and the provider's overlay, and sent
+        to the provider's path of its route, in the provider's spelling (CometAPI:
+        ``images/multi-image2image`` goes to ``images/generations``, ``scene_image`` as
+        ``scence_image``).
+
         Args:
             route: A create route, e.g. ``"images/generations"`` (PROTOCOL.md section 1).
             body: The create body without ``callback_url``; unknown fields pass through.
@@ -183,8 +221,10 @@ class KlingClient:
                 are always checked.
 
         Returns:
-            The :class:`Submission`. A failed registration does not fail the call: it gives
-            ``registered=False`` and a ``warning``.
+            The :class:`Submission`; its ``route`` is the route the body belongs to (a
+            CometAPI multi-image body given for ``images/generations`` is
+            ``images/multi-image2image``). A failed registration does not fail the call: it
+            gives ``registered=False`` and a ``warning``.
 
         Raises:
             InvalidRequest: the route is unknown, ``body`` carries ``callback_url``, or a
@@ -195,14 +235,14 @@ class KlingClient:
             KlingUnreachable: no answer after ``max_attempts``; the message says whether the
                 task may exist (query it by ``external_task_id``).
         """
-        parsed = parse_route(route)
-        wire = _prepare(parsed, body, external_task_id)
+        parsed, checked = _prepare(self.provider, route, body, external_task_id)
         if check_images:
-            await check_image_urls(parsed, wire, guard=self._image_guard)
-        ext = wire.get("external_task_id") or new_external_task_id(self._clock_ms())
-        wire["external_task_id"] = ext
+            await check_image_urls(parsed, checked, guard=self._image_guard)
+        ext = checked.get("external_task_id") or new_external_task_id(self._clock_ms())
+        checked["external_task_id"] = ext
         callback_url = self._tokens.callback_url(self._public_url, ext)
-        wire["callback_url"] = callback_url
+        checked["callback_url"] = callback_url
+        wire = self.provider.to_wire(parsed, checked)
         task = await self._create(parsed, wire)
         submission = Submission(
             task_id=task.task_id,
@@ -220,11 +260,13 @@ class KlingClient:
         return await self._registrar.register_or_warn(submission, wire)
 
     async def query(self, route: str, id: str) -> TaskObject:
-        """Fetch one task: ``GET {api_base}/v1/{route}/{id}``, retrying transient failures.
+        """Fetch one task: ``GET {api_base}/v1/{path}/{id}``, retrying transient failures.
+
+        ``path`` is the provider's path of ``route``; seed 002 documents ``{id}`` as either id.
 
         Args:
             route: The route the task was created on.
-            id: Its ``task_id`` or ``external_task_id`` (Kling accepts either).
+            id: Its ``task_id`` or ``external_task_id``.
 
         Raises:
             InvalidRequest: the route is unknown or ``id`` is empty.
@@ -235,18 +277,52 @@ class KlingClient:
         if not id:
             raise InvalidRequest(parsed, [Problem("id", "is required")])
 
-        def failed(attempt: int, exc: Exception) -> None:
-            log.warning(
-                "kling.query_attempt_failed",
-                route=parsed.value,
-                id=id,
-                attempt=attempt,
-                **error_fields(exc),
-            )
-
+        failed = _log_failure("kling.query_attempt_failed", route=parsed.value, id=id)
         return await self._retry.run(
             lambda _: self._get(parsed, id), failed=failed, what=f"query {parsed.value}/{id}"
         )
+
+    async def list(
+        self, route: str, page_num: int = 1, page_size: int = 30
+    ) -> builtins.list[TaskObject]:
+        """One page of the tasks of ``route``: ``GET {api_base}/v1/{path}?pageNum=&pageSize=``.
+
+        Kling's list query (seeds 001, 002), retrying transient failures. On CometAPI the
+        multi-image tasks share the ``images/generations`` path and its pages.
+
+        Args:
+            route: A create route, e.g. ``"images/generations"``.
+            page_num: Kling's ``pageNum``, 1 to 1000 (1 is the first page).
+            page_size: Kling's ``pageSize``, 1 to 500 tasks.
+
+        Returns:
+            The page's task objects, in Kling's order; ``[]`` past the last page.
+
+        Raises:
+            InvalidRequest: the route is unknown, or a page argument is not an integer
+                within its range; no request was sent.
+            KlingAPIError: Kling answered with an error (a final one at once).
+            KlingUnreachable: no answer after ``max_attempts``.
+        """
+        parsed = parse_route(route)
+        problems = [
+            Problem(name, f"must be an integer in [1, {high}], Kling's {kling} (got {value!r})")
+            for name, kling, value, high in (
+                ("page_num", "pageNum", page_num, PAGE_NUM_MAX),
+                ("page_size", "pageSize", page_size, PAGE_SIZE_MAX),
+            )
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high
+        ]
+        if problems:
+            raise InvalidRequest(parsed, problems)
+        params = {"pageNum": page_num, "pageSize": page_size}
+
+        async def attempt(_: int) -> builtins.list[TaskObject]:
+            return tasks_from(await self._http.get(self._url(parsed), params=params))
+
+        failed = _log_failure("kling.list_attempt_failed", route=parsed.value, **params)
+        what = f"list {parsed.value} pageNum={page_num} pageSize={page_size}"
+        return await self._retry.run(attempt, failed=failed, what=what)
 
     async def _get(self, route: Route, id: str) -> TaskObject:
         return task_from(await self._http.get(self._url(route, id)))

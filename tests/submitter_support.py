@@ -155,6 +155,7 @@ def make_client(
 ) -> KlingClient:
     options: dict[str, Any] = {
         "api_base": API_BASE,
+        "public_url": PUBLIC_URL,
         "backoff_base_s": 0.001,
         "backoff_max_s": 0.01,
         "max_attempts": 5,
@@ -163,7 +164,6 @@ def make_client(
     return KlingClient(
         auth=BearerAuth(API_KEY),
         tokens=TOKENS,
-        public_url=PUBLIC_URL,
         registrar=registrar,
         transport=kling.transport(),
         sleep=sleep or Sleeps(),

@@ -217,6 +217,95 @@ def test_api_url_falls_back_to_the_public_url(monkeypatch: pytest.MonkeyPatch) -
     assert load_settings().api_url == "http://127.0.0.1:8000"
 
 
+# -- the provider profile and the base URL -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environment", "provider", "api_base"),
+    [
+        ({}, "official", "https://api-singapore.klingai.com"),
+        ({"KLING_PROVIDER": "hingnet"}, "hingnet", "https://models.hingnet.com.cn/kling"),
+        ({"KLING_PROVIDER": "cometapi"}, "cometapi", "https://api.cometapi.com/kling"),
+        ({"KLING_PROVIDER": "OFFICIAL"}, "official", "https://api-singapore.klingai.com"),
+        ({"KLING_PROVIDER": ""}, "official", "https://api-singapore.klingai.com"),
+        (
+            {"KLING_API_BASE": "https://api.cometapi.com"},
+            "cometapi",
+            "https://api.cometapi.com/kling",
+        ),
+        (
+            {"KLING_API_BASE": "https://models.hingnet.com.cn/kling/"},
+            "hingnet",
+            "https://models.hingnet.com.cn/kling",
+        ),
+        (
+            {"KLING_API_BASE": "https://api-beijing.klingai.com"},
+            "official",
+            "https://api-beijing.klingai.com",
+        ),
+        ({"KLING_API_BASE": "http://127.0.0.1:9000"}, "official", "http://127.0.0.1:9000"),
+        (
+            {"KLING_PROVIDER": "cometapi", "KLING_API_BASE": "http://127.0.0.1:9000"},
+            "cometapi",
+            "http://127.0.0.1:9000/kling",
+        ),
+        (
+            {"KLING_PROVIDER": "hingnet", "KLING_API_BASE": "http://127.0.0.1:9000/kling"},
+            "hingnet",
+            "http://127.0.0.1:9000/kling",
+        ),
+    ],
+)
+def test_provider_is_the_setting_else_inferred_from_the_base_urls_host_else_official(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], provider: str, api_base: str
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.provider.name == provider
+    assert settings.kling_api_base == api_base
+
+
+def test_provider_and_base_url_are_read_from_the_toml_file(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'kling_provider = "cometapi"\nkling_api_base = "http://127.0.0.1:9/"\n')
+    settings = load_settings(path)
+    assert (settings.provider.name, settings.kling_api_base) == (
+        "cometapi",
+        "http://127.0.0.1:9/kling",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        (
+            "KLING_PROVIDER",
+            "kling",
+            "'kling' is not a provider: one of official, hingnet, cometapi",
+        ),
+        (
+            "KLING_API_BASE",
+            "api.cometapi.com",
+            "'api.cometapi.com' is not an http(s) URL with a host",
+        ),
+        ("KLING_API_BASE", "https://models.hingnet.com.cn/kling/v1", "ends in /v1"),
+        ("KLING_API_BASE", "https://host:port", "has a bad port"),
+        ("KLING_HOOKS_PUBLIC_URL", "hooks.example.com", "is not an http(s) URL with a host"),
+        ("KLING_HOOKS_API_URL", "127.0.0.1:8000", "is not an http(s) URL with a host"),
+    ],
+)
+def test_a_bad_provider_or_url_is_one_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"bad setting: {name}: ")
+    assert named in message
+    assert "\n" not in message
+
+
 # -- the two secrets -----------------------------------------------------------------------
 
 

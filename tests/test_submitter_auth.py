@@ -7,6 +7,8 @@ import jwt
 import pytest
 
 from submitter import AuthNotConfigured, BearerAuth, KlingJWTAuth, auth_from_keys
+from submitter.auth import auth_for
+from submitter.providers import COMETAPI, HINGNET, OFFICIAL, Provider
 
 ACCESS_KEY = "AKtestaccesskey0123456789abcdef0"
 SECRET_KEY = "SKtestsecretkey0123456789abcdef0123"  # >= 32 bytes: PyJWT warns below that
@@ -172,3 +174,39 @@ def test_missing_credentials_raise_auth_not_configured_naming_the_variables(
     if missing:
         assert missing in message
     assert SECRET_KEY not in message
+
+
+# --- the provider profile's auth (auth_for) -------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", [HINGNET, COMETAPI])
+def test_a_bearer_provider_sends_the_api_key_even_when_a_jwt_pair_is_set(
+    provider: Provider,
+) -> None:
+    auth = auth_for(provider, "reseller-key", ACCESS_KEY, SECRET_KEY)
+    assert isinstance(auth, BearerAuth)
+    assert send(auth, [200]) == ["Bearer reseller-key"]
+
+
+def test_the_official_provider_signs_a_jwt_even_when_an_api_key_is_set() -> None:
+    auth = auth_for(OFFICIAL, "some-key", ACCESS_KEY, SECRET_KEY)
+    assert isinstance(auth, KlingJWTAuth)
+    assert decode(send(auth, [200])[0].removeprefix("Bearer "))["iss"] == ACCESS_KEY
+
+
+def test_the_official_provider_without_a_pair_sends_the_api_key_as_before() -> None:
+    assert isinstance(auth_for(OFFICIAL, "gateway-key", None, None), BearerAuth)
+    with pytest.raises(AuthNotConfigured, match="KLING_SECRET_KEY is missing"):
+        auth_for(OFFICIAL, None, ACCESS_KEY, "")
+
+
+@pytest.mark.parametrize("provider", [HINGNET, COMETAPI])
+def test_a_bearer_provider_without_an_api_key_names_the_provider_and_the_variable(
+    provider: Provider,
+) -> None:
+    with pytest.raises(AuthNotConfigured) as caught:
+        auth_for(provider, "", ACCESS_KEY, SECRET_KEY)
+    assert str(caught.value) == (
+        f"no Kling credentials: provider {provider.name} takes a bearer key: set KLING_API_KEY"
+        " (KLING_ACCESS_KEY and KLING_SECRET_KEY sign the official API's JWT)"
+    )

@@ -195,6 +195,61 @@ async def test_query_refuses_an_empty_id_without_a_request() -> None:
     assert kling.requests == []
 
 
+# --- list -----------------------------------------------------------------------------------
+
+TASK = {"task_id": "867283741759111202", "task_status": "succeed", "task_info": {}}
+
+
+async def test_list_sends_kling_page_parameters_and_returns_the_task_objects() -> None:
+    kling = FakeKling(gets=[envelope(data=[TASK, {**TASK, "task_id": "CjI17WevH1IAAAAAAHmgsw"}])])
+    async with make_client(kling) as client:
+        tasks = await client.list(T2V, page_num=3, page_size=50)
+    assert [t.task_id for t in tasks] == ["867283741759111202", "CjI17WevH1IAAAAAAHmgsw"]
+    (request,) = kling.requests
+    assert (request.method, request.url.path) == ("GET", "/v1/videos/text2video")
+    assert dict(request.url.params) == {"pageNum": "3", "pageSize": "50"}
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_list_defaults_to_the_first_page_of_30() -> None:
+    kling = FakeKling(gets=[envelope(data=[])])
+    async with make_client(kling, api_base="http://127.0.0.1:9000/kling/") as client:
+        assert await client.list(GEN) == []
+    assert str(kling.requests[0].url).endswith("/kling/v1/images/generations?pageNum=1&pageSize=30")
+
+
+async def test_list_retries_transient_failures() -> None:
+    kling = FakeKling(gets=[envelope(429, 1302, "too fast"), envelope(data=[TASK])])
+    async with make_client(kling) as client:
+        assert len(await client.list(GEN)) == 1
+    assert kling.methods == ["GET", "GET"]
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"task_id": "1", "task_status": "succeed"}, "data: Input should be a valid list"),
+        ([{"task_status": "succeed"}], "0.task_id: Field required"),
+    ],
+)
+async def test_list_answer_that_is_not_a_list_of_tasks_is_a_kling_error(
+    data: Any, named: str
+) -> None:
+    kling = FakeKling(gets=[envelope(data=data)])
+    async with make_client(kling) as client:
+        with pytest.raises(KlingAPIError) as info:
+            await client.list(GEN)
+    assert info.value.message == f"the answer's data is not a task list: {named}"
+
+
+async def test_list_of_an_unknown_route_sends_nothing() -> None:
+    kling = FakeKling()
+    async with make_client(kling) as client:
+        with pytest.raises(InvalidRequest, match="route"):
+            await client.list("videos/lip-sync")
+    assert kling.requests == []
+
+
 # --- construction ---------------------------------------------------------------------------
 
 
@@ -202,6 +257,8 @@ async def test_query_refuses_an_empty_id_without_a_request() -> None:
     ("kwargs", "message"),
     [
         ({"api_base": "127.0.0.1:9000"}, "api_base"),
+        ({"api_base": "http://127.0.0.1:9000/kling/v1"}, "api_base: .* ends in /v1"),
+        ({"public_url": "hooks.example.com"}, "public_url"),
         ({"max_attempts": 0}, "max_attempts"),
     ],
 )

@@ -1,5 +1,6 @@
 """``kling-hooks submit``: one task to Kling, with our callback_url, registered with the
-receiver. The body is checked against Kling's documented rules before anything is sent."""
+receiver. The body is checked against Kling's documented rules, and the provider profile's
+(:mod:`submitter.providers`), before anything is sent."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from receiver.cli.options import EXIT_OK, load, settings_options
 from receiver.config import Settings
 
 if TYPE_CHECKING:
+    import httpx
+
     from submitter import Submission
 
 
@@ -44,19 +47,20 @@ def submit(
     videos/text2video or videos/image2video. The body is checked against Kling's documented
     rules first: a body that breaks one sends nothing (exit 2). Base64 images are checked
     for format, size, pixel size and aspect ratio; image URLs only with --check-images.
+    The rules, paths and auth are the provider profile's (KLING_PROVIDER, else inferred from
+    KLING_API_BASE); the printed JSON names it as "provider".
     """
-    from submitter import validate_body
-
     settings = load(config, db)
     try:
         body = _read_data(data)
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"cannot read --data: {exc}") from None
-    validate_body(route, body)  # before anything else: a bad body sends nothing
+    # Before anything else, by the provider's rules: a bad body sends nothing.
+    settings.provider.check(route, body)
     submission = asyncio.run(_submit(settings, route, body, external_task_id, check_images))
     if submission.warning:
         click.echo(f"warning: {submission.warning}", err=True)
-    click.echo(json.dumps(submission.to_json()))
+    click.echo(json.dumps({**submission.to_json(), "provider": settings.provider.name}))
     return EXIT_OK
 
 
@@ -77,13 +81,9 @@ async def _submit(
     check_images: bool,
 ) -> Submission:
     """Create the task at Kling and register it with the receiver; the ``Submission``."""
-    from submitter import KlingClient, Registrar, auth_from_keys
+    from submitter import KlingClient, Registrar
 
-    auth = auth_from_keys(
-        settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
-        settings.kling_access_key,
-        settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
-    )
+    auth = kling_auth(settings)
     # A new database would hold a callback secret no receiver knows: every callback refused.
     creds = await credentials.resolve_from_file(settings, must_exist=True)
     async with (
@@ -91,9 +91,27 @@ async def _submit(
         KlingClient(
             api_base=settings.kling_api_base,
             auth=auth,
+            provider=settings.provider,
             tokens=creds.tokens,
             public_url=settings.kling_hooks_public_url,
             registrar=registrar,
         ) as client,
     ):
         return await client.submit(route, body, external_task_id, check_images=check_images)
+
+
+def kling_auth(settings: Settings) -> httpx.Auth:
+    """The auth flow of the settings' provider (:func:`submitter.auth.auth_for`): a JWT from
+    KLING_ACCESS_KEY + KLING_SECRET_KEY, or KLING_API_KEY as a bearer key.
+
+    Raises:
+        AuthNotConfigured: the provider's keys are not set; the message names them.
+    """
+    from submitter.auth import auth_for
+
+    return auth_for(
+        settings.provider,
+        settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
+        settings.kling_access_key,
+        settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
+    )

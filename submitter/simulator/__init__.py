@@ -18,17 +18,20 @@ Modules, by job:
 * ``tasks``: :class:`SimTask` and the table of tasks by id;
 * ``recorder``: records every request (:class:`RecordedRequest`) before it is handled.
 
-Routes (``prefix`` such as ``"/kling"`` goes first, as with resellers)::
+Routes (``prefix`` such as ``"/kling"`` goes first, as with resellers; ``{path}`` is the
+route's path in the simulator's provider profile, :mod:`submitter.providers`, which also
+chooses the body rules: ``Simulator(provider=COMETAPI)`` takes multi-image bodies at
+``images/generations``)::
 
-    POST {prefix}/v1/{family}/{route}               create   -> envelope, data = new task
-    GET  {prefix}/v1/{family}/{route}/{id}          query    -> envelope, data = task object
-    GET  {prefix}/v1/{family}/{route}?pageNum&pageSize  list -> envelope, data = [task, ...]
+    POST {prefix}/v1/{path}                         create   -> envelope, data = new task
+    GET  {prefix}/v1/{path}/{id}                    query    -> envelope, data = task object
+    GET  {prefix}/v1/{path}?pageNum&pageSize        list     -> envelope, data = [task, ...]
     GET  /files/{name}                              result file (no authorization)
 
 Choices where Kling documents nothing:
 
 * an unknown query id answers HTTP 400, code 1201, ``"task not found: '<id>'"``; a task is
-  found only under the route it was created on;
+  found only under the path of the route it was created on;
 * an unknown path answers HTTP 404, code 1203; a known path with the wrong method answers
   HTTP 404, code 1202 (Kling's "Error Code" page pairs both codes with 404);
 * a list is newest first;

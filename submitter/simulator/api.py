@@ -23,10 +23,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from submitter.bodies import validate_body
+from submitter.client import PAGE_NUM_MAX, PAGE_SIZE_MAX
 from submitter.errors import InvalidRequest, SubmitterError
 from submitter.media import mp4_bytes, png_bytes
 from submitter.protocol import ERROR_CODES, Route, TaskStatus
+from submitter.providers import Provider
 from submitter.simulator.driver import Driver
 from submitter.simulator.faults import Faults, new_request_id
 from submitter.simulator.tasks import TaskTable
@@ -56,11 +57,17 @@ class Refused(SubmitterError):
 class KlingAPI:
     """Kling's routes for the five create routes of :class:`Route`, plus ``/files/{name}``.
 
+    Each route is served at its ``provider``'s path; routes sharing a path share its create,
+    query and list (CometAPI's multi-image bodies at ``images/generations``): a body posted
+    there is checked as the route the provider recognises it as
+    (:meth:`Provider.check <submitter.providers.Provider.check>`).
+
     Args:
         tasks: Where created tasks are kept and looked up.
         driver: Starts each created task.
         rng: The simulator's one random source (``request_id`` of each answer).
         faults: ``busy_creates`` and ``lose_create_answers`` are counted down here.
+        provider: Whose paths and rules are served.
         prefix: Path prefix of the API routes, ``"/kling"`` or ``""``; slashes around it are
             ignored.
         api_key: When set, the only bearer accepted besides a valid JWT.
@@ -77,6 +84,7 @@ class KlingAPI:
         driver: Driver,
         rng: random.Random,
         faults: Faults,
+        provider: Provider,
         prefix: str,
         api_key: str | None,
         access_key: str | None,
@@ -86,6 +94,7 @@ class KlingAPI:
         self._tasks = tasks
         self._driver = driver
         self._rng = rng
+        self._provider = provider
         self._prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self._api_key = api_key
         self._access_key = access_key
@@ -95,15 +104,16 @@ class KlingAPI:
         self._lost_left = faults.lose_create_answers
 
     def routes(self) -> list[routing.Route]:
-        """Create (POST), list (GET) and query (GET ``/{id}``) per route, then the files."""
+        """Create (POST), list (GET) and query (GET ``/{id}``) per path, then the files."""
         routes: list[routing.Route] = []
-        for route in Route:
-            path = f"{self._prefix}/v1/{route.value}"
+        for kling_path in dict.fromkeys(self._provider.path(r) for r in Route):
+            served = self._provider.routes_at(kling_path)
+            path = f"{self._prefix}/v1/{kling_path}"
             routes += [
-                routing.Route(path, functools.partial(self._create, route), methods=["POST"]),
-                routing.Route(path, functools.partial(self._list, route), methods=["GET"]),
+                routing.Route(path, functools.partial(self._create, served), methods=["POST"]),
+                routing.Route(path, functools.partial(self._list, served), methods=["GET"]),
                 routing.Route(
-                    path + "/{id}", functools.partial(self._query, route), methods=["GET"]
+                    path + "/{id}", functools.partial(self._query, served), methods=["GET"]
                 ),
             ]
         routes.append(routing.Route("/files/{name}", self._file, methods=["GET"]))
@@ -188,9 +198,9 @@ class KlingAPI:
 
     # -- handlers ----------------------------------------------------------------------------
 
-    async def _create(self, route: Route, request: Request) -> Response:
+    async def _create(self, served: tuple[Route, ...], request: Request) -> Response:
         self._authorize(request)
-        body = _valid_body(route, await request.body())
+        route, body = _valid_body(self._provider, served, await request.body())
         external_task_id = body.get("external_task_id")
         if external_task_id is not None and self._tasks.has_external(external_task_id):
             raise Refused(1201, f"external_task_id already exists: {external_task_id!r}")
@@ -206,20 +216,20 @@ class KlingAPI:
         data = task.to_object()
         return self._ok({k: data[k] for k in CREATE_FIELDS})
 
-    async def _query(self, route: Route, request: Request) -> Response:
+    async def _query(self, served: tuple[Route, ...], request: Request) -> Response:
         self._authorize(request)
         task_ref = request.path_params["id"]
-        task = self._tasks.find(task_ref, route)
+        task = self._tasks.find(task_ref, served)
         if task is None:
             raise Refused(1201, f"task not found: {task_ref!r}")
         return self._ok(task.to_object())
 
-    async def _list(self, route: Route, request: Request) -> Response:
+    async def _list(self, served: tuple[Route, ...], request: Request) -> Response:
         self._authorize(request)
-        page_num = _page_param(request, "pageNum", 1, 1000, default=1)
-        page_size = _page_param(request, "pageSize", 1, 500, default=30)
+        page_num = _page_param(request, "pageNum", 1, PAGE_NUM_MAX, default=1)
+        page_size = _page_param(request, "pageSize", 1, PAGE_SIZE_MAX, default=30)
         start = (page_num - 1) * page_size
-        page = self._tasks.newest_first(route)[start : start + page_size]
+        page = self._tasks.newest_first(served)[start : start + page_size]
         return self._ok([t.to_object() for t in page])
 
     async def _file(self, request: Request) -> Response:
@@ -246,8 +256,11 @@ class KlingAPI:
         return None
 
 
-def _valid_body(route: Route, raw: bytes) -> dict[str, Any]:
-    """The create body, parsed and checked by :func:`submitter.bodies.validate_body`.
+def _valid_body(
+    provider: Provider, served: tuple[Route, ...], raw: bytes
+) -> tuple[Route, dict[str, Any]]:
+    """The route and the create body, parsed and checked by ``provider``'s rules, for a body
+    posted to the path of ``served`` (the path's own route first).
 
     Raises:
         Refused: 1200 when ``raw`` is not JSON, 1201 naming every broken rule.
@@ -257,9 +270,12 @@ def _valid_body(route: Route, raw: bytes) -> dict[str, Any]:
     except ValueError:
         raise Refused(1200, "request body is not valid JSON") from None
     try:
-        return validate_body(route, payload)
+        route, body = provider.check(served[0], payload)
     except InvalidRequest as exc:
         raise Refused(1201, str(exc)) from None
+    if route not in served:  # recognised as a route this provider serves elsewhere
+        raise Refused(1201, f"a {route.value} body is not accepted at this path")
+    return route, body
 
 
 def _page_param(request: Request, name: str, low: int, high: int, *, default: int) -> int:

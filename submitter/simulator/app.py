@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from submitter.protocol import now_ms
+from submitter.providers import OFFICIAL, Provider
 from submitter.simulator.api import KlingAPI
 from submitter.simulator.delivery import CallbackSender
 from submitter.simulator.driver import Driver
@@ -29,7 +30,12 @@ class Simulator:
         delay_s: (min, max) seconds between a task's steps, drawn uniformly per step.
         seed: Seed of the one ``random.Random`` behind every random choice; None for a
             random seed.
+        provider: Whose paths and body rules the API serves (:mod:`submitter.providers`):
+            CometAPI's multi-image bodies at ``images/generations``, its 2 to 4 subjects...
+            Kling's own (``official``) by default.
         prefix: Path prefix of the API routes (``"/kling"``); ``""`` for Kling's own layout.
+            None: the provider's prefix (``""`` for ``official``, ``"/kling"`` for the
+            resellers).
         api_key: When set, the only bearer accepted besides a valid JWT (reseller style).
         access_key: With ``secret_key``: bearers are HS256 JWTs signed with ``secret_key``
             whose ``iss`` is ``access_key`` (Kling's "General Information" page).
@@ -62,7 +68,8 @@ class Simulator:
         faults: Faults = _NO_FAULTS,
         delay_s: tuple[float, float] = (0.2, 1.0),
         seed: int | None = None,
-        prefix: str = "",
+        provider: Provider = OFFICIAL,
+        prefix: str | None = None,
         api_key: str | None = None,
         access_key: str | None = None,
         secret_key: str | None = None,
@@ -88,7 +95,8 @@ class Simulator:
             driver=self._driver,
             rng=rng,
             faults=faults,
-            prefix=prefix,
+            provider=provider,
+            prefix=provider.prefix if prefix is None else prefix,
             api_key=api_key,
             access_key=access_key,
             secret_key=secret_key,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -138,15 +138,15 @@ class TaskTable:
         """True when a task was already created with this ``external_task_id``."""
         return external_task_id in self._by_external
 
-    def find(self, task_ref: str, route: Route) -> SimTask | None:
+    def find(self, task_ref: str, routes: Collection[Route]) -> SimTask | None:
         """The task whose ``task_id`` or ``external_task_id`` is ``task_ref``, or None when
-        there is none or it was created on another route."""
+        there is none or it was created on a route not in ``routes``."""
         task = self.by_id.get(task_ref) or self._by_external.get(task_ref)
-        return task if task is not None and task.route is route else None
+        return task if task is not None and task.route in routes else None
 
-    def newest_first(self, route: Route) -> list[SimTask]:
-        """The tasks created on ``route``, newest first."""
-        return [t for t in reversed(self.by_id.values()) if t.route is route]
+    def newest_first(self, routes: Collection[Route]) -> list[SimTask]:
+        """The tasks created on any of ``routes``, newest first."""
+        return [t for t in reversed(self.by_id.values()) if t.route in routes]
 
     def _new_id(self, *, old_style: bool) -> str:
         while True:
