@@ -689,13 +689,27 @@ def test_unknown_command_exits_2_with_one_line(capsys: pytest.CaptureFixture[str
     assert len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", sorted(cli.cli.commands))
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    """Every command under ``group``, subcommands of its groups included, by ``"a b"`` name."""
+    found: dict[str, click.Command] = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.update(_commands(command, (*path, name)))
+        else:
+            found[" ".join((*path, name))] = command
+    return found
+
+
+COMMANDS = _commands(cli.cli)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_help_of_every_command_gives_each_option_help_and_its_default(
     capsys: pytest.CaptureFixture[str], name: str
 ) -> None:
-    assert cli.main([name, "--help"]) == 0
+    assert cli.main([*name.split(), "--help"]) == 0
     shown = " ".join(capsys.readouterr().out.split())  # help lines are wrapped
-    options = [p for p in cli.cli.commands[name].params if isinstance(p, click.Option)]
+    options = [p for p in COMMANDS[name].params if isinstance(p, click.Option)]
     assert options
     for option in options:
         assert option.help, f"{name} {option.opts[0]} has no help"

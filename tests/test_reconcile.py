@@ -9,6 +9,7 @@ records the result and that the downloader then saves the file.
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -149,3 +150,41 @@ async def test_reconcile_recovers_a_task_whose_callbacks_were_lost_and_the_file_
     for saved in task["files"]:
         content = Path(saved["path"]).read_bytes()
         assert hashlib.sha256(content).hexdigest() == saved["sha256"]
+
+
+async def test_kling_get_and_list_ask_kling_itself(tmp_path: Path) -> None:
+    simulator = Simulator(delay_s=(0.0, 0.0), seed=5)
+    async with running(simulator.app) as sim_url:
+        async with KlingClient(
+            api_base=sim_url,
+            auth=BearerAuth("any-key"),
+            tokens=CallbackTokens([SECRET]),
+            public_url="http://127.0.0.1:1",  # nothing listens: the callbacks go nowhere
+        ) as client:
+            subs = [await client.submit("videos/text2video", {"prompt": p}) for p in "ab"]
+        await simulator.wait_idle()
+        env = cli_env(kling_api_base=sim_url, kling_api_key="any-key")
+        got = await kling_hooks(
+            "kling", "get", "videos/text2video", subs[0].external_task_id, env=env, cwd=tmp_path
+        )
+        as_json = await kling_hooks(
+            "kling", "get", "videos/text2video", subs[0].task_id, "--json", env=env, cwd=tmp_path
+        )
+        listed = await kling_hooks(
+            "kling", "list", "videos/text2video", "--page-size", "1", env=env, cwd=tmp_path
+        )
+        bad = await kling_hooks(
+            "kling", "list", "videos/text2video", "--page-size", "501", env=env, cwd=tmp_path
+        )
+    assert got.code == 0, got.err
+    assert f"task_id               {subs[0].task_id}" in got.out
+    assert json.loads(as_json.out)["task_id"] == subs[0].task_id
+    assert listed.code == 0, listed.err
+    assert listed.out.splitlines()[0].split() == [
+        "task_id",
+        "external_task_id",
+        "task_status",
+        "updated_at",
+    ]
+    assert len(listed.out.splitlines()) == 2  # one page of one
+    assert bad.code == 2 and "500" in bad.err and len(bad.err.splitlines()) == 1

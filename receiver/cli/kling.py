@@ -32,6 +32,7 @@ from receiver.cli.options import (
     settings_options,
     url_option,
 )
+from receiver.cli.submit import kling_auth
 from receiver.config import Settings
 from receiver.models import TaskSummary
 from receiver.status_client import ApiError, StatusClient
@@ -58,19 +59,20 @@ def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> in
 
 @contextlib.asynccontextmanager
 async def kling_client(settings: Settings) -> AsyncIterator[KlingClient]:
-    """A client of the configured Kling system (``KLING_API_BASE``), for queries only."""
-    from submitter import KlingClient, auth_from_keys
+    """A client of the configured Kling system (``KLING_API_BASE``, its provider profile),
+    for queries only.
+
+    Raises:
+        AuthNotConfigured: the provider's keys are not set.
+    """
+    from submitter import KlingClient
     from submitter.tokens import CallbackTokens, new_secret
 
-    auth = auth_from_keys(
-        settings.kling_api_key.get_secret_value() if settings.kling_api_key else None,
-        settings.kling_access_key,
-        settings.kling_secret_key.get_secret_value() if settings.kling_secret_key else None,
-    )
     # A query signs no callback URL: the tokens and the public URL are never used.
     async with KlingClient(
         api_base=settings.kling_api_base,
-        auth=auth,
+        provider=settings.provider,
+        auth=kling_auth(settings),
         tokens=CallbackTokens([new_secret()]),
         public_url=settings.kling_hooks_public_url,
     ) as client:

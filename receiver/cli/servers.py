@@ -10,6 +10,7 @@ import click
 
 from receiver.cli.options import ANY_PATH, EXIT_OK, F, load, settings_options
 from receiver.logging import configure_logging
+from submitter.providers import PROVIDERS
 
 
 @click.command()
@@ -68,7 +69,15 @@ def fault_options(f: F) -> F:
 @click.command()
 @click.option("--host", default="127.0.0.1", help="address to listen on")
 @click.option("--port", type=int, default=9000, help="TCP port (0: any free port)")
-@click.option("--prefix", default="", help="route prefix, e.g. /kling like a reseller")
+@click.option(
+    "--provider",
+    type=click.Choice(sorted(PROVIDERS)),
+    default="official",
+    help="whose paths and body rules to serve (submitter.providers)",
+)
+@click.option(
+    "--prefix", show_default="the provider's", help="route prefix, e.g. /kling like a reseller"
+)
 @click.option("--api-key", show_default="any key", help="accept only this bearer key")
 @click.option("--seed", type=int, show_default="random", help="makes runs repeatable")
 @click.option("--min-delay", type=float, default=0.5, help="least seconds between states")
@@ -77,7 +86,8 @@ def fault_options(f: F) -> F:
 def simulate(
     host: str,
     port: int,
-    prefix: str,
+    provider: str,
+    prefix: str | None,
     api_key: str | None,
     seed: int | None,
     min_delay: float,
@@ -105,6 +115,7 @@ def simulate(
     )
     sim = Simulator(
         faults=faults,
+        provider=PROVIDERS[provider],
         prefix=prefix,
         delay_s=(min_delay, max_delay),
         api_key=api_key,
