@@ -8,6 +8,7 @@ records the result and that the downloader then saves the file.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import signal
@@ -93,14 +94,36 @@ allow_private_hosts = true
     return config
 
 
-async def test_reconcile_recovers_a_task_whose_callbacks_were_lost_and_the_file_is_saved(
+class KillAtTheTerminalCallback(httpx.AsyncBaseTransport):
+    """The simulator's callback transport: when the task's terminal callback is about to be
+    sent, the receiver is killed with SIGKILL, so that callback meets a dead server."""
+
+    def __init__(self) -> None:
+        self.receiver: asyncio.subprocess.Process | None = None
+        self._http = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        doc = json.loads(request.content)
+        status = doc.get("data", doc)["task_status"]
+        if status in ("succeed", "failed") and self.receiver is not None:
+            self.receiver.send_signal(signal.SIGKILL)
+            await self.receiver.wait()
+        return await self._http.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+async def test_reconcile_recovers_a_task_whose_terminal_callback_was_lost_and_saves_its_file(
     tmp_path: Path,
 ) -> None:
     downloads = tmp_path / "downloads"
     config = write_config(tmp_path, downloads)
-    simulator = Simulator(delay_s=(0.5, 0.5), seed=3, callback_retries=0)
+    killer = KillAtTheTerminalCallback()
+    simulator = Simulator(delay_s=(0.2, 0.2), seed=3, callback_retries=0, callback_transport=killer)
     async with running(simulator.app) as sim_url:
         async with serve(config, tmp_path) as down:
+            killer.receiver = down.proc
             async with (
                 Registrar(down.url, API_TOKEN) as registrar,
                 KlingClient(
@@ -112,11 +135,12 @@ async def test_reconcile_recovers_a_task_whose_callbacks_were_lost_and_the_file_
                 ) as client,
             ):
                 sub = await client.submit("images/generations", {"prompt": "a lighthouse"})
-            assert sub.registered
-            down.proc.send_signal(signal.SIGKILL)  # before Kling's callbacks come
-            await down.proc.wait()
-        await simulator.wait_idle()  # the task ended; each callback was refused
+            await simulator.wait_idle()  # the task ended; its terminal callback met the kill
+            assert down.proc.returncode == -signal.SIGKILL
         assert simulator.tasks[sub.task_id].task_status.value == "succeed"
+        with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
+            [(stored,)] = conn.execute("SELECT task_status FROM tasks")
+        assert stored == "processing"  # and, without reconcile, it would stay so
 
         async with serve(config, tmp_path) as up:
             env = cli_env(
@@ -131,20 +155,25 @@ async def test_reconcile_recovers_a_task_whose_callbacks_were_lost_and_the_file_
             )
             async with httpx.AsyncClient(base_url=up.url, headers=AUTH) as api:
                 task = (await api.get(f"/tasks/{sub.external_task_id}")).json()
+    await killer.aclose()
 
     assert dry.code == 0 and "would record (dry run)" in dry.out, dry
     assert dry.out.splitlines()[-1] == "1 overdue, 1 would move forward, 0 failed"
     assert run.code == 0, run.err
-    assert f"{sub.external_task_id}  images/generations  submitted  succeed  recorded (new)" in (
+    assert f"{sub.external_task_id}  images/generations  processing  succeed  recorded (new)" in (
         run.out
     )
     assert run.out.splitlines()[-1] == "1 overdue, 1 moved forward, 0 failed"
     assert again.out.splitlines()[-1] == "0 overdue, 0 moved forward, 0 failed"  # terminal now
     assert task["task_status"] == "succeed"
-    assert [t["task_status"] for t in task["transitions"]] == ["submitted", "succeed"]
+    assert [t["task_status"] for t in task["transitions"]] == ["submitted", "processing", "succeed"]
     with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
         sources = dict(conn.execute("SELECT task_status, source FROM transitions"))
-    assert sources == {"submitted": "registration", "succeed": "reconcile"}
+    assert sources == {
+        "submitted": "registration",
+        "processing": "callback",
+        "succeed": "reconcile",
+    }
     expected = simulator.tasks[sub.task_id].task_result or {}
     assert {f["url"] for f in task["files"]} == {i["url"] for i in expected["images"]}
     for saved in task["files"]:
