@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import httpx
 from pydantic import Field
 
 from submitter.bodies import SubjectImage, overlay, parse_route, validate_body
@@ -184,10 +185,13 @@ class Provider:
         """
         parts = check_url(url)
         path = parts.path.rstrip("/")
-        if path.endswith("/v1"):
-            fixed = urlunsplit((parts.scheme, parts.netloc, path[:-3], "", ""))
+        segments = path.split("/")
+        if "v1" in (s.lower() for s in segments):
+            kept = "/".join(segments[: [s.lower() for s in segments].index("v1")])
+            fixed = urlunsplit((parts.scheme, parts.netloc, kept, "", ""))
             raise ValueError(
-                f"{url!r} ends in /v1, which kling-hooks adds itself before each route: "
+                f"{url!r} {'ends in' if segments[-1].lower() == 'v1' else 'holds'} /v1,"
+                " which kling-hooks adds itself before each route: "
                 f"give {fixed!r}"
             )
         return urlunsplit((parts.scheme, parts.netloc, path or self.prefix, "", ""))
@@ -222,6 +226,13 @@ def check_url(url: str) -> SplitResult:
         raise ValueError(f"{url!r} must name a host without credentials ({example})")
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r} must not carry a query or a fragment")
+    try:  # the HTTP client's own parser: IDNA labels, IPv6 brackets
+        parsed = httpx.URL(url)
+        port = parsed.port if parsed.host else None  # reading the host decodes IDNA labels
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise ValueError(f"{url!r} is not a URL ({exc})") from None
+    if port == 0:
+        raise ValueError(f"{url!r} has a bad port")
     return parts
 
 

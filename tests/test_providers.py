@@ -556,6 +556,11 @@ def test_a_base_url_without_a_path_gets_the_providers_prefix(
         ("https://host/kling?x=1", "query or a fragment"),
         ("https://ho st", "is not a URL"),
         ("", "is not a URL"),
+        ("http://xn--", "is not a URL"),
+        ("http://[::1]x", "is not a URL"),
+        ("https://host:0", "has a bad port"),
+        ("https://host/KLING/V1", "ends in /v1"),
+        ("https://host/kling/v1/images", "holds /v1"),
     ],
 )
 def test_a_bad_base_url_is_refused_naming_the_value(url: str, named: str) -> None:
@@ -625,6 +630,8 @@ async def kling_hooks(*args: str, **settings: str) -> tuple[int, str, str]:
         ("kling_api_base", "api.cometapi.com/kling", "is not an http(s) URL with a host"),
         ("kling_api_base", "https://api.cometapi.com/kling/v1", "ends in /v1"),
         ("kling_api_base", "http://[::1", "is not a URL (Invalid IPv6 URL)"),
+        ("kling_api_base", "http://xn--", "is not a URL"),
+        ("kling_hooks_public_url", "http://[::1]x", "is not a URL"),
         ("kling_provider", "kling", "is not a provider: one of official, hingnet, cometapi"),
     ],
 )

@@ -16,15 +16,24 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
+from starlette import routing
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from receiver.cli.kling import reconcile_overdue
 from receiver.serving import running
+from receiver.status_client import StatusClient
 from submitter import BearerAuth, KlingClient, Registrar
+from submitter.protocol import now_ms
 from submitter.simulator import Simulator
 from submitter.tokens import CallbackTokens
 from tests.conftest import (
     API_TOKEN,
     SECRET,
     Outcomes,
+    Receiver,
     RecordingPlugin,
     make_settings,
     rows,
@@ -217,3 +226,102 @@ async def test_kling_get_and_list_ask_kling_itself(tmp_path: Path) -> None:
     ]
     assert len(listed.out.splitlines()) == 2  # one page of one
     assert bad.code == 2 and "500" in bad.err and len(bad.err.splitlines()) == 1
+
+
+async def _two_registered_tasks(r: Receiver, client: KlingClient) -> list[str]:
+    """Two tasks created at ``client`` and registered with ``r``; their task_ids."""
+    subs = [await client.submit("videos/text2video", {"prompt": p}) for p in "ab"]
+    assert all(s.registered for s in subs)
+    return [s.task_id for s in subs]
+
+
+async def test_reconcile_queries_no_task_younger_than_the_cutoff_and_keeps_the_rate(
+    tmp_path: Path,
+) -> None:
+    simulator = Simulator(delay_s=(30.0, 30.0), seed=8)  # the tasks stay submitted
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async with start_receiver(make_settings(tmp_path)) as r, running(simulator.app) as sim_url:
+        async with (
+            Registrar(r.url, API_TOKEN) as registrar,
+            StatusClient(r.url, API_TOKEN) as api,
+            KlingClient(
+                api_base=sim_url,
+                auth=BearerAuth("k"),
+                tokens=CallbackTokens([SECRET]),
+                public_url=r.url,
+                registrar=registrar,
+            ) as client,
+        ):
+            await _two_registered_tasks(r, client)
+            before = len(simulator.requests)
+            young = await reconcile_overdue(api, client, now_ms() - 3_600_000, 10, 2.0)
+            assert (young, len(simulator.requests)) == ([], before)  # nothing asked
+            old = await reconcile_overdue(api, client, now_ms() + 1, 10, 2.0, sleep=sleep)
+        await simulator.aclose()
+    assert [d.result for d in old] == ["unchanged", "unchanged"]
+    gets = [q for q in simulator.requests[before:] if q.method == "GET"]
+    assert len(gets) == 2 and waits == [0.5]  # one query per task, 1/rate s between them
+
+
+def refusing_kling(code: int, http_status: int) -> Starlette:
+    """A Kling that creates tasks but answers every query with error ``code``."""
+    created: dict[str, str] = {}
+
+    async def create(request: Request) -> JSONResponse:
+        body = await request.json()
+        task_id = str(10**17 + len(created))
+        created[task_id] = body["external_task_id"]
+        data = {"task_id": task_id, "task_status": "submitted", "created_at": 1, "updated_at": 1}
+        data["task_info"] = {"external_task_id": body["external_task_id"]}
+        return JSONResponse({"code": 0, "message": "SUCCEED", "request_id": "r", "data": data})
+
+    async def query(request: Request) -> JSONResponse:
+        refusal = {"code": code, "message": "refused", "request_id": "r", "data": None}
+        return JSONResponse(refusal, status_code=http_status)
+
+    return Starlette(
+        routes=[
+            routing.Route("/v1/videos/text2video", create, methods=["POST"]),
+            routing.Route("/v1/videos/text2video/{id}", query, methods=["GET"]),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "first", "second"),
+    [
+        (1302, 429, "error: ", "not queried: Kling refuses for rate (1302)"),
+        (1203, 404, "skipped: unknown at Kling (1203)", "skipped: unknown at Kling (1203)"),
+    ],
+)
+async def test_reconcile_stops_when_kling_keeps_refusing_for_rate_and_skips_unknown_tasks(
+    tmp_path: Path, code: int, http_status: int, first: str, second: str
+) -> None:
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    async with (
+        start_receiver(make_settings(tmp_path)) as r,
+        running(refusing_kling(code, http_status)) as kling_url,
+    ):
+        async with (
+            Registrar(r.url, API_TOKEN) as registrar,
+            StatusClient(r.url, API_TOKEN) as api,
+            KlingClient(
+                api_base=kling_url,
+                auth=BearerAuth("k"),
+                tokens=CallbackTokens([SECRET]),
+                public_url=r.url,
+                registrar=registrar,
+                max_attempts=2,
+                sleep=no_wait,
+            ) as client,
+        ):
+            await _two_registered_tasks(r, client)
+            done = await reconcile_overdue(api, client, now_ms() + 1, 10, 2.0, sleep=no_wait)
+    assert done[0].result.startswith(first)
+    assert done[1].result == second

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,33 +161,71 @@ def reconcile(
     (plugins get the event). Exit 1 when a query failed.
     """
     settings = load(config, db)
-    done = asyncio.run(_reconcile(settings, url, now_ms() - older_than_ms, limit, rate, dry_run))
+
+    async def run() -> list[Reconciled]:
+        token = await credentials.api_token_from_file(settings)
+        async with (
+            StatusClient(url or settings.api_url, token) as api,
+            kling_client(settings) as client,
+        ):
+            cutoff_ms = now_ms() - older_than_ms
+            return await reconcile_overdue(api, client, cutoff_ms, limit, rate, dry_run=dry_run)
+
+    done = asyncio.run(run())
     rows = [
         (r.task.external_task_id, r.task.route, r.task.task_status, r.kling_status, r.result)
         for r in done
     ]
     click.echo(format_table(["external_task_id", "route", "stored", "kling", "result"], rows))
-    moved = sum(r.result.startswith(("recorded", "would record")) for r in done)
-    failed = sum(r.result.startswith("error") for r in done)
+    moved = sum(r.result in (_RECORDED_NEW, _WOULD_RECORD) for r in done)
+    failed = sum(r.result.startswith(("error", "not queried")) for r in done)
     verb = "would move" if dry_run else "moved"
     click.echo(f"{len(done)} overdue, {moved} {verb} forward, {failed} failed")
     return EXIT_ERROR if failed else EXIT_OK
 
 
-async def _reconcile(
-    settings: Settings, url: str | None, cutoff_ms: int, limit: int, rate: float, dry_run: bool
+_RECORDED_NEW = "recorded (new)"
+_WOULD_RECORD = "would record (dry run)"
+#: Kling's answers after which ``reconcile`` stops asking: it keeps refusing for rate.
+_RATE_CODES = frozenset({1302, 1303})
+
+
+async def reconcile_overdue(
+    api: StatusClient,
+    client: KlingClient,
+    cutoff_ms: int,
+    limit: int,
+    rate: float,
+    *,
+    dry_run: bool = False,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> list[Reconciled]:
-    token = await credentials.api_token_from_file(settings)
-    async with (
-        StatusClient(url or settings.api_url, token) as api,
-        kling_client(settings) as client,
-    ):
-        overdue = await _overdue(api, cutoff_ms, limit)
-        done = []
-        for number, task in enumerate(overdue):
-            if number:
-                await asyncio.sleep(1 / rate)
-            done.append(await _reconcile_one(api, client, task, dry_run))
+    """Query each overdue task once and hand every answer that differs to the receiver.
+
+    Args:
+        api: The receiver's status API.
+        client: The Kling system the tasks were created on.
+        cutoff_ms: Only tasks whose latest transition was received before, Unix ms.
+        limit: Most tasks queried.
+        rate: Most queries a second; ``sleep(1 / rate)`` is awaited between two.
+        dry_run: Query, but record nothing.
+
+    Returns:
+        One :class:`Reconciled` per overdue task, oldest query first. Once Kling keeps
+        refusing for rate (1302/1303 after the client's own retries with backoff) or cannot
+        be reached, the tasks left are not queried ("not queried: ...").
+    """
+    overdue = await _overdue(api, cutoff_ms, limit)
+    done: list[Reconciled] = []
+    stopped: str | None = None
+    for task in overdue:
+        if stopped is not None:
+            done.append(Reconciled(task, None, f"not queried: {stopped}"))
+            continue
+        if done:
+            await sleep(1 / rate)
+        result, stopped = await _reconcile_one(api, client, task, dry_run)
+        done.append(result)
     return done
 
 
@@ -212,21 +250,29 @@ async def _overdue(api: StatusClient, cutoff_ms: int, limit: int) -> list[TaskSu
 
 async def _reconcile_one(
     api: StatusClient, client: KlingClient, task: TaskSummary, dry_run: bool
-) -> Reconciled:
-    from submitter.errors import SubmitterError
+) -> tuple[Reconciled, str | None]:
+    """What one query did, and why to stop querying (None: go on)."""
+    from submitter.errors import KlingAPIError, KlingUnreachable, SubmitterError
 
     if task.route is None:
-        return Reconciled(task, None, "skipped: route unknown (never registered)")
+        return Reconciled(task, None, "skipped: route unknown (never registered)"), None
     try:
         answer = await client.query(task.route, task.task_id)
+    except KlingAPIError as exc:
+        if exc.code == 1203 or exc.http_status == 404:  # Kling no longer has it
+            return Reconciled(task, None, f"skipped: unknown at Kling ({exc.code})"), None
+        stop = f"Kling refuses for rate ({exc.code})" if exc.code in _RATE_CODES else None
+        return Reconciled(task, None, f"error: {exc}"[:200]), stop
+    except KlingUnreachable as exc:
+        return Reconciled(task, None, f"error: {exc}"[:200]), "Kling cannot be reached"
     except SubmitterError as exc:
-        return Reconciled(task, None, f"error: {exc}"[:200])
+        return Reconciled(task, None, f"error: {exc}"[:200]), None
     if answer.task_status == task.task_status:
-        return Reconciled(task, answer.task_status, "unchanged")
+        return Reconciled(task, answer.task_status, "unchanged"), None
     if dry_run:
-        return Reconciled(task, answer.task_status, "would record (dry run)")
+        return Reconciled(task, answer.task_status, _WOULD_RECORD), None
     try:
         verdict = await api.reconcile(task.task_id, answer)
     except ApiError as exc:
-        return Reconciled(task, answer.task_status, f"error: {exc}"[:200])
-    return Reconciled(task, answer.task_status, f"recorded ({verdict})")
+        return Reconciled(task, answer.task_status, f"error: {exc}"[:200]), None
+    return Reconciled(task, answer.task_status, f"recorded ({verdict})"), None
