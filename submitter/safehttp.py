@@ -123,11 +123,14 @@ class Guard:
             the scheme check and the pinning to the resolved address still apply.
         resolver: Resolves a host name; :func:`system_resolver` by default.
         max_redirects: Redirect hops followed before giving up.
+        private_hint: Added to the refusal of a non-public host: how the caller's user may
+            allow it (the downloader's setting), or "" when they cannot.
     """
 
     allow_private_hosts: bool = False
     resolver: Resolver = system_resolver
     max_redirects: int = 5
+    private_hint: str = ""
 
     async def addresses(self, url: httpx.URL) -> list[str]:
         """The checked addresses to connect to for ``url``, in order.
@@ -151,10 +154,8 @@ class Guard:
                 reason = non_public_reason(address)
                 if reason is not None:
                     what = "is" if address == host else f"resolves to {address},"
-                    raise UnsafeURL(
-                        f"refused host {host!r}: it {what} a {reason} address"
-                        " (set allow_private_hosts = true to fetch from such hosts)"
-                    )
+                    hint = f" ({self.private_hint})" if self.private_hint else ""
+                    raise UnsafeURL(f"refused host {host!r}: it {what} a {reason} address{hint}")
         return found
 
     async def _resolve(self, host: str, url: httpx.URL) -> list[str]:

@@ -445,7 +445,11 @@ async def test_a_loopback_url_is_refused_when_private_hosts_are_not_allowed(
     async with start_sink() as sink:
         url = sink.serve_file("/0.png", PNG, "image/png")
         async with started(tmp_path / "files", allow_private_hosts=False) as downloader:
-            with pytest.raises(UnsafeURL, match=r"refused host '127\.0\.0\.1': it is a loopback"):
+            with pytest.raises(
+                UnsafeURL,
+                match=r"refused host '127\.0\.0\.1': it is a loopback address \(set"
+                r" allow_private_hosts = true",
+            ):
                 await handle(downloader, make_event(images(url)))
     assert sink.requests == []
     assert files_under(tmp_path / "files") == []

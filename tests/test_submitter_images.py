@@ -280,6 +280,7 @@ async def test_a_loopback_url_is_refused_unfetched_unless_loopback_is_allowed(si
     assert problem.startswith(
         f"{RULED}: {url} could not be checked: refused host '127.0.0.1': it is a loopback address"
     )
+    assert "allow_private_hosts" not in problem  # no such setting for a submit
     assert sink.requests == []
 
 

@@ -155,7 +155,11 @@ class Downloader(Plugin):
         if not isinstance(settings, DownloaderSettings):
             raise TypeError("Downloader needs DownloaderSettings")
         super().__init__(settings)
-        self._guard = Guard(settings.allow_private_hosts, resolver or system_resolver)
+        self._guard = Guard(
+            settings.allow_private_hosts,
+            resolver or system_resolver,
+            private_hint="set allow_private_hosts = true to fetch from such hosts",
+        )
         self._verify = verify
         self._client: httpx.AsyncClient | None = None
         self._directory = settings.directory
