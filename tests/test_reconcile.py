@@ -9,11 +9,14 @@ records the result and that the downloader then saves the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -228,11 +231,27 @@ async def test_kling_get_and_list_ask_kling_itself(tmp_path: Path) -> None:
     assert bad.code == 2 and "500" in bad.err and len(bad.err.splitlines()) == 1
 
 
-async def _two_registered_tasks(r: Receiver, client: KlingClient) -> list[str]:
-    """Two tasks created at ``client`` and registered with ``r``; their task_ids."""
-    subs = [await client.submit("videos/text2video", {"prompt": p}) for p in "ab"]
-    assert all(s.registered for s in subs)
-    return [s.task_id for s in subs]
+@contextlib.asynccontextmanager
+async def two_overdue_tasks(
+    r: Receiver, kling_url: str, **client_options: Any
+) -> AsyncIterator[tuple[StatusClient, KlingClient]]:
+    """Two tasks created at the Kling at ``kling_url`` and registered with ``r``; yields the
+    status API client and the Kling client ``reconcile_overdue`` takes."""
+    async with (
+        Registrar(r.url, API_TOKEN) as registrar,
+        StatusClient(r.url, API_TOKEN) as api,
+        KlingClient(
+            api_base=kling_url,
+            auth=BearerAuth("k"),
+            tokens=CallbackTokens([SECRET]),
+            public_url=r.url,
+            registrar=registrar,
+            **client_options,
+        ) as client,
+    ):
+        subs = [await client.submit("videos/text2video", {"prompt": p}) for p in "ab"]
+        assert all(s.registered for s in subs)
+        yield api, client
 
 
 async def test_reconcile_queries_no_task_younger_than_the_cutoff_and_keeps_the_rate(
@@ -245,18 +264,7 @@ async def test_reconcile_queries_no_task_younger_than_the_cutoff_and_keeps_the_r
         waits.append(seconds)
 
     async with start_receiver(make_settings(tmp_path)) as r, running(simulator.app) as sim_url:
-        async with (
-            Registrar(r.url, API_TOKEN) as registrar,
-            StatusClient(r.url, API_TOKEN) as api,
-            KlingClient(
-                api_base=sim_url,
-                auth=BearerAuth("k"),
-                tokens=CallbackTokens([SECRET]),
-                public_url=r.url,
-                registrar=registrar,
-            ) as client,
-        ):
-            await _two_registered_tasks(r, client)
+        async with two_overdue_tasks(r, sim_url) as (api, client):
             before = len(simulator.requests)
             young = await reconcile_overdue(api, client, now_ms() - 3_600_000, 10, 2.0)
             assert (young, len(simulator.requests)) == ([], before)  # nothing asked
@@ -308,20 +316,7 @@ async def test_reconcile_stops_when_kling_keeps_refusing_for_rate_and_skips_unkn
         start_receiver(make_settings(tmp_path)) as r,
         running(refusing_kling(code, http_status)) as kling_url,
     ):
-        async with (
-            Registrar(r.url, API_TOKEN) as registrar,
-            StatusClient(r.url, API_TOKEN) as api,
-            KlingClient(
-                api_base=kling_url,
-                auth=BearerAuth("k"),
-                tokens=CallbackTokens([SECRET]),
-                public_url=r.url,
-                registrar=registrar,
-                max_attempts=2,
-                sleep=no_wait,
-            ) as client,
-        ):
-            await _two_registered_tasks(r, client)
+        async with two_overdue_tasks(r, kling_url, max_attempts=2, sleep=no_wait) as (api, client):
             done = await reconcile_overdue(api, client, now_ms() + 1, 10, 2.0, sleep=no_wait)
     assert done[0].result.startswith(first)
     assert done[1].result == second
