@@ -29,13 +29,37 @@ StartedHook = Callable[[Services], None]
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, plugins: Sequence[LoadedPlugin], clock_ms: Callable[[], int]
+    settings: Settings,
+    plugins: Sequence[LoadedPlugin],
+    clock_ms: Callable[[], int],
+    *,
+    locked: bool = False,
 ) -> AsyncIterator[Services]:
-    """Open the database, start the writer and the dispatcher, yield them; stop them after.
+    """Take the database's lock, open it, start the writer and the dispatcher, yield them;
+    stop them after.
+
+    Args:
+        locked: The caller holds the database's lock already (``serve`` takes it before
+            uvicorn starts, so that a second one stops with one line).
 
     Raises:
+        DatabaseLocked: another process owns the database; nothing was opened.
         StoreUnavailable: the database cannot be opened, migrated or recovered.
     """
+    lock = store.DatabaseLock(settings.kling_hooks_db)
+    if not locked:
+        lock.acquire()  # before any migration or recovery
+    try:
+        async with _started(settings, plugins, clock_ms) as services:
+            yield services
+    finally:
+        lock.release()
+
+
+@contextlib.asynccontextmanager
+async def _started(
+    settings: Settings, plugins: Sequence[LoadedPlugin], clock_ms: Callable[[], int]
+) -> AsyncIterator[Services]:
     db = settings.kling_hooks_db
     writer = await Writer.open(
         db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms, router=make_router(plugins)
@@ -72,6 +96,7 @@ def create_app(
     *,
     clock_ms: Callable[[], int] = now_ms,
     on_started: StartedHook | None = None,
+    database_locked: bool = False,
 ) -> Starlette:
     """The receiver's ASGI app. The database is opened (and migrated) by its lifespan.
 
@@ -83,6 +108,8 @@ def create_app(
         clock_ms: The wall clock, Unix ms.
         on_started: Called with the :class:`~receiver.services.Services` once everything
             runs, before the first request is served.
+        database_locked: The caller holds the database's lock
+            (:class:`receiver.store.DatabaseLock`); otherwise the lifespan takes it.
 
     Raises:
         ConfigError: a plugin table names no installed plugin or has a bad value.
@@ -93,7 +120,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        async with open_services(settings, enabled, clock_ms) as services:
+        async with open_services(settings, enabled, clock_ms, locked=database_locked) as services:
             log.info(
                 "receiver_started",
                 db=str(settings.kling_hooks_db),

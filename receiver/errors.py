@@ -5,6 +5,7 @@ Hierarchy::
     ReceiverError
     ├── ConfigError              a setting or plugin table is wrong; start-up stops (exit 2)
     ├── StoreUnavailable         the database could not commit or answer (503, Retry-After)
+    ├── DatabaseLocked           another process owns the database (serve stops, exit 1)
     ├── TaskConflict             task_id and external_task_id name two tasks (409)
     ├── BodyTooLarge             a request body is over KLING_HOOKS_MAX_BODY_BYTES (413)
     ├── Refused                  a request the HTTP API refuses, with its status
@@ -36,6 +37,10 @@ class ConfigError(ReceiverError):
 
 class StoreUnavailable(ReceiverError):
     """The database could not commit or answer; nothing of the operation was recorded."""
+
+
+class DatabaseLocked(ReceiverError):
+    """Another process holds the database's lock: one process owns a database."""
 
 
 class TaskConflict(ReceiverError):

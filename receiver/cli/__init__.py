@@ -26,6 +26,7 @@ import httpx
 from receiver.cli import kling, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
+from receiver.errors import DatabaseLocked
 from receiver.status_client import ApiError
 from submitter.errors import AuthNotConfigured, InvalidRequest, SubmitterError
 
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SubmitterError as exc:
         _print_submitter_error(exc)
         return EXIT_ERROR
-    except (ApiError, httpx.HTTPError) as exc:
+    except (ApiError, DatabaseLocked, httpx.HTTPError) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):

@@ -30,16 +30,18 @@ def serve(
     import uvicorn
 
     from receiver.app import create_app
+    from receiver.store import DatabaseLock
 
     settings = load(config, db, quiet=False, kling_hooks_plugins_dir=plugins_dir)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        access_log=False,
-        log_level=settings.kling_hooks_log_level,
-        log_config=None,
-    )
+    with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
+        uvicorn.run(
+            create_app(settings, database_locked=True),
+            host=host,
+            port=port,
+            access_log=False,
+            log_level=settings.kling_hooks_log_level,
+            log_config=None,
+        )
     return EXIT_OK
 
 

@@ -1,6 +1,7 @@
 """The SQLite store: every statement of SQL in kling-hooks lives in this package.
 
-* ``database``: connections (WAL, ``synchronous=FULL``), migrations, the ``meta`` table;
+* ``database``: the lock that makes one process the owner, connections (WAL,
+  ``synchronous=FULL``), migrations, the ``meta`` table;
 * ``rows``: the one mapping between rows and the shapes of ``receiver.models``;
 * ``batches``: the bulk writes of one group-commit batch (tasks, transitions, callbacks,
   outbox rows);
@@ -15,12 +16,19 @@ backend must keep").
 
 from receiver.errors import StoreUnavailable
 from receiver.store.batches import Router
-from receiver.store.database import SCHEMA_VERSION, connect, get_or_create_meta, migrate
+from receiver.store.database import (
+    SCHEMA_VERSION,
+    DatabaseLock,
+    connect,
+    get_or_create_meta,
+    migrate,
+)
 from receiver.store.reads import Reader
 from receiver.store.transaction import Transaction, WriteOp
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DatabaseLock",
     "Reader",
     "Router",
     "StoreUnavailable",

@@ -7,16 +7,75 @@ the writer. ``synchronous=FULL``: a transition acknowledged with 200 survives a 
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from types import TracebackType
 
 import aiosqlite
 
-from receiver.errors import StoreUnavailable
+from receiver.errors import DatabaseLocked, StoreUnavailable
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
 SCHEMA_VERSION = 3
+
+
+class DatabaseLock:
+    """The exclusive lock that makes one process the owner of a database.
+
+    An ``fcntl.flock`` on ``{db}.lock`` beside the database, holding the owner's PID. The
+    kernel releases it when the process ends, however it ends (``kill -9`` too), so a stale
+    lock file never blocks a restart.
+
+    Args:
+        db: The SQLite file.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.path = db.with_name(db.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or fail at once.
+
+        Raises:
+            DatabaseLocked: another process holds it; the message names its PID.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DatabaseLocked(
+                f"{self.db} is in use by process {holder} (it holds {self.path}): "
+                "one process owns a database; stop it, or give this one another KLING_HOOKS_DB"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (closing the file releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DatabaseLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 def _migrations() -> list[tuple[int, str]]:
