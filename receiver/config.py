@@ -37,6 +37,8 @@ __all__ = ["DEFAULT_API_BASE", "DEFAULT_PUBLIC_URL", "ConfigError", "Settings", 
 
 DEFAULT_API_BASE = providers.OFFICIAL.default_api_base  # https://api-singapore.klingai.com
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+#: Where ``kling-hooks serve`` listens by default, and so where the CLI looks for it.
+LOCAL_API_URL = "http://127.0.0.1:8000"
 
 # The TOML file of the Settings being built now: set by load_settings for one construction.
 # pydantic-settings chooses sources per class (settings_customise_sources), not per call.
@@ -133,8 +135,17 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        """Where the status API is reached: ``KLING_HOOKS_API_URL``, else the public URL."""
-        return (self.kling_hooks_api_url or self.kling_hooks_public_url).rstrip("/")
+        """Where the CLI and the submitter reach the status API: ``KLING_HOOKS_API_URL``, else
+        the local ``serve`` address (:data:`LOCAL_API_URL`), never the public URL (that is
+        Kling's way in, often behind a proxy that forwards only the callbacks)."""
+        return (self.kling_hooks_api_url or LOCAL_API_URL).rstrip("/")
+
+    @property
+    def api_url_source(self) -> str:
+        """What chose :attr:`api_url`, for error messages."""
+        if self.kling_hooks_api_url:
+            return "KLING_HOOKS_API_URL"
+        return "the default, the local serve address; set KLING_HOOKS_API_URL to change it"
 
 
 def _toml_source(settings_cls: type[BaseSettings], path: Path | None) -> TomlConfigSettingsSource:

@@ -174,6 +174,7 @@ def _settings(db: Path, receiver_url: str, slack_url: str, downloads: Path) -> S
     return Settings(
         kling_hooks_db=db,
         kling_hooks_public_url=receiver_url,
+        kling_hooks_api_url=receiver_url,
         kling_api_key=SecretStr("demo-key"),
         kling_hooks_secret=SecretStr(new_secret()),
         kling_hooks_api_token=SecretStr(new_secret()),

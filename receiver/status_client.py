@@ -6,7 +6,8 @@ as the model the server built it from (``receiver.models``). Errors::
     ApiError           the status API answered, but not 200 (the message names the URL,
                        the status and the API's ``error``), or its answer is not the
                        documented shape (another program, or another version)
-    httpx.HTTPError    the receiver could not be reached, or did not answer in time
+    ApiUnreachable     (an ApiError) the receiver could not be reached, or did not answer
+                       in time; the message names the URL and the setting that chose it
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class ApiError(ReceiverError):
         self.status = status
 
 
+class ApiUnreachable(ApiError):
+    """The receiver could not be reached (refused, timed out...); the message names the URL
+    and what chose it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 0)
+
+
 class StatusClient:
     """The status API at ``base_url``, over one ``httpx.AsyncClient``.
 
@@ -57,6 +66,8 @@ class StatusClient:
         timeout_s: Timeout of each request, seconds.
         transport: An httpx transport (tests pass ``httpx.ASGITransport``); default: the
             network.
+        source: What chose ``base_url`` (``--url``, ``KLING_HOOKS_API_URL``...), named when
+            the receiver cannot be reached.
     """
 
     def __init__(
@@ -66,8 +77,10 @@ class StatusClient:
         *,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        source: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.source = source
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout_s,
@@ -189,7 +202,14 @@ class StatusClient:
         body: dict[str, Any] | None = None,
     ) -> Answer:
         """The answer of one request as ``model``; raises :class:`ApiError` unless a 200."""
-        response = await self._http.request(method, path, params=params, json=body)
+        try:
+            response = await self._http.request(method, path, params=params, json=body)
+        except httpx.TransportError as exc:
+            chosen = f" (set by {self.source})" if self.source else ""
+            raise ApiUnreachable(
+                f"cannot reach the status API at {self.base_url}{chosen}: "
+                f"{exc or type(exc).__name__}"
+            ) from None
         if response.status_code != 200:
             try:
                 message = response.json().get("error", response.text)

@@ -95,6 +95,7 @@ def submit_env(receiver: Receiver, sim_url: str, **values: str) -> dict[str, str
         "kling_api_base": sim_url,
         "kling_api_key": "any-key",
         "kling_hooks_public_url": receiver.url,
+        "kling_hooks_api_url": receiver.url,
         "kling_hooks_secret": SECRET,
         "kling_hooks_api_token": API_TOKEN,
         "kling_hooks_db": str(receiver.services.settings.kling_hooks_db),
@@ -348,6 +349,7 @@ async def test_submit_with_the_receiver_unreachable_still_exits_0_with_a_warning
         kling_api_base=sim_url,
         kling_api_key="any-key",
         kling_hooks_public_url=nowhere,
+        kling_hooks_api_url=nowhere,
         kling_hooks_secret=SECRET,
         kling_hooks_api_token=API_TOKEN,
         kling_hooks_db=str(tmp_path / "kling-hooks.db"),
@@ -384,6 +386,7 @@ async def test_submit_without_kling_keys_exits_non_zero_naming_the_variables(
     env = cli_env(
         kling_api_base=sim_url,
         kling_hooks_public_url=closed_port_url(),
+        kling_hooks_api_url=closed_port_url(),
         kling_hooks_db=str(tmp_path / "kling-hooks.db"),
         **keys,
     )
@@ -837,4 +840,21 @@ async def test_a_status_command_against_another_program_exits_1_with_one_line(
         run = await kling_hooks("tasks", env=env, cwd=tmp_path)
     assert run.code == 1
     assert run.err.startswith(f"error: {url}/tasks: the answer is not a kling-hooks status API")
+    assert len(run.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("chosen_by", ["KLING_HOOKS_API_URL", "--url"])
+async def test_an_unreachable_receiver_is_named_with_the_setting_that_chose_it(
+    tmp_path: Path, chosen_by: str
+) -> None:
+    nowhere = closed_port_url()
+    if chosen_by == "--url":
+        env, args = cli_env(kling_hooks_api_token=API_TOKEN), ["--url", nowhere]
+    else:
+        env, args = cli_env(kling_hooks_api_url=nowhere, kling_hooks_api_token=API_TOKEN), []
+    run = await kling_hooks("tasks", *args, env=env, cwd=tmp_path)
+    assert run.code == 1
+    assert run.err.startswith(
+        f"error: cannot reach the status API at {nowhere} (set by {chosen_by}): "
+    )
     assert len(run.err.splitlines()) == 1

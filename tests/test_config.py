@@ -210,11 +210,19 @@ def test_unreadable_or_invalid_toml_raises_config_error_naming_the_file(
     assert str(caught.value).startswith(f"cannot read config file {path}: ")
 
 
-def test_api_url_falls_back_to_the_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_url_defaults_to_the_local_serve_address_not_the_public_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("KLING_HOOKS_PUBLIC_URL", "https://hooks.example.com/")
-    assert load_settings().api_url == "https://hooks.example.com"
-    monkeypatch.setenv("KLING_HOOKS_API_URL", "http://127.0.0.1:8000/")
-    assert load_settings().api_url == "http://127.0.0.1:8000"
+    settings = load_settings()
+    assert settings.api_url == "http://127.0.0.1:8000"
+    assert settings.api_url_source.startswith("the default, the local serve address")
+    monkeypatch.setenv("KLING_HOOKS_API_URL", "http://10.1.2.3:8100/")
+    settings = load_settings()
+    assert (settings.api_url, settings.api_url_source) == (
+        "http://10.1.2.3:8100",
+        "KLING_HOOKS_API_URL",
+    )
 
 
 # -- the provider profile and the base URL -------------------------------------------------

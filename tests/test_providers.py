@@ -668,6 +668,7 @@ async def test_submit_on_cometapi_sends_the_seed_004_body_as_given_and_names_the
             kling_api_base=sim_url,  # no path: the profile's /kling prefix is added
             kling_api_key=API_KEY,
             kling_hooks_public_url=receiver.url,
+            kling_hooks_api_url=receiver.url,
             kling_hooks_secret=SECRET,
             kling_hooks_api_token=API_TOKEN,
             kling_hooks_db=str(receiver.services.settings.kling_hooks_db),

@@ -165,7 +165,9 @@ def reconcile(
     async def run() -> list[Reconciled]:
         token = await credentials.api_token_from_file(settings)
         async with (
-            StatusClient(url or settings.api_url, token) as api,
+            StatusClient(
+                url or settings.api_url, token, source="--url" if url else settings.api_url_source
+            ) as api,
             kling_client(settings) as client,
         ):
             cutoff_ms = now_ms() - older_than_ms

@@ -50,7 +50,9 @@ def _ask(
     async def run() -> T:
         settings = load(config, db)
         token = await credentials.api_token_from_file(settings)
-        async with StatusClient(url or settings.api_url, token) as client:
+        async with StatusClient(
+            url or settings.api_url, token, source="--url" if url else settings.api_url_source
+        ) as client:
             return await request(client)
 
     return asyncio.run(run())
