@@ -95,3 +95,16 @@ async def api_token_from_file(settings: Settings) -> str:
     if settings.kling_hooks_api_token is not None:
         return settings.kling_hooks_api_token.get_secret_value()
     return (await resolve_from_file(settings, must_exist=True)).api_token
+
+
+async def callback_secret_from_file(settings: Settings) -> str:
+    """The signing callback secret (the first of ``KLING_HOOKS_SECRET``), for commands that
+    sign callback URLs elsewhere: from the environment when set (no database needed), else
+    the one the receiver generated and keeps in its database.
+
+    Raises:
+        ConfigError: the secret is not set and there is no database at ``KLING_HOOKS_DB``.
+    """
+    if settings.kling_hooks_secret is not None:
+        return parse_secrets(settings.kling_hooks_secret.get_secret_value())[0]
+    return (await resolve_from_file(settings, must_exist=True)).secrets[0]

@@ -341,8 +341,9 @@ def _json_or_none(line: str) -> Any:
         return None
 
 
-async def test_submit_with_the_receiver_unreachable_still_exits_0_with_a_warning(
-    tmp_path: Path, sim: Simulator, sim_url: str
+@pytest.mark.parametrize(("flags", "code"), [([], 3), (["--allow-unregistered"], 0)])
+async def test_submit_with_the_receiver_unreachable_exits_3_with_a_warning_unless_allowed(
+    tmp_path: Path, sim: Simulator, sim_url: str, flags: list[str], code: int
 ) -> None:
     nowhere = closed_port_url()
     env = cli_env(
@@ -359,10 +360,11 @@ async def test_submit_with_the_receiver_unreachable_still_exits_0_with_a_warning
         "videos/image2video",
         "--data",
         json.dumps({"image": "https://example.com/a.png", "prompt": "slow zoom in"}),
+        *flags,
         env=env,
         cwd=tmp_path,
     )
-    assert run.code == 0, run.err
+    assert run.code == code, run.err
     submission = only_json_line(run.out)
     assert submission["registered"] is False
     assert submission["task_id"] in sim.tasks
@@ -858,3 +860,27 @@ async def test_an_unreachable_receiver_is_named_with_the_setting_that_chose_it(
         f"error: cannot reach the status API at {nowhere} (set by {chosen_by}): "
     )
     assert len(run.err.splitlines()) == 1
+
+
+async def test_secret_prints_the_signing_callback_secret_of_the_environment(
+    tmp_path: Path,
+) -> None:
+    from_env = await kling_hooks(
+        "secret", env=cli_env(kling_hooks_secret=f"{SECRET},old-one"), cwd=tmp_path
+    )
+    nothing = cli_env(kling_hooks_db=str(tmp_path / "no.db"))
+    missing = await kling_hooks("secret", env=nothing, cwd=tmp_path)
+    assert (from_env.code, from_env.out) == (0, f"{SECRET}\n")  # the first one signs
+    assert missing.code == 2 and "no database at" in missing.err
+
+
+async def test_secret_reads_the_generated_secret_from_the_receivers_database(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, kling_hooks_secret=None)
+    async with start_receiver(settings) as r:
+        signing = r.services.credentials.secrets[0]
+        run = await kling_hooks(
+            "secret", env=cli_env(kling_hooks_db=str(settings.kling_hooks_db)), cwd=tmp_path
+        )
+    assert (run.code, run.out) == (0, f"{signing}\n")

@@ -1,15 +1,16 @@
 """The ``kling-hooks`` command, on click: the group, its entry point and its exit codes.
 
 Commands, by module: ``serve``, ``simulate``, ``demo`` (``servers``); ``submit``
-(``submit``); ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins``, ``token``
-(``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``). The options they
-share are defined once in ``options``.
+(``submit``); ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins``, ``token``,
+``secret`` (``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``). The options
+they share are defined once in ``options``.
 ``kling-hooks COMMAND --help`` shows each command's options with their defaults.
 
 Exit codes: 0 success; 1 Kling or the receiver answered with an error (an unknown task or
 delivery, a delivery running now), or could not be reached; 2 bad usage (an unknown option, a
 bad ``--since``, ``redeliver`` without an ID or ``--all``), a bad setting or plugin table, or a
-body that breaks a documented Kling rule (nothing was sent). Errors are one line on stderr.
+body that breaks a documented Kling rule (nothing was sent); 3 ``submit`` created the task at
+Kling but the receiver could not record it. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class _Group(click.Group):
     cls=_Group,
     context_settings=CONTEXT_SETTINGS,
     epilog="Exit codes: 0 ok; 1 Kling or the receiver answered an error, or could not be "
-    "reached; 2 bad usage, a bad setting, or a body that breaks a Kling rule.",
+    "reached; 2 bad usage, a bad setting, or a body that breaks a Kling rule; 3 submit: the "
+    "task was created, but the receiver could not record it.",
 )
 @click.version_option(package_name="kling-hooks", prog_name="kling-hooks")
 def cli() -> None:
@@ -70,6 +72,7 @@ for command in (
     status.redeliver,
     status.plugins,
     status.token,
+    status.secret,
     kling.kling,
     kling.reconcile,
     servers.simulate,

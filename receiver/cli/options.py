@@ -23,6 +23,8 @@ from receiver.models import DEFAULT_LIMIT, MAX_LIMIT
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+#: ``submit``: the task was created at Kling, but the receiver could not record it.
+EXIT_UNREGISTERED = 3
 
 #: The group's context settings, inherited by every command.
 CONTEXT_SETTINGS: dict[str, Any] = {

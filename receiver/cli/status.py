@@ -1,8 +1,8 @@
 """The commands that read the status API of a running receiver, or its token.
 
 ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins`` (through
-``receiver.status_client``, printed by ``receiver.tables``) and ``token``. The API token is
-``KLING_HOOKS_API_TOKEN``, or else read from the receiver's database (``--db``).
+``receiver.status_client``, printed by ``receiver.tables``), ``token`` and ``secret``. The API
+token is ``KLING_HOOKS_API_TOKEN``, or else read from the receiver's database (``--db``).
 """
 
 from __future__ import annotations
@@ -231,4 +231,17 @@ def token(config: Path | None, db: Path | None) -> int:
     """
     settings = load(config, db)
     click.echo(asyncio.run(credentials.api_token_from_file(settings)))
+    return EXIT_OK
+
+
+@click.command()
+@settings_options
+def secret(config: Path | None, db: Path | None) -> int:
+    """Print the callback secret: the first of KLING_HOOKS_SECRET, the one that signs.
+
+    It is KLING_HOOKS_SECRET, or else the one the receiver generated on its first start and
+    keeps in its database. Code that submits tasks elsewhere needs it to sign callback URLs.
+    """
+    settings = load(config, db)
+    click.echo(asyncio.run(credentials.callback_secret_from_file(settings)))
     return EXIT_OK

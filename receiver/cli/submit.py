@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from receiver import credentials
-from receiver.cli.options import EXIT_OK, load, settings_options
+from receiver.cli.options import EXIT_OK, EXIT_UNREGISTERED, load, settings_options
 from receiver.config import Settings
 
 if TYPE_CHECKING:
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     "--external-task-id", show_default="a generated kh-<ULID>", help="your id for the task"
 )
 @click.option(
+    "--allow-unregistered",
+    is_flag=True,
+    help=f"exit 0 even when the receiver could not record the task (else {EXIT_UNREGISTERED})",
+)
+@click.option(
     "--check-images",
     is_flag=True,
     help="also fetch the start of each image URL and check Kling's image rules on it",
@@ -37,6 +42,7 @@ def submit(
     route: str,
     data: str,
     external_task_id: str | None,
+    allow_unregistered: bool,
     check_images: bool,
     config: Path | None,
     db: Path | None,
@@ -49,6 +55,10 @@ def submit(
     for format, size, pixel size and aspect ratio; image URLs only with --check-images.
     The rules, paths and auth are the provider profile's (KLING_PROVIDER, else inferred from
     KLING_API_BASE); the printed JSON names it as "provider".
+
+    Exit 3 when the task was created at Kling but the receiver could not record it (the JSON
+    says "registered": false); its callbacks still arrive, but plugins filtering on routes
+    miss it. --allow-unregistered makes that exit 0.
     """
     settings = load(config, db)
     try:
@@ -61,6 +71,8 @@ def submit(
     if submission.warning:
         click.echo(f"warning: {submission.warning}", err=True)
     click.echo(json.dumps({**submission.to_json(), "provider": settings.provider.name}))
+    if not submission.registered and not allow_unregistered:
+        return EXIT_UNREGISTERED
     return EXIT_OK
 
 
