@@ -148,13 +148,28 @@ class Settings(BaseSettings):
         return "the default, the local serve address; set KLING_HOOKS_API_URL to change it"
 
 
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file's values, where a relative path setting (``kling_hooks_db``,
+    ``kling_hooks_plugins_dir``) is taken relative to the file, not the working directory."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls, toml_file=path)
+        if path is None:
+            return
+        for name, field in settings_cls.model_fields.items():
+            value = self.init_kwargs.get(name)
+            is_path = field.annotation in (Path, Path | None)
+            if is_path and isinstance(value, str) and value and not Path(value).is_absolute():
+                self.init_kwargs[name] = str(path.resolve().parent / value)
+
+
 def _toml_source(settings_cls: type[BaseSettings], path: Path | None) -> TomlConfigSettingsSource:
     """The TOML source of ``path`` (None: an empty one). Unlike the source itself, which skips
     a missing file, a file named with ``--config`` must exist."""
     try:
         if path is not None:
             path.open("rb").close()
-        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+        return _TomlFile(settings_cls, path)
     except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError too
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
 

@@ -402,3 +402,20 @@ def test_command_line_override_is_checked_like_any_other_value() -> None:
         load_settings(kling_hooks_api_token="  ")
     with pytest.raises(ConfigError, match="bad setting: KLING_HOOKS_MAX_BODY_BYTES: "):
         load_settings(kling_hooks_max_body_bytes=10)  # under the 1024 minimum
+
+
+def test_relative_paths_in_the_file_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "kling-hooks.toml"
+    path.write_text('kling_hooks_db = "data/k.db"\nkling_hooks_plugins_dir = "plugins"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(path)
+    assert settings.kling_hooks_db == folder / "data" / "k.db"
+    assert settings.kling_hooks_plugins_dir == folder / "plugins"
+    monkeypatch.setenv("KLING_HOOKS_DB", "here.db")  # the environment's stay as given
+    assert load_settings(path).kling_hooks_db == Path("here.db")
