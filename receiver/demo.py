@@ -130,7 +130,7 @@ async def run_demo(
     import sys
 
     out = out or sys.stdout
-    configure_logging("console", "warning")
+    configure_logging("auto", "warning")  # JSON lines, not ANSI colours, into a file
     faults = Faults(failure_rate=0.2, duplicate_rate=0.5, reorder_rate=0.5)
     simulator = Simulator(faults=faults, delay_s=delay_s, seed=seed)
     slack = SlackSink()
@@ -141,7 +141,7 @@ async def run_demo(
     slack_sock = listen()
     slack_url = f"http://127.0.0.1:{slack_sock.getsockname()[1]}/services/T0/B0/demo"
     downloads = tmp / "downloads"
-    settings = _settings(tmp / "demo.db", receiver_url, slack_url, downloads)
+    settings = _settings(_new_database(tmp), receiver_url, slack_url, downloads)
     ready: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     started = time.monotonic()
     async with (
@@ -167,6 +167,17 @@ async def run_demo(
         _report(tasks, submissions, time.monotonic() - started, len(slack.messages), tmp, out)
     print(f"The database and the downloads are kept in {tmp}", file=out)
     return 0
+
+
+def _new_database(directory: Path) -> Path:
+    """``demo.db`` in ``directory``, or ``demo-2.db``, ``demo-3.db``... when an earlier run
+    left one there: the seeded simulator gives the same task_ids each run, which a database
+    of an earlier run holds for other external_task_ids already."""
+    db, number = directory / "demo.db", 1
+    while db.exists():
+        number += 1
+        db = directory / f"demo-{number}.db"
+    return db
 
 
 def _settings(db: Path, receiver_url: str, slack_url: str, downloads: Path) -> Settings:

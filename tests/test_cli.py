@@ -660,6 +660,16 @@ async def test_demo_runs_one_task_per_route_to_its_end_with_downloads_and_slack(
         assert re.search(rf"{re.escape(str(relative))}\s+{path.stat().st_size}\s", run.out)
 
 
+async def test_demo_runs_again_in_the_same_directory_with_a_database_of_its_own(
+    tmp_path: Path,
+) -> None:
+    first = await kling_hooks("demo", "--dir", str(tmp_path), env=cli_env(), cwd=tmp_path)
+    again = await kling_hooks("demo", "--dir", str(tmp_path), env=cli_env(), cwd=tmp_path)
+    assert (first.code, again.code) == (0, 0), again.out + again.err
+    assert f"database {tmp_path / 'demo-2.db'}" in again.out
+    assert "\x1b[" not in again.out + again.err  # no terminal colours into a pipe
+
+
 async def test_status_commands_need_no_database_when_the_api_token_is_set(
     receiver: Receiver, tmp_path: Path
 ) -> None:
