@@ -130,9 +130,9 @@ class KlingClient:
         provider: The :class:`~submitter.providers.Provider` profile: each route's path, its
             rules and wire spellings. None: inferred from ``api_base``'s host
             (:func:`~submitter.providers.infer`), ``official`` for an unknown host.
-        tokens: Signs the callback URL of each task.
+        tokens: Signs the callback URL of each task; None for a client that only queries.
         public_url: The receiver's public base URL; callbacks go to
-            ``{public_url}/callbacks/{external_task_id}/{token}``.
+            ``{public_url}/callbacks/{external_task_id}/{token}``. None with ``tokens``.
         registrar: Tells the receiver about each new task; None to skip.
         transport: An httpx transport (tests pass ``httpx.MockTransport``).
         timeout_s: Timeout of each HTTP request, seconds.
@@ -155,8 +155,8 @@ class KlingClient:
         api_base: str,
         auth: httpx.Auth,
         provider: Provider | None = None,
-        tokens: CallbackTokens,
-        public_url: str,
+        tokens: CallbackTokens | None = None,
+        public_url: str | None = None,
         registrar: Registrar | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 30.0,
@@ -167,7 +167,7 @@ class KlingClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         image_guard: Guard | None = None,
     ) -> None:
-        if not public_url.startswith(("http://", "https://")):
+        if public_url is not None and not public_url.startswith(("http://", "https://")):
             raise ValueError(f"public_url={public_url!r} must be an http(s) URL")
         try:
             self.provider = provider or infer(api_base)
@@ -238,6 +238,8 @@ class KlingClient:
         parsed, checked = _prepare(self.provider, route, body, external_task_id)
         if check_images:
             await check_image_urls(parsed, checked, guard=self._image_guard)
+        if self._tokens is None or self._public_url is None:
+            raise ValueError("this client was made without tokens and public_url: it only queries")
         ext = checked.get("external_task_id") or new_external_task_id(self._clock_ms())
         checked["external_task_id"] = ext
         callback_url = self._tokens.callback_url(self._public_url, ext)

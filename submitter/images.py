@@ -12,7 +12,7 @@ of any inline image). The fields are found by name at any depth of the body, so 
 multi-image body is checked on whichever route it is posted to (seed 004 posts it to
 ``images/generations``).
 
-* Base64 images (raw, or a ``data:`` URL's payload) are always checked:
+* Base64 images are always checked:
   :func:`check_inline_images` is the last step of :func:`submitter.bodies.validate_body`.
 * URL images are checked only when asked (``KlingClient.submit(..., check_images=True)``,
   ``kling-hooks submit --check-images``): :func:`check_image_urls` GETs the first
@@ -124,8 +124,8 @@ def _is_url(value: str) -> bool:
 
 
 def check_inline_images(route: Route, body: dict[str, Any]) -> None:
-    """Check every Base64 image of :func:`ruled_images` (raw Base64, or a ``data:`` URL's
-    payload); URL images are left to :func:`check_image_urls`.
+    """Check every Base64 image of :func:`ruled_images` (``bodies.py`` has refused ``data:``
+    prefixes already); URL images are left to :func:`check_image_urls`.
 
     Raises:
         InvalidRequest: an image breaks a rule (see :func:`image_problems`) or is not Base64;
@@ -135,9 +135,8 @@ def check_inline_images(route: Route, body: dict[str, Any]) -> None:
     for field, value in ruled_images(body):
         if _is_url(value):
             continue
-        payload = value.partition(",")[2] if value.startswith("data:") else value
         try:
-            raw = base64.b64decode(payload, validate=True)
+            raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             problems.append(Problem(field, "must be an http(s) URL or Base64"))
             continue

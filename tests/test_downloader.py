@@ -32,11 +32,12 @@ from receiver.plugins.downloader import (
     DownloaderSettings,
     path_segment,
 )
-from receiver.plugins.safehttp import Resolver, UnsafeURL
+from receiver.plugins.safehttp import UnsafeURL
 from receiver.serving import running
 from receiver.store.deliveries import Job, Outcome
 from submitter.media import mp4_bytes, png_bytes
 from submitter.protocol import TaskStatus
+from submitter.safehttp import Resolver
 from tests.conftest import API_TOKEN, Outcomes, make_settings, start_receiver, task_body
 from tests.sinks import Answer, start_sink
 

@@ -320,3 +320,9 @@ async def test_reconcile_stops_when_kling_keeps_refusing_for_rate_and_skips_unkn
             done = await reconcile_overdue(api, client, now_ms() + 1, 10, 2.0, sleep=no_wait)
     assert done[0].result.startswith(first)
     assert done[1].result == second
+
+
+async def test_a_client_made_for_queries_only_refuses_to_submit() -> None:
+    async with KlingClient(api_base="http://127.0.0.1:1", auth=BearerAuth("k")) as client:
+        with pytest.raises(ValueError, match="it only queries"):
+            await client.submit("videos/text2video", {"prompt": "x"})

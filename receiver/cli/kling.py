@@ -66,15 +66,9 @@ async def kling_client(settings: Settings) -> AsyncIterator[KlingClient]:
         AuthNotConfigured: the provider's keys are not set.
     """
     from submitter import KlingClient
-    from submitter.tokens import CallbackTokens, new_secret
 
-    # A query signs no callback URL: the tokens and the public URL are never used.
     async with KlingClient(
-        api_base=settings.kling_api_base,
-        provider=settings.provider,
-        auth=kling_auth(settings),
-        tokens=CallbackTokens([new_secret()]),
-        public_url=settings.kling_hooks_public_url,
+        api_base=settings.kling_api_base, provider=settings.provider, auth=kling_auth(settings)
     ) as client:
         yield client
 

@@ -86,15 +86,9 @@ from receiver.plugins.files import (
     unique,
     writable_directory,
 )
-from receiver.plugins.safehttp import (
-    Guard,
-    Resolver,
-    new_client,
-    open_stream,
-    redact,
-    system_resolver,
-)
+from receiver.plugins.safehttp import open_stream
 from submitter.protocol import TaskStatus
+from submitter.safehttp import Guard, Resolver, new_client, redact, system_resolver
 
 __all__ = ["MEDIA_SUFFIXES", "DownloadError", "Downloader", "DownloaderSettings", "path_segment"]
 

@@ -7,7 +7,8 @@ use too. This module only adapts them to the plugin API: a refused URL raises
 :class:`UnsafeURL`, a :class:`~receiver.plugins.PermanentError`, so a plugin that lets it
 propagate dead-letters the delivery (no retry can make a loopback host public).
 
-A plugin fetches through :func:`open_stream` and a :class:`Guard`, as the downloader does::
+A plugin fetches through :func:`open_stream` and a :class:`submitter.safehttp.Guard`, as the
+downloader does::
 
     async with open_stream(client, url, Guard(settings.allow_private_hosts)) as response:
         ...
@@ -22,25 +23,9 @@ import httpx
 
 from receiver.plugins import PermanentError
 from submitter import safehttp
-from submitter.safehttp import (
-    Guard,
-    Resolver,
-    new_client,
-    non_public_reason,
-    redact,
-    system_resolver,
-)
+from submitter.safehttp import Guard
 
-__all__ = [
-    "Guard",
-    "Resolver",
-    "UnsafeURL",
-    "new_client",
-    "non_public_reason",
-    "open_stream",
-    "redact",
-    "system_resolver",
-]
+__all__ = ["UnsafeURL", "open_stream"]
 
 
 class UnsafeURL(PermanentError, safehttp.UnsafeURL):
