@@ -16,6 +16,7 @@ provider's prefix; a trailing ``/v1`` is refused.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -33,12 +34,36 @@ from submitter import providers
 from submitter.protocol import field_errors
 from submitter.providers import Provider
 
-__all__ = ["DEFAULT_API_BASE", "DEFAULT_PUBLIC_URL", "ConfigError", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_API_BASE",
+    "DEFAULT_PUBLIC_URL",
+    "ConfigError",
+    "Settings",
+    "duration_ms",
+    "load_settings",
+]
 
 DEFAULT_API_BASE = providers.OFFICIAL.default_api_base  # https://api-singapore.klingai.com
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 #: Where ``kling-hooks serve`` listens by default, and so where the CLI looks for it.
 LOCAL_API_URL = "http://127.0.0.1:8000"
+
+#: ``2h``, ``30m``, ``90s``, ``1d``, or plain seconds.
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_ms(value: str) -> int:
+    """A duration (``2h``, ``30m``, ``90s``, ``1d``, or plain seconds) in milliseconds.
+
+    Raises:
+        ValueError: not such a duration (the message quotes ``value``).
+    """
+    found = _DURATION.match(value.strip().lower())
+    if found is None:
+        raise ValueError(f"{value!r} is not a duration such as 90d, 2h, 30m or 90s")
+    return round(float(found[1]) * _UNIT_S[found[2]] * 1000)
+
 
 # The TOML file of the Settings being built now: set by load_settings for one construction.
 # pydantic-settings chooses sources per class (settings_customise_sources), not per call.
@@ -72,10 +97,27 @@ class Settings(BaseSettings):
     kling_hooks_log_level: Literal["debug", "info", "warning", "error"] = "info"
     kling_hooks_plugins_dir: Path | None = None
     kling_hooks_shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Server: where `serve` listens, and whose X-Forwarded-For / X-Forwarded-Proto it trusts.
+    kling_hooks_host: str = "127.0.0.1"
+    kling_hooks_port: int = Field(default=8000, ge=0, le=65535)
+    kling_hooks_forwarded_allow_ips: str = "127.0.0.1"
+    # Limits: requests handled at once (503 + Retry-After past it), and how long a client may
+    # take to send its headers and its body (seconds).
+    kling_hooks_max_in_flight: int = Field(default=256, ge=1)
+    kling_hooks_header_timeout_s: float = Field(default=10.0, gt=0)
+    kling_hooks_body_timeout_s: float = Field(default=30.0, gt=0)
+    # Observability: the bearer token of GET /metrics (unset: the API token).
+    kling_hooks_metrics_token: SecretStr | None = None
+    # Retention: what `kling-hooks prune` removes by default (a duration: 90d, 12h, 30m).
+    kling_hooks_retention: str = "90d"
     plugins: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator(
-        "kling_api_key", "kling_secret_key", "kling_hooks_api_token", "kling_hooks_secret"
+        "kling_api_key",
+        "kling_secret_key",
+        "kling_hooks_api_token",
+        "kling_hooks_secret",
+        "kling_hooks_metrics_token",
     )
     @classmethod
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
@@ -83,6 +125,18 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().replace(",", "").strip():
             raise ValueError("must not be blank (unset it instead)")
         return value
+
+    @field_validator("kling_hooks_retention")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if duration_ms(value) == 0:  # ValueError names a value that is no duration
+            raise ValueError("must be longer than 0 (it would remove every record)")
+        return value
+
+    @property
+    def retention_ms(self) -> int:
+        """:attr:`kling_hooks_retention` in milliseconds."""
+        return duration_ms(self.kling_hooks_retention)
 
     @field_validator("kling_provider")
     @classmethod

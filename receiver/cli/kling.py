@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from receiver.cli.options import (
     url_option,
 )
 from receiver.cli.submit import kling_auth
-from receiver.config import Settings
+from receiver.config import Settings, duration_ms
 from receiver.models import TaskSummary
 from receiver.status_client import ApiError, StatusClient
 from receiver.tables import format_table, kling_task_view, kling_tasks_table
@@ -42,19 +41,16 @@ from submitter.protocol import Route, TaskStatus, now_ms
 if TYPE_CHECKING:
     from submitter import KlingClient
 
-#: ``2h``, ``30m``, ``90s``, ``1d``, or plain seconds.
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Tasks not finished, as ``reconcile`` looks for them.
 _OPEN = (TaskStatus.SUBMITTED, TaskStatus.PROCESSING)
 
 
 def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
     """Click callback: ``2h``, ``30m``, ``90s``, ``1d`` or seconds, as milliseconds."""
-    found = _DURATION.match(value.strip().lower())
-    if found is None:
-        raise click.BadParameter(f"{value!r} is not a duration such as 2h, 30m or 90s")
-    return round(float(found[1]) * _UNIT_S[found[2]] * 1000)
+    try:
+        return duration_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 @contextlib.asynccontextmanager

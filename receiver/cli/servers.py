@@ -14,8 +14,12 @@ from submitter.providers import PROVIDERS
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", help="address to listen on")
-@click.option("--port", type=int, default=8000, help="TCP port (0: any free port)")
+@click.option(
+    "--host", show_default="KLING_HOOKS_HOST, else 127.0.0.1", help="address to listen on"
+)
+@click.option(
+    "--port", type=int, show_default="KLING_HOOKS_PORT, else 8000", help="TCP port (0: any free)"
+)
 @click.option(
     "--plugins-dir",
     type=ANY_PATH,
@@ -24,7 +28,11 @@ from submitter.providers import PROVIDERS
 )
 @settings_options
 def serve(
-    host: str, port: int, plugins_dir: Path | None, config: Path | None, db: Path | None
+    host: str | None,
+    port: int | None,
+    plugins_dir: Path | None,
+    config: Path | None,
+    db: Path | None,
 ) -> int:
     """Run the receiver (callbacks + status API) under uvicorn."""
     import uvicorn
@@ -32,12 +40,20 @@ def serve(
     from receiver.app import create_app
     from receiver.store import DatabaseLock
 
-    settings = load(config, db, quiet=False, kling_hooks_plugins_dir=plugins_dir)
+    settings = load(
+        config,
+        db,
+        quiet=False,
+        kling_hooks_plugins_dir=plugins_dir,
+        kling_hooks_host=host,
+        kling_hooks_port=port,
+    )
     with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
         uvicorn.run(
             create_app(settings, database_locked=True),
-            host=host,
-            port=port,
+            host=settings.kling_hooks_host,
+            port=settings.kling_hooks_port,
+            forwarded_allow_ips=settings.kling_hooks_forwarded_allow_ips,
             access_log=False,
             log_level=settings.kling_hooks_log_level,
             log_config=None,
