@@ -164,8 +164,7 @@ async def list_tasks(request: Request) -> Response:
 async def register(request: Request) -> Response:
     """``POST /tasks``: record a submission (409 when its ids name two tasks)."""
     svc = services(request)
-    max_bytes = svc.settings.kling_hooks_max_body_bytes
-    body = await parse_body(request, RegistrationBody, max_bytes=max_bytes)
+    body = await parse_body(request, RegistrationBody, svc.settings)
     reg = Registration(
         task_id=body.task_id,
         external_task_id=body.external_task_id,
@@ -191,7 +190,7 @@ async def reconcile(request: Request) -> Response:
     known = await svc.reader.get_task(request.path_params["id"])
     if known is None:
         return error(404, "no task with that task_id or external_task_id")
-    raw = await read_text(request, svc.settings.kling_hooks_max_body_bytes)
+    raw = await read_text(request, svc.settings)
     task = parse_callback(raw)
     if task.task_id != known.task_id:
         return error(409, f"body is task {task.task_id}, not {known.task_id}")
@@ -239,10 +238,7 @@ async def redeliver_one(request: Request) -> Response:
 async def redeliver_many(request: Request) -> Response:
     """``POST /deliveries/redeliver``: replay every delivery matching the body's filter."""
     svc = services(request)
-    max_bytes = svc.settings.kling_hooks_max_body_bytes
-    body = await parse_body(
-        request, RedeliveryFilter, max_bytes=max_bytes, empty=RedeliveryFilter()
-    )
+    body = await parse_body(request, RedeliveryFilter, svc.settings, empty=RedeliveryFilter())
     loaded = svc.started_plugins()
     if body.plugin is not None and body.plugin not in loaded:
         names = ", ".join(sorted(loaded)) or "none"

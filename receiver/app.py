@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from receiver import credentials, store
 from receiver.api import API_ROUTES
@@ -15,6 +16,7 @@ from receiver.callbacks import CALLBACK_ROUTES
 from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
 from receiver.fanout import make_router
+from receiver.limits import InFlightLimit
 from receiver.plugins.registry import LoadedPlugin, load_plugins
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
@@ -115,7 +117,9 @@ def create_app(
         ConfigError: a plugin table names no installed plugin or has a bad value.
     """
     if plugins is None:
-        plugins = load_plugins(settings.plugins, settings.kling_hooks_plugins_dir)
+        plugins = load_plugins(
+            settings.plugins, settings.kling_hooks_plugins_dir, base_dir=settings.config_dir
+        )
     enabled = list(plugins)
 
     @contextlib.asynccontextmanager
@@ -134,6 +138,13 @@ def create_app(
 
     return Starlette(
         routes=[*CALLBACK_ROUTES, *API_ROUTES],
+        middleware=[
+            Middleware(
+                InFlightLimit,
+                limit=settings.kling_hooks_max_in_flight,
+                retry_after_s=settings.kling_hooks_retry_after_s,
+            )
+        ],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
         lifespan=lifespan,
     )

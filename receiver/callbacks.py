@@ -13,6 +13,9 @@ body names another task than the URL                  409     nothing
 not JSON (or not UTF-8)                               400     nothing
 JSON that is not a Kling task                         422     nothing
 body over ``KLING_HOOKS_MAX_BODY_BYTES``              413     nothing (rest not read)
+body not all sent in ``KLING_HOOKS_BODY_TIMEOUT_S``   408     nothing
+headers not sent in ``KLING_HOOKS_HEADER_TIMEOUT_S``  408     nothing; connection closed
+``KLING_HOOKS_MAX_IN_FLIGHT`` requests handled now    503     nothing; ``Retry-After`` set
 database cannot commit                                503     nothing; ``Retry-After`` set
 ====================================================  ======  ===========================
 """
@@ -24,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from receiver.config import Settings
 from receiver.errors import Refused, StoreUnavailable, TaskConflict
 from receiver.models import Accepted
 from receiver.parsing import parse_callback
@@ -58,14 +62,14 @@ def _reject(
 _OTHER_TASK = "body belongs to another task than the URL"
 
 
-async def _read_task(request: Request, ext: str, max_bytes: int) -> tuple[TaskObject, str]:
+async def _read_task(request: Request, ext: str, settings: Settings) -> tuple[TaskObject, str]:
     """The callback's task and raw body.
 
     Raises:
         Refused: 413, 400 or 422 as the module docstring's table says, or 409 when the body
             names another external_task_id than the URL.
     """
-    raw = await read_text(request, max_bytes)
+    raw = await read_text(request, settings)
     task = parse_callback(raw)
     if task.external_task_id is not None and task.external_task_id != ext:
         raise Refused(_OTHER_TASK, 409)
@@ -79,7 +83,7 @@ async def receive_callback(request: Request) -> Response:
     if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
         return _reject(request, 401, "invalid callback URL", "token does not verify")
     try:
-        task, raw = await _read_task(request, ext, svc.settings.kling_hooks_max_body_bytes)
+        task, raw = await _read_task(request, ext, svc.settings)
     except Refused as exc:
         return _reject(request, exc.status, exc.message, exc.message)
     try:

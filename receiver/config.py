@@ -16,12 +16,20 @@ provider's prefix; a trailing ``/v1`` is refused.
 
 from __future__ import annotations
 
+import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -111,6 +119,13 @@ class Settings(BaseSettings):
     # Retention: what `kling-hooks prune` removes by default (a duration: 90d, 12h, 30m).
     kling_hooks_retention: str = "90d"
     plugins: dict[str, Any] = Field(default_factory=dict)
+    # The folder of the TOML file, if any: relative paths in [plugins.NAME] tables start there.
+    _config_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_dir(self) -> Path | None:
+        """The folder of the TOML file these settings were read from (None: no file)."""
+        return self._config_dir
 
     @field_validator(
         "kling_api_key",
@@ -228,6 +243,32 @@ def _toml_source(settings_cls: type[BaseSettings], path: Path | None) -> TomlCon
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
 
 
+Source = Literal["default", "file", "environment", "flag"]
+
+
+def setting_sources(config_file: Path | None = None, **overrides: Any) -> dict[str, Source]:
+    """Where each setting of :func:`load_settings` with the same arguments comes from: a flag
+    (``overrides`` not None), the environment (the variable is set, in any case), the file
+    (its key is there, in either case), else the default. Keyed by field name.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    in_file = {k.lower() for k in _toml_source(Settings, config_file).toml_data}
+    in_env = {k.lower() for k in os.environ}
+    sources: dict[str, Source] = {}
+    for name in Settings.model_fields:
+        if overrides.get(name) is not None:
+            sources[name] = "flag"
+        elif name in in_env and name != "plugins":
+            sources[name] = "environment"
+        elif name in in_file:
+            sources[name] = "file"
+        else:
+            sources[name] = "default"
+    return sources
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings.
 
@@ -246,7 +287,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     given = {name: value for name, value in overrides.items() if value is not None}
     token = _toml_file.set(config_file)
     try:
-        return Settings(**given)
+        settings = Settings(**given)
+        if config_file is not None:
+            settings._config_dir = config_file.resolve().parent
+        return settings
     except ValidationError as exc:
         problems = "; ".join(
             f"{field.upper()}: {message.removeprefix('Value error, ')}"

@@ -29,7 +29,7 @@ from receiver.logging import configure_logging
 from receiver.models import DeliveryState, Task
 from receiver.plugins.registry import LoadedPlugin
 from receiver.services import Services
-from receiver.serving import listen, running
+from receiver.serving import listen, receiver_options, running
 from receiver.status_client import StatusClient
 from receiver.store.deliveries import Job, Outcome
 from receiver.tables import format_table
@@ -147,7 +147,11 @@ async def run_demo(
     async with (
         running(simulator.app) as sim_url,
         running(slack.app, sock=slack_sock),
-        running(create_app(settings, on_started=ready.set_result), sock=sock),
+        running(
+            create_app(settings, on_started=ready.set_result),
+            sock=sock,
+            options=receiver_options(settings),
+        ),
     ):
         print(f"simulator  {sim_url}   (duplicates and reordering on)", file=out)
         print(f"receiver   {receiver_url}   database {settings.kling_hooks_db}", file=out)

@@ -166,12 +166,14 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
 
 def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
     error = refs[(ErrorAnswer, "serialization")]
+    # Every route: 503 past KLING_HOOKS_MAX_IN_FLIGHT; with a body: 408 past its deadline.
+    codes = {*op.errors, 503, *((408,) if op.body is not None else ())}
     out: dict[str, Any] = {
         "summary": op.summary,
         "operationId": re.sub(r"\W+", "_", f"{op.method}{op.path}").strip("_"),
         "responses": {
             "200": _content(refs[(op.answer, "serialization")], "ok"),
-            **{str(code): _content(error, "error") for code in op.errors},
+            **{str(code): _content(error, "error") for code in sorted(codes)},
         },
     }
     if op.secured:

@@ -24,7 +24,7 @@ from receiver.models import DeliveryState
 from receiver.plugins import Event, Plugin, PluginSettings, SavedFile
 from receiver.plugins.registry import LoadedPlugin
 from receiver.services import Services
-from receiver.serving import running
+from receiver.serving import receiver_options, running
 from receiver.store.deliveries import Job, Outcome
 from submitter.tokens import CallbackTokens
 
@@ -95,7 +95,10 @@ async def start_receiver(
     ready: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     loaded = None if plugins is None else [LoadedPlugin(p, "test") for p in plugins]
     async with (
-        running(create_app(settings, loaded, on_started=ready.set_result)) as url,
+        running(
+            create_app(settings, loaded, on_started=ready.set_result),
+            options=receiver_options(settings),
+        ) as url,
         httpx.AsyncClient(timeout=30.0) as http,
     ):
         yield Receiver(url, await ready, http)

@@ -2,7 +2,8 @@
 
 Commands, by module: ``serve``, ``simulate``, ``demo`` (``servers``); ``submit``
 (``submit``); ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins``, ``token``,
-``secret`` (``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``). The options
+``secret`` (``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``); ``config
+check``, ``config show`` (``config``). The options
 they share are defined once in ``options``.
 ``kling-hooks COMMAND --help`` shows each command's options with their defaults.
 
@@ -24,7 +25,7 @@ from typing import Any
 import click
 import httpx
 
-from receiver.cli import kling, servers, status, submit
+from receiver.cli import config, kling, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
 from receiver.errors import DatabaseLocked
@@ -77,6 +78,7 @@ for command in (
     kling.reconcile,
     servers.simulate,
     servers.demo,
+    config.config,
 ):
     cli.add_command(command)
 

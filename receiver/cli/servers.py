@@ -38,6 +38,7 @@ def serve(
     import uvicorn
 
     from receiver.app import create_app
+    from receiver.serving import receiver_options
     from receiver.store import DatabaseLock
 
     settings = load(
@@ -53,10 +54,8 @@ def serve(
             create_app(settings, database_locked=True),
             host=settings.kling_hooks_host,
             port=settings.kling_hooks_port,
-            forwarded_allow_ips=settings.kling_hooks_forwarded_allow_ips,
-            access_log=False,
             log_level=settings.kling_hooks_log_level,
-            log_config=None,
+            **receiver_options(settings),
         )
     return EXIT_OK
 

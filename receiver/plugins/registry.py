@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 
 from receiver.config import ConfigError
 from receiver.models import PluginInfo
-from receiver.plugins import Plugin
+from receiver.plugins import Plugin, PluginSettings
 from submitter.protocol import field_errors
 
 ENTRY_POINT_GROUP = "kling_hooks.plugins"
@@ -123,12 +123,16 @@ def _check_class(obj: Any, label: str, where: str) -> type[Plugin]:
     return obj
 
 
-def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> list[LoadedPlugin]:
+def load_plugins(
+    tables: Mapping[str, Any], plugins_dir: Path | None = None, *, base_dir: Path | None = None
+) -> list[LoadedPlugin]:
     """Build every enabled plugin.
 
     Args:
         tables: The config file's ``[plugins]`` table: ``{name: {key: value}}``.
         plugins_dir: A directory of single-file plugins (``--plugins-dir``), or None.
+        base_dir: The config file's folder: a relative path setting of a plugin (a
+            ``Path`` field, such as the downloader's ``directory``) is taken relative to it.
 
     Returns:
         The enabled plugins, in the order of ``tables``. A table with ``enabled = false`` is
@@ -168,8 +172,20 @@ def load_plugins(tables: Mapping[str, Any], plugins_dir: Path | None = None) -> 
                 for field, message in field_errors(exc, root="*")
             )
             raise ConfigError(f"bad plugin setting: {problems}") from None
+        if base_dir is not None:
+            settings = _relative_to(settings, base_dir)
         loaded.append(LoadedPlugin(cls(settings), origin))
     return loaded
+
+
+def _relative_to(settings: PluginSettings, base_dir: Path) -> PluginSettings:
+    """``settings`` with each relative ``Path`` value made relative to ``base_dir``."""
+    moved = {
+        name: base_dir / value
+        for name, value in settings
+        if isinstance(value, Path) and not value.is_absolute()
+    }
+    return settings.model_copy(update=moved) if moved else settings
 
 
 def _entry_point_names() -> set[str]:
