@@ -18,6 +18,7 @@ from receiver.dispatcher import Dispatcher
 from receiver.fanout import make_router
 from receiver.limits import InFlightLimit
 from receiver.plugins.registry import LoadedPlugin, load_plugins
+from receiver.request_ids import RequestIds
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
 from receiver.writer import Writer
@@ -139,11 +140,12 @@ def create_app(
     return Starlette(
         routes=[*CALLBACK_ROUTES, *API_ROUTES],
         middleware=[
+            Middleware(RequestIds),
             Middleware(
                 InFlightLimit,
                 limit=settings.kling_hooks_max_in_flight,
                 retry_after_s=settings.kling_hooks_retry_after_s,
-            )
+            ),
         ],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
         lifespan=lifespan,

@@ -54,7 +54,6 @@ def _reject(
         status=status,
         reason=reason,
         client=request.client.host if request.client else None,
-        external_task_id=request.path_params.get("external_task_id", "")[:80],
     )
     return error(status, message, headers)
 
@@ -80,12 +79,14 @@ async def receive_callback(request: Request) -> Response:
     """``POST /callbacks/{external_task_id}/{token}``: see the module docstring's table."""
     svc = services(request)
     ext = request.path_params["external_task_id"]
+    structlog.contextvars.bind_contextvars(external_task_id=ext[:80])
     if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
         return _reject(request, 401, "invalid callback URL", "token does not verify")
     try:
         task, raw = await _read_task(request, ext, svc.settings)
     except Refused as exc:
         return _reject(request, exc.status, exc.message, exc.message)
+    structlog.contextvars.bind_contextvars(task_id=task.task_id)
     try:
         verdict = await svc.writer.submit(IncomingCallback(ext, task, raw, svc.clock_ms()))
     except TaskConflict as exc:
@@ -95,13 +96,7 @@ async def receive_callback(request: Request) -> Response:
             log.exception("callback_store_error")
         retry = {"Retry-After": str(svc.settings.kling_hooks_retry_after_s)}
         return _reject(request, 503, "database unavailable, retry later", str(exc), retry)
-    log.info(
-        "callback",
-        verdict=verdict.value,
-        task_id=task.task_id,
-        task_status=task.task_status.value,
-        external_task_id=ext,
-    )
+    log.info("callback", verdict=verdict.value, task_status=task.task_status.value)
     return respond(Accepted(verdict=verdict))
 
 

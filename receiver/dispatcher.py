@@ -186,6 +186,14 @@ class Dispatcher:
         task.add_done_callback(self._running.discard)
 
     async def _deliver(self, slot: _Slot, job: Job) -> None:
+        # This task's own context (create_task copied it): every line the plugin logs says
+        # which delivery it is about.
+        structlog.contextvars.bind_contextvars(
+            plugin=job.plugin,
+            delivery_id=job.event.delivery_id,
+            task_id=job.event.task_id,
+            external_task_id=job.event.external_task_id,
+        )
         try:
             outcome = await self._attempt(slot, job)
             await self._record(job, outcome)

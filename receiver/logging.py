@@ -57,5 +57,7 @@ def configure_logging(
         logging.getLogger(name).propagate = True
     # httpx logs every request ("HTTP Request: POST <url> ...") at INFO, and httpcore traces
     # at DEBUG: request URLs can be secrets (a Slack webhook URL), so only warnings pass.
-    for name in ("httpx", "httpcore"):
+    # aiosqlite logs every statement with its parameters at DEBUG (callback bodies, and the
+    # meta table's generated secrets): only warnings pass.
+    for name in ("httpx", "httpcore", "aiosqlite"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

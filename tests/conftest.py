@@ -242,8 +242,8 @@ async def serve(
         KLING_HOOKS_API_TOKEN=API_TOKEN,
         KLING_HOOKS_LOG_FORMAT="json",
         KLING_HOOKS_LOG_LEVEL="info",
-        **(env or {}),
     )
+    full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         str(KLING_HOOKS),
         "serve",

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -125,7 +126,8 @@ class WebhookForwarder(Plugin):
         if not isinstance(settings, WebhookSettings):
             raise TypeError(f"webhook needs WebhookSettings, not {type(settings).__name__}")
         super().__init__(settings)
-        self._signer = Webhook(settings.secret.get_secret_value())
+        signing_secret = settings.secret.get_secret_value()
+        self._signer = Webhook(signing_secret)
         self._clock_s = clock_s
         self._endpoint = Endpoint(
             settings.url,
@@ -134,7 +136,14 @@ class WebhookForwarder(Plugin):
             timeout_s=settings.timeout_s,
             user_agent=f"kling-hooks/{self.version}",
             rules=RULES,
-            secrets=(settings.url,),  # its query may carry a token
+            # An answer may echo what it was sent: the URL (its query may carry a token) and
+            # the signing secret, with or without its whsec_ prefix.
+            secrets=(
+                settings.url,
+                urlsplit(settings.url).query,
+                signing_secret,
+                signing_secret.removeprefix("whsec_"),
+            ),
             transport=transport,
         )
 
