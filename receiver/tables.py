@@ -1,8 +1,8 @@
 """Plain-text tables of the status API's answers, as ``kling-hooks`` and the demo print them.
 
 Every table is left-aligned columns separated by two spaces under a header line; a missing
-value (None) shows as ``-``. Times are Unix epoch milliseconds shown in UTC
-(``2026-11-21 18:47:15.339``). The inputs are the status API's answers, as the models of
+value (None) shows as ``-``. Times are Unix epoch milliseconds shown in UTC, marked ``Z``
+as in ISO 8601 (``2026-11-21 18:47:15.339Z``; ``--since`` takes the same form). The inputs are the status API's answers, as the models of
 ``receiver.models`` that ``receiver.status_client`` returns.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 from receiver.models import Delivery, ListedDelivery, PluginInfo, Task, TaskSummary
 from submitter.protocol import TaskObject
 
-#: Width at which ``last_error`` is cut in delivery tables.
-LAST_ERROR_WIDTH = 60
+#: Width at which ``last_error`` is cut in delivery lists (one task's view shows it whole).
+LAST_ERROR_WIDTH = 120
 
 _TASK_FIELDS = (
     "task_id",
@@ -29,10 +29,11 @@ _TASK_FIELDS = (
 
 
 def format_time(ms: int | None) -> str:
-    """``ms`` (Unix epoch milliseconds) as ``YYYY-MM-DD HH:MM:SS.mmm`` in UTC; ``-`` for None."""
+    """``ms`` (Unix epoch milliseconds) as ``YYYY-MM-DD HH:MM:SS.mmmZ``, in UTC (the ``Z``);
+    ``-`` for None."""
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def shorten(text: str | None, width: int) -> str | None:
@@ -94,7 +95,7 @@ def task_view(task: Task) -> str:
         format_table(["transition", "updated_at", "received_at"], transitions),
     ]
     if task.deliveries:
-        blocks.append(delivery_table(task.deliveries))
+        blocks.append(delivery_table(task.deliveries, error_width=None))
     if task.files:
         files = [(f.url, f.path, f.bytes, f.sha256) for f in task.files]
         blocks.append(format_table(["file", "path", "bytes", "sha256"], files))
@@ -113,14 +114,18 @@ def _result_lines(task_result: Mapping[str, Any] | None) -> list[str]:
 
 
 def delivery_table(
-    deliveries: Sequence[Delivery] | Sequence[ListedDelivery], *, with_task: bool = False
+    deliveries: Sequence[Delivery] | Sequence[ListedDelivery],
+    *,
+    with_task: bool = False,
+    error_width: int | None = LAST_ERROR_WIDTH,
 ) -> str:
-    """Deliveries, one row each, ``last_error`` cut to :data:`LAST_ERROR_WIDTH` characters.
+    """Deliveries, one row each; ``last_error`` is the last column.
 
     Args:
         deliveries: ``GET /deliveries`` items when ``with_task``, else the ``deliveries`` of
             ``GET /tasks/{id}``.
         with_task: Add the ``external_task_id`` column (a list spanning tasks).
+        error_width: Cut ``last_error`` to this many characters (None: whole).
     """
     headers = ["id", "plugin", "state", "attempts", "next_attempt_at"]
     headers += ["external_task_id", "task_status"] if with_task else ["task_status"]
@@ -133,7 +138,7 @@ def delivery_table(
             format_time(d.next_attempt_at),
             *([d.external_task_id] if isinstance(d, ListedDelivery) and with_task else []),
             d.task_status,
-            shorten(d.last_error, LAST_ERROR_WIDTH),
+            d.last_error if error_width is None else shorten(d.last_error, error_width),
         )
         for d in deliveries
     ]

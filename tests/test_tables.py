@@ -42,7 +42,7 @@ def test_format_table_refuses_a_row_of_another_length() -> None:
 
 @pytest.mark.parametrize(
     ("ms", "shown"),
-    [(MS, "2026-11-21 18:47:15.339"), (0, "1970-01-01 00:00:00.000"), (None, "-")],
+    [(MS, "2026-11-21 18:47:15.339Z"), (0, "1970-01-01 00:00:00.000Z"), (None, "-")],
 )
 def test_format_time_shows_unix_ms_in_utc_to_the_millisecond(ms: int | None, shown: str) -> None:
     assert format_time(ms) == shown
@@ -76,7 +76,7 @@ def test_tasks_table_has_one_row_per_task() -> None:
     assert tasks_table(tasks).splitlines() == [
         "task_id              external_task_id  route               task_status  updated_at",
         "2505875930906139466  kh-1              images/generations  succeed      "
-        "2026-11-21 18:47:15.339",
+        "2026-11-21 18:47:15.339Z",
     ]
 
 
@@ -90,14 +90,14 @@ def delivery(**values: Any) -> ListedDelivery:
         "task_id": "2505875930906139466",
         "external_task_id": "kh-1",
         "task_status": "succeed",
-        "last_error": "SlackError: " + "x" * 100,
+        "last_error": "SlackError: " + "x" * 200,
         "created_at": MS,
         "updated_at": MS,
     }
     return ListedDelivery.model_validate({**base, **values})
 
 
-def test_delivery_table_cuts_last_error_to_60_characters() -> None:
+def test_delivery_table_cuts_last_error_to_120_characters() -> None:
     header, row = delivery_table([delivery()]).splitlines()
     assert header.split() == [
         "id",
@@ -108,7 +108,7 @@ def test_delivery_table_cuts_last_error_to_60_characters() -> None:
         "task_status",
         "last_error",
     ]
-    assert row.endswith("succeed      SlackError: " + "x" * 45 + "...")
+    assert row.endswith("succeed      SlackError: " + "x" * 105 + "...")
     assert "kh-1" not in row
 
 
@@ -143,13 +143,13 @@ def test_task_view_shows_fields_results_and_transitions() -> None:
         "task_status           succeed",
         "task_status_msg",
         "final_unit_deduction  0.4",
-        "created_at            2026-11-21 18:47:11.270",
-        "updated_at            2026-11-21 18:47:15.339",
+        "created_at            2026-11-21 18:47:11.270Z",
+        "updated_at            2026-11-21 18:47:15.339Z",
         "image: http://k/0.png",
         "",
-        "transition  updated_at               received_at",
-        "submitted   2026-11-21 18:47:11.270  2026-11-21 18:47:11.274",
-        "succeed     2026-11-21 18:47:15.339  2026-11-21 18:47:15.341",
+        "transition  updated_at                received_at",
+        "submitted   2026-11-21 18:47:11.270Z  2026-11-21 18:47:11.274Z",
+        "succeed     2026-11-21 18:47:15.339Z  2026-11-21 18:47:15.341Z",
     ]
 
 

@@ -152,7 +152,7 @@ class Downloader(Plugin):
         self._guard = Guard(
             settings.allow_private_hosts,
             resolver or system_resolver,
-            private_hint="set allow_private_hosts = true to fetch from such hosts",
+            private_hint="allow_private_hosts = true allows it",
         )
         self._verify = verify
         self._client: httpx.AsyncClient | None = None
