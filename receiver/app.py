@@ -15,6 +15,7 @@ from receiver.callbacks import CALLBACK_ROUTES
 from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
 from receiver.fanout import make_router
+from receiver.metrics import Metrics
 from receiver.plugins.registry import LoadedPlugin, load_plugins
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
@@ -68,6 +69,8 @@ async def _started(
     dispatcher = Dispatcher(
         writer, plugins, clock_ms=clock_ms, grace_s=settings.kling_hooks_shutdown_grace_s
     )
+    metrics = Metrics(db=db, plugins=[p.name for p in plugins], clock_ms=clock_ms)
+    dispatcher.add_listener(metrics.delivery_finished)
     try:
         creds = await credentials.resolve(settings, writer.connection)
         if creds.api_token_generated:
@@ -83,6 +86,7 @@ async def _started(
             reader=store.Reader(reader_conn),
             dispatcher=dispatcher,
             clock_ms=clock_ms,
+            metrics=metrics,
         )
     finally:
         await dispatcher.close()

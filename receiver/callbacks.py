@@ -1,23 +1,26 @@
 """The callback endpoint: ``POST /callbacks/{external_task_id}/{token}``.
 
-Answers (the issue's response table; every rejection is logged with its reason):
+Answers (the issue's response table; every rejection is logged and counted with its
+reason, a :class:`receiver.metrics.Rejection` code):
 
-====================================================  ======  ===========================
-case                                                  status  stored
-====================================================  ======  ===========================
-new transition                                        200     raw body + transition
-same (task_id, task_status) again                     200     raw body (verdict duplicate)
-older than the task's state                           200     raw body (verdict stale)
-token wrong                                           401     nothing
-body names another task than the URL                  409     nothing
-not JSON (or not UTF-8)                               400     nothing
-JSON that is not a Kling task                         422     nothing
-body over ``KLING_HOOKS_MAX_BODY_BYTES``              413     nothing (rest not read)
-database cannot commit                                503     nothing; ``Retry-After`` set
-====================================================  ======  ===========================
+==========================================  ======  ============================  =================
+case                                        status  stored                        reason
+==========================================  ======  ============================  =================
+new transition                              200     raw body + transition
+same (task_id, task_status) again           200     raw body (verdict duplicate)
+older than the task's state                 200     raw body (verdict stale)
+token wrong                                 401     nothing                       token
+body names another task than the URL        409     nothing                       other_task
+not JSON (or not UTF-8)                     400     nothing                       not_json
+JSON that is not a Kling task               422     nothing                       not_a_task
+body over ``KLING_HOOKS_MAX_BODY_BYTES``    413     nothing (rest not read)       too_large
+database cannot commit                      503     nothing; ``Retry-After`` set  store_unavailable
+==========================================  ======  ============================  =================
 """
 
 from __future__ import annotations
+
+import time
 
 import structlog
 from starlette.requests import Request
@@ -25,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver.errors import Refused, StoreUnavailable, TaskConflict
+from receiver.metrics import Rejection
 from receiver.models import Accepted
 from receiver.parsing import parse_callback
 from receiver.requests import read_text
@@ -37,18 +41,36 @@ from submitter.tokens import CALLBACK_PATH
 log = structlog.get_logger("kling_hooks.callbacks")
 
 
+#: The rejection reason of each status a :class:`Refused` of :func:`_read_task` can carry
+#: (the table above: one case per status).
+_REASONS = {
+    400: Rejection.NOT_JSON,
+    409: Rejection.OTHER_TASK,
+    413: Rejection.TOO_LARGE,
+    422: Rejection.NOT_A_TASK,
+}
+
+
 def _reject(
     request: Request,
     status: int,
     message: str,
-    reason: str,
+    reason: Rejection,
+    detail: str,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """Log a refused callback with its reason, and answer it in the error shape."""
+    """Count and log a refused callback with its reason, and answer it in the error shape.
+
+    Args:
+        reason: The ``reason`` label of ``kling_hooks_callback_rejections_total``, also logged.
+        detail: What exactly was wrong, for the log only (free text).
+    """
+    services(request).metrics.rejected(reason)
     log.warning(
         "callback_rejected",
         status=status,
-        reason=reason,
+        reason=reason.value,
+        detail=detail,
         client=request.client.host if request.client else None,
         external_task_id=request.path_params.get("external_task_id", "")[:80],
     )
@@ -73,24 +95,46 @@ async def _read_task(request: Request, ext: str, max_bytes: int) -> tuple[TaskOb
 
 
 async def receive_callback(request: Request) -> Response:
-    """``POST /callbacks/{external_task_id}/{token}``: see the module docstring's table."""
+    """``POST /callbacks/{external_task_id}/{token}``: see the module docstring's table.
+
+    Every call is timed (``kling_hooks_callback_duration_seconds``) and counted by verdict or
+    rejection reason (``receiver.metrics``).
+    """
+    started_s = time.perf_counter()
+    try:
+        return await _receive(request)
+    finally:
+        services(request).metrics.callback_took(time.perf_counter() - started_s)
+
+
+async def _receive(request: Request) -> Response:
     svc = services(request)
     ext = request.path_params["external_task_id"]
     if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
-        return _reject(request, 401, "invalid callback URL", "token does not verify")
+        return _reject(
+            request, 401, "invalid callback URL", Rejection.TOKEN, "token does not verify"
+        )
     try:
         task, raw = await _read_task(request, ext, svc.settings.kling_hooks_max_body_bytes)
     except Refused as exc:
-        return _reject(request, exc.status, exc.message, exc.message)
+        return _reject(request, exc.status, exc.message, _REASONS[exc.status], exc.message)
     try:
         verdict = await svc.writer.submit(IncomingCallback(ext, task, raw, svc.clock_ms()))
     except TaskConflict as exc:
-        return _reject(request, 409, _OTHER_TASK, str(exc))
+        return _reject(request, 409, _OTHER_TASK, Rejection.OTHER_TASK, str(exc))
     except Exception as exc:  # StoreUnavailable, or anything else: never a 500
         if not isinstance(exc, StoreUnavailable):
             log.exception("callback_store_error")
         retry = {"Retry-After": str(svc.settings.kling_hooks_retry_after_s)}
-        return _reject(request, 503, "database unavailable, retry later", str(exc), retry)
+        return _reject(
+            request,
+            503,
+            "database unavailable, retry later",
+            Rejection.STORE_UNAVAILABLE,
+            str(exc),
+            retry,
+        )
+    svc.metrics.callback(verdict)
     log.info(
         "callback",
         verdict=verdict.value,
