@@ -173,14 +173,21 @@ class Metrics:
 
 
 class _Scrape:
-    """One scrape: the registry's metrics, then those computed for this scrape."""
+    """One scrape: the registry's metrics, then those computed for this scrape.
+
+    The ``_created`` samples of counters and histograms (each series' start time, which the
+    0.0.4 text format would send as one more gauge per series) are left out; the library can
+    drop them only for the whole process.
+    """
 
     def __init__(self, registry: CollectorRegistry, computed: Iterable[Metric]) -> None:
         self._registry = registry
         self._computed = computed
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._registry.collect()
+        for metric in self._registry.collect():  # fresh objects on every call
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
         yield from self._computed
 
 

@@ -211,6 +211,9 @@ async def test_every_metric_moves_with_callbacks_rejections_and_deliveries(
     size = "kling_hooks_database_size_bytes"
     assert value(during, size) == size_now > value(before, size) > 0
 
+    # no per-series start times (``_created``): one series per metric and label set
+    assert not [name for name, _ in during if name.endswith("_created")]
+
     # build info
     build = {
         "version": version("kling-hooks"),
