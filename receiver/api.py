@@ -1,7 +1,8 @@
 """The status API: what happened to each task, and to its deliveries to plugins.
 
 Every ``/tasks``, ``/deliveries`` and ``/plugins`` route needs
-``Authorization: Bearer <KLING_HOOKS_API_TOKEN>`` (401 without it). ``/healthz``, ``/readyz``
+``Authorization: Bearer <KLING_HOOKS_API_TOKEN>`` (401 without it). ``/metrics`` needs
+``KLING_HOOKS_METRICS_TOKEN`` when that is set, else the same token. ``/healthz``, ``/readyz``
 and ``/openapi.json`` need no token. Answers are the models of ``receiver.models``; errors
 have one shape, ``{"ok": false, "error": "..."}``. The document at ``/openapi.json``
 (``receiver.openapi``) lists every route's answers and status codes.
@@ -28,6 +29,7 @@ from receiver.errors import (
     StoreUnavailable,
     TaskConflict,
 )
+from receiver.metrics import CONTENT_TYPE
 from receiver.models import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -59,20 +61,36 @@ Handler = Callable[[Request], Awaitable[Response]]
 E = TypeVar("E", bound=StrEnum)
 
 
-def _authorized(request: Request, svc: Services) -> bool:
+#: Which bearer token a route wants, from the running receiver's parts.
+TokenOf = Callable[[Services], str]
+
+
+def api_token(svc: Services) -> str:
+    """The status API's token: ``KLING_HOOKS_API_TOKEN``, or the generated one."""
+    return svc.credentials.api_token
+
+
+def metrics_token(svc: Services) -> str:
+    """``GET /metrics``' token: ``KLING_HOOKS_METRICS_TOKEN`` when set, else :func:`api_token`
+    (so with a metrics token set, the API token does not open ``/metrics``)."""
+    token = svc.settings.kling_hooks_metrics_token
+    return api_token(svc) if token is None else token.get_secret_value()
+
+
+def _authorized(request: Request, expected: str) -> bool:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if not token or scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(token.encode(), svc.credentials.api_token.encode())
+    return hmac.compare_digest(token.encode(), expected.encode())
 
 
-def guarded(handler: Handler) -> Handler:
-    """Wrap ``handler``: 401 without the token, 503 when the database does not answer, and
-    :class:`~receiver.errors.Refused` in the error shape."""
+def guarded(handler: Handler, token: TokenOf = api_token) -> Handler:
+    """Wrap ``handler``: 401 without the bearer ``token`` (by default the API token), 503 when
+    the database does not answer, and :class:`~receiver.errors.Refused` in the error shape."""
 
     async def run(request: Request) -> Response:
         svc = services(request)
-        if not _authorized(request, svc):
+        if not _authorized(request, token(svc)):
             log.warning("api_unauthorized", path=request.url.path)
             return error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
         try:
@@ -297,6 +315,13 @@ async def readyz(request: Request) -> Response:
     return respond(Ok())
 
 
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: every metric of ``receiver.metrics`` in Prometheus' text format
+    (``text/plain; version=0.0.4``); 503 when the outbox query gets no answer."""
+    svc = services(request)
+    return Response(await svc.metrics.scrape(svc.reader), media_type=CONTENT_TYPE)
+
+
 async def openapi(request: Request) -> Response:
     """``GET /openapi.json``: the OpenAPI 3.1 document, generated from the models."""
     return JSONResponse(openapi_document())
@@ -312,6 +337,7 @@ API_ROUTES = [
     Route("/deliveries/redeliver", guarded(redeliver_many), methods=["POST"]),
     Route("/deliveries/{id}/redeliver", guarded(redeliver_one), methods=["POST"]),
     Route("/plugins", guarded(list_plugins), methods=["GET"]),
+    Route("/metrics", guarded(metrics, metrics_token), methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),

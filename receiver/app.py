@@ -9,6 +9,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.types import Scope
 
 from receiver import credentials, store
 from receiver.api import API_ROUTES
@@ -17,12 +18,14 @@ from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
 from receiver.fanout import make_router
 from receiver.limits import InFlightLimit
+from receiver.metrics import Metrics, Rejection
 from receiver.plugins.registry import LoadedPlugin, load_plugins
 from receiver.request_ids import RequestIds
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
 from receiver.writer import Writer
 from submitter.protocol import now_ms
+from submitter.tokens import CALLBACK_PATH
 
 log = structlog.get_logger("kling_hooks.app")
 
@@ -71,6 +74,8 @@ async def _started(
     dispatcher = Dispatcher(
         writer, plugins, clock_ms=clock_ms, grace_s=settings.kling_hooks_shutdown_grace_s
     )
+    metrics = Metrics(db=db, plugins=[p.name for p in plugins], clock_ms=clock_ms)
+    dispatcher.add_listener(metrics.delivery_finished)
     try:
         creds = await credentials.resolve(settings, writer.connection)
         if creds.api_token_generated:
@@ -86,11 +91,19 @@ async def _started(
             reader=store.Reader(reader_conn),
             dispatcher=dispatcher,
             clock_ms=clock_ms,
+            metrics=metrics,
         )
     finally:
         await dispatcher.close()
         await writer.close()
         await reader_conn.close()
+
+
+def _count_overload(scope: Scope) -> None:
+    """Count a callback refused by the in-flight limit (``reason="overloaded"``)."""
+    found = scope.get("state", {}).get("services")
+    if isinstance(found, Services) and scope["path"].startswith(CALLBACK_PATH + "/"):
+        found.metrics.rejected(Rejection.OVERLOADED)
 
 
 def create_app(
@@ -145,6 +158,7 @@ def create_app(
                 InFlightLimit,
                 limit=settings.kling_hooks_max_in_flight,
                 retry_after_s=settings.kling_hooks_retry_after_s,
+                on_refused=_count_overload,
             ),
         ],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},

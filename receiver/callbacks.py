@@ -1,26 +1,31 @@
 """The callback endpoint: ``POST /callbacks/{external_task_id}/{token}``.
 
-Answers (the issue's response table; every rejection is logged with its reason):
+Answers (the issue's response table; every rejection is logged and counted with its
+reason, a :class:`receiver.metrics.Rejection` code):
 
-====================================================  ======  ===========================
-case                                                  status  stored
-====================================================  ======  ===========================
-new transition                                        200     raw body + transition
-same (task_id, task_status) again                     200     raw body (verdict duplicate)
-older than the task's state                           200     raw body (verdict stale)
-token wrong                                           401     nothing
-body names another task than the URL                  409     nothing
-not JSON (or not UTF-8)                               400     nothing
-JSON that is not a Kling task                         422     nothing
-body over ``KLING_HOOKS_MAX_BODY_BYTES``              413     nothing (rest not read)
-body not all sent in ``KLING_HOOKS_BODY_TIMEOUT_S``   408     nothing
-headers not sent in ``KLING_HOOKS_HEADER_TIMEOUT_S``  408     nothing; connection closed
-``KLING_HOOKS_MAX_IN_FLIGHT`` requests handled now    503     nothing; ``Retry-After`` set
-database cannot commit                                503     nothing; ``Retry-After`` set
-====================================================  ======  ===========================
+========================================  ======  ============================  =================
+case                                      status  stored                        reason
+========================================  ======  ============================  =================
+new transition                            200     raw body + transition
+same (task_id, task_status) again         200     raw body (verdict duplicate)
+older than the task's state               200     raw body (verdict stale)
+token wrong                               401     nothing                       token
+body names another task than the URL      409     nothing                       other_task
+not JSON (or not UTF-8)                   400     nothing                       not_json
+JSON that is not a Kling task             422     nothing                       not_a_task
+body over ``MAX_BODY_BYTES``              413     nothing (rest not read)       too_large
+body slower than ``BODY_TIMEOUT_S``       408     nothing                       too_slow
+headers slower than ``HEADER_TIMEOUT_S``  408     nothing; connection closed    (not counted)
+``MAX_IN_FLIGHT`` requests in progress    503     nothing; ``Retry-After``      overloaded
+database cannot commit                    503     nothing; ``Retry-After``      store_unavailable
+========================================  ======  ============================  =================
+
+The settings named are ``KLING_HOOKS_*`` (``KLING_HOOKS_MAX_BODY_BYTES``...).
 """
 
 from __future__ import annotations
+
+import time
 
 import structlog
 from starlette.requests import Request
@@ -29,6 +34,7 @@ from starlette.routing import Route
 
 from receiver.config import Settings
 from receiver.errors import Refused, StoreUnavailable, TaskConflict
+from receiver.metrics import Rejection
 from receiver.models import Accepted
 from receiver.parsing import parse_callback
 from receiver.requests import read_text
@@ -41,18 +47,37 @@ from submitter.tokens import CALLBACK_PATH
 log = structlog.get_logger("kling_hooks.callbacks")
 
 
+#: The rejection reason of each status a :class:`Refused` of :func:`_read_task` can carry
+#: (the table above: one case per status).
+_REASONS = {
+    400: Rejection.NOT_JSON,
+    408: Rejection.TOO_SLOW,
+    409: Rejection.OTHER_TASK,
+    413: Rejection.TOO_LARGE,
+    422: Rejection.NOT_A_TASK,
+}
+
+
 def _reject(
     request: Request,
     status: int,
     message: str,
-    reason: str,
+    reason: Rejection,
+    detail: str,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """Log a refused callback with its reason, and answer it in the error shape."""
+    """Count and log a refused callback with its reason, and answer it in the error shape.
+
+    Args:
+        reason: The ``reason`` label of ``kling_hooks_callback_rejections_total``, also logged.
+        detail: What exactly was wrong, for the log only (free text).
+    """
+    services(request).metrics.rejected(reason)
     log.warning(
         "callback_rejected",
         status=status,
-        reason=reason,
+        reason=reason.value,
+        detail=detail,
         client=request.client.host if request.client else None,
     )
     return error(status, message, headers)
@@ -76,26 +101,48 @@ async def _read_task(request: Request, ext: str, settings: Settings) -> tuple[Ta
 
 
 async def receive_callback(request: Request) -> Response:
-    """``POST /callbacks/{external_task_id}/{token}``: see the module docstring's table."""
+    """``POST /callbacks/{external_task_id}/{token}``: see the module docstring's table.
+
+    Every call is timed (``kling_hooks_callback_duration_seconds``) and counted by verdict or
+    rejection reason (``receiver.metrics``).
+    """
+    started_s = time.perf_counter()
+    try:
+        return await _receive(request)
+    finally:
+        services(request).metrics.callback_took(time.perf_counter() - started_s)
+
+
+async def _receive(request: Request) -> Response:
     svc = services(request)
     ext = request.path_params["external_task_id"]
     structlog.contextvars.bind_contextvars(external_task_id=ext[:80])
     if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
-        return _reject(request, 401, "invalid callback URL", "token does not verify")
+        return _reject(
+            request, 401, "invalid callback URL", Rejection.TOKEN, "token does not verify"
+        )
     try:
         task, raw = await _read_task(request, ext, svc.settings)
     except Refused as exc:
-        return _reject(request, exc.status, exc.message, exc.message)
+        return _reject(request, exc.status, exc.message, _REASONS[exc.status], exc.message)
     structlog.contextvars.bind_contextvars(task_id=task.task_id)
     try:
         verdict = await svc.writer.submit(IncomingCallback(ext, task, raw, svc.clock_ms()))
     except TaskConflict as exc:
-        return _reject(request, 409, _OTHER_TASK, str(exc))
+        return _reject(request, 409, _OTHER_TASK, Rejection.OTHER_TASK, str(exc))
     except Exception as exc:  # StoreUnavailable, or anything else: never a 500
         if not isinstance(exc, StoreUnavailable):
             log.exception("callback_store_error")
         retry = {"Retry-After": str(svc.settings.kling_hooks_retry_after_s)}
-        return _reject(request, 503, "database unavailable, retry later", str(exc), retry)
+        return _reject(
+            request,
+            503,
+            "database unavailable, retry later",
+            Rejection.STORE_UNAVAILABLE,
+            str(exc),
+            retry,
+        )
+    svc.metrics.callback(verdict)
     log.info("callback", verdict=verdict.value, task_status=task.task_status.value)
     return respond(Accepted(verdict=verdict))
 

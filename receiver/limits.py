@@ -18,6 +18,7 @@ receiver's workers or memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -34,11 +35,20 @@ class InFlightLimit:
         app: The app to protect.
         limit: Most requests handled at once (>= 1).
         retry_after_s: The ``Retry-After`` of the 503, seconds.
+        on_refused: Called with the scope of each request refused (the metrics count it).
     """
 
-    def __init__(self, app: ASGIApp, *, limit: int, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        retry_after_s: int,
+        on_refused: Callable[[Scope], None] = lambda scope: None,
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.on_refused = on_refused
         self.in_flight = 0
         message = f"too many requests in flight (over {limit}), retry later"
         self._body = ErrorAnswer(error=message).model_dump_json().encode()
@@ -53,6 +63,7 @@ class InFlightLimit:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
+            self.on_refused(scope)
             await send({"type": "http.response.start", "status": 503, "headers": self._headers})
             await send({"type": "http.response.body", "body": self._body})
             return

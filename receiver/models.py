@@ -120,6 +120,25 @@ class ListedDelivery(Delivery):
     external_task_id: str
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """One plugin's outbox, counted at scrape time (``GET /metrics``, ``receiver.metrics``).
+
+    Attributes:
+        plugin: The plugin's name (as stored in its deliveries).
+        pending: Deliveries not yet done or dead: waiting for their first attempt
+            (``pending``), running, or waiting for a retry (``failed``).
+        oldest_pending_at: ``created_at`` of the oldest of those, our clock, Unix ms; None
+            when there is none.
+        dead: Deliveries in ``dead`` (until replayed).
+    """
+
+    plugin: str
+    pending: int = 0
+    oldest_pending_at: int | None = None
+    dead: int = 0
+
+
 class TaskSummary(_Shape):
     """A task as ``GET /tasks`` lists it (no transitions, request or task_info)."""
 

@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``, generated from ``receiver.models``.
 
-Every request body and answer is a pydantic model, so the document is what the server sends
-and accepts: the schemas come from ``model_json_schema`` (their ``$defs`` hoisted into
-``components/schemas``), and :data:`OPERATIONS` lists each route's parameters, models and
-status codes once. tests/test_openapi.py checks live answers of a real server against it.
+Every request body and JSON answer is a pydantic model (``GET /metrics`` answers text), so
+the document is what the server sends and accepts: the schemas come from
+``model_json_schema`` (their ``$defs`` hoisted into ``components/schemas``), and
+:data:`OPERATIONS` lists each route's parameters, answers and status codes once.
+tests/test_openapi.py checks live answers of a real server against it.
 """
 
 from __future__ import annotations
@@ -39,13 +40,22 @@ _STRING: dict[str, Any] = {"type": "string"}
 
 
 @dataclass(frozen=True)
+class TextAnswer:
+    """A 200 answer that is text, not JSON (``GET /metrics``): its media type, and what the
+    text is."""
+
+    media_type: str
+    description: str
+
+
+@dataclass(frozen=True)
 class Operation:
-    """One route and method: what it takes and what it answers."""
+    """One route and method: what it takes and what it answers (a model's JSON, or text)."""
 
     path: str
     method: str
     summary: str
-    answer: type[BaseModel]
+    answer: type[BaseModel] | TextAnswer
     errors: tuple[int, ...]
     body: type[BaseModel] | None = None
     body_required: bool = True
@@ -134,6 +144,13 @@ OPERATIONS = (
         body_required=False,
     ),
     Operation("/plugins", "get", "The enabled plugins, secrets masked", PluginList, (401, 503)),
+    Operation(
+        "/metrics",
+        "get",
+        "Prometheus metrics (bearer KLING_HOOKS_METRICS_TOKEN, else the API token)",
+        TextAnswer("text/plain", "Prometheus text exposition format, version 0.0.4"),
+        (401, 503),
+    ),
     Operation("/healthz", "get", "The process is up", Ok, (), secured=False),
     Operation("/readyz", "get", "The database answers", Ok, (503,), secured=False),
 )
@@ -145,7 +162,8 @@ Refs = dict[tuple[Any, JsonSchemaMode], dict[str, Any]]
 def _schemas() -> tuple[Refs, dict[str, Any]]:
     """Each answer model's schema for serialization and each body's for validation, as
     ``$ref``s, and the schemas they refer to."""
-    answers: set[type[BaseModel]] = {ErrorAnswer, *(o.answer for o in OPERATIONS)}
+    answers: set[type[BaseModel]] = {ErrorAnswer}
+    answers |= {o.answer for o in OPERATIONS if not isinstance(o.answer, TextAnswer)}
     bodies: set[type[BaseModel]] = {o.body for o in OPERATIONS if o.body is not None}
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "serialization") for m in answers]
     pairs += [(m, "validation") for m in bodies]
@@ -154,8 +172,16 @@ def _schemas() -> tuple[Refs, dict[str, Any]]:
     return refs, top.get("$defs", {})
 
 
-def _content(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _content(
+    schema: dict[str, Any], description: str, media_type: str = "application/json"
+) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": schema}}}
+
+
+def _answer(op: Operation, refs: Refs) -> dict[str, Any]:
+    if isinstance(op.answer, TextAnswer):
+        return _content(_STRING, op.answer.description, op.answer.media_type)
+    return _content(refs[(op.answer, "serialization")], "ok")
 
 
 def _parameters(op: Operation) -> list[dict[str, Any]]:
@@ -172,7 +198,7 @@ def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
         "summary": op.summary,
         "operationId": re.sub(r"\W+", "_", f"{op.method}{op.path}").strip("_"),
         "responses": {
-            "200": _content(refs[(op.answer, "serialization")], "ok"),
+            "200": _answer(op, refs),
             **{str(code): _content(error, "error") for code in sorted(codes)},
         },
     }

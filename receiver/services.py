@@ -15,6 +15,7 @@ from starlette.requests import Request
 from receiver.config import Settings
 from receiver.credentials import Credentials
 from receiver.dispatcher import Dispatcher
+from receiver.metrics import Metrics
 from receiver.plugins.registry import LoadedPlugin
 from receiver.store import Reader
 from receiver.writer import Writer
@@ -26,6 +27,7 @@ class Services:
 
     Attributes:
         clock_ms: The wall clock, Unix epoch ms.
+        metrics: This receiver's Prometheus metrics (``GET /metrics``).
     """
 
     settings: Settings
@@ -35,6 +37,7 @@ class Services:
     reader: Reader
     dispatcher: Dispatcher
     clock_ms: Callable[[], int]
+    metrics: Metrics
 
     def started_plugins(self) -> frozenset[str]:
         """The plugins that can run a delivery now: enabled, and their ``start()`` succeeded."""

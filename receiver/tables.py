@@ -2,8 +2,9 @@
 
 Every table is left-aligned columns separated by two spaces under a header line; a missing
 value (None) shows as ``-``. Times are Unix epoch milliseconds shown in UTC, marked ``Z``
-as in ISO 8601 (``2026-11-21 18:47:15.339Z``; ``--since`` takes the same form). The inputs are the status API's answers, as the models of
-``receiver.models`` that ``receiver.status_client`` returns.
+as in ISO 8601 (``2026-11-21 18:47:15.339Z``; ``--since`` takes the same form). The inputs
+are the status API's answers, as the models of ``receiver.models`` that
+``receiver.status_client`` returns.
 """
 
 from __future__ import annotations

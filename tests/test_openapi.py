@@ -58,10 +58,13 @@ class Conformance:
         documented = operation["responses"]
         status = str(answer.status_code)
         assert status in documented, f"{method} {template}: {status} is not documented"
-        schema = documented[status]["content"]["application/json"]["schema"]
+        media_type = answer.headers["content-type"].split(";")[0]
+        content = documented[status]["content"]
+        assert media_type in content, f"{method} {template}: {media_type} is not documented"
+        body = answer.json() if media_type == "application/json" else answer.text
         jsonschema.validate(
-            answer.json(),
-            {**schema, "components": self.doc["components"]},
+            body,
+            {**content[media_type]["schema"], "components": self.doc["components"]},
             cls=jsonschema.Draft202012Validator,
         )
         self.seen.add((method.lower(), template, answer.status_code))
@@ -106,6 +109,7 @@ async def test_every_live_answer_matches_the_published_schema(live: Any) -> None
     assert (await c.call("POST", "/deliveries/redeliver")).is_success  # empty: the dead ones
     for path in ("/healthz", "/readyz"):
         assert (await c.call("GET", path, headers={})).json() == {"ok": True}
+    assert "kling_hooks_callbacks_total" in (await c.call("GET", "/metrics")).text
     answered = {(m, p) for m, p, status in c.seen if status == 200}
     listed_ops = {(m, p) for p, ops in c.doc["paths"].items() for m in ops}
     assert answered == listed_ops, "every documented route was tried and answered 200"
@@ -132,6 +136,7 @@ async def test_every_refusal_matches_the_published_schema(live: Any) -> None:
         ("POST", "/deliveries/redeliver", {"json": {"plugin": "absent"}}, 400),
         ("POST", "/deliveries/redeliver", {"json": {"state": "running"}}, 422),
         ("GET", "/plugins", {"headers": {"Authorization": "Bearer wrong"}}, 401),
+        ("GET", "/metrics", {"headers": {"Authorization": "Bearer wrong"}}, 401),
         ("GET", "/tasks?transition_before=soon", {}, 400),
         ("POST", "/tasks/unknown/reconcile", {"json": task_body("9", "succeed")}, 404),
     ]

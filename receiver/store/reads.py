@@ -7,11 +7,13 @@ Every answer is a model of ``receiver.models``, built through the one row mappin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import aiosqlite
 
 from receiver.errors import StoreUnavailable
 from receiver.models import (
+    Backlog,
     Delivery,
     DeliveryState,
     ListedDelivery,
@@ -32,6 +34,8 @@ _DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"
 _DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _FILE = select_list(SavedFile.__dataclass_fields__)
+#: The states of a delivery that is not over yet (``Backlog.pending``).
+_UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
 _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
 )
@@ -152,6 +156,31 @@ class Reader:
         )
         page, cursor = _paged(rows, limit)
         return [ListedDelivery.model_validate(dict(r)) for r in page], cursor
+
+    async def backlog(self) -> list[Backlog]:
+        """Each plugin's deliveries not yet over and dead ones, for ``GET /metrics``.
+
+        Returns:
+            One :class:`Backlog` per plugin that has such deliveries, by plugin name (plugins
+            whose deliveries are all done are left out). Done rows are not read: the query
+            goes through the ``(state, id)`` index.
+        """
+        states = [*_UNFINISHED, DeliveryState.DEAD]
+        rows = await self._fetch(
+            "SELECT plugin, state, COUNT(*), MIN(created_at) FROM deliveries"
+            f" WHERE state IN ({', '.join('?' * len(states))})"
+            " GROUP BY plugin, state ORDER BY plugin",
+            states,
+        )
+        found: dict[str, Backlog] = {}
+        for plugin, state, count, oldest_at in rows:
+            was = found.get(plugin, Backlog(plugin))
+            if state == DeliveryState.DEAD:
+                found[plugin] = replace(was, dead=count)
+            else:
+                oldest = min(oldest_at, was.oldest_pending_at or oldest_at)
+                found[plugin] = replace(was, pending=was.pending + count, oldest_pending_at=oldest)
+        return list(found.values())
 
     async def _fetch(self, sql: str, args: Sequence[object]) -> list[aiosqlite.Row]:
         """All rows of one query; raises :class:`StoreUnavailable` when it fails."""

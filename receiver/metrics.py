@@ -1,0 +1,225 @@
+"""Prometheus metrics of one running receiver, served at ``GET /metrics`` (``receiver.api``).
+
+Each app has its own :class:`Metrics`, built by ``receiver.app``'s lifespan and held by
+:class:`~receiver.services.Services`, with its own ``CollectorRegistry``: there is no
+module-level state, so one process can run many apps (the tests do).
+
+=================================================  =========  =================================
+metric                                             type       labels
+=================================================  =========  =================================
+``kling_hooks_callbacks_total``                    counter    ``verdict``: new, duplicate, stale
+``kling_hooks_callback_rejections_total``          counter    ``reason``: a :class:`Rejection`
+``kling_hooks_callback_duration_seconds``          histogram  (none): every callback, any answer
+``kling_hooks_delivery_attempts_total``            counter    ``plugin``, ``outcome``: done,
+                                                              failed (a retry follows), dead
+``kling_hooks_deliveries_pending``                 gauge      ``plugin``
+``kling_hooks_delivery_oldest_pending_age_seconds``  gauge    ``plugin``
+``kling_hooks_deliveries_dead``                    gauge      ``plugin``
+``kling_hooks_database_size_bytes``                gauge      (none): the SQLite file + its WAL
+``kling_hooks_build_info``                         gauge      ``version``, ``python``, ``sqlite``
+=================================================  =========  =================================
+
+The counters and the histogram are updated in memory as things happen (a lock and an add: no
+database work on the callback path). The gauges are computed at scrape time: the outbox
+figures by one query on the read connection (:meth:`receiver.store.Reader.backlog`), the size
+from the files. Every label set is bounded: verdicts, rejection reasons and delivery outcomes
+are enums, plugins are the configured ones.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from receiver import __version__
+from receiver.models import Backlog, DeliveryState, Verdict
+from receiver.store import Reader
+from receiver.store.deliveries import Job, Outcome
+
+#: The ``Content-Type`` of ``GET /metrics``: Prometheus' text format 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Upper bounds of the callback latency histogram, seconds (a group commit with
+#: ``synchronous=FULL`` takes milliseconds; a locked database up to the busy timeout).
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: How an attempt can end (``Outcome.state``), the ``outcome`` label's values.
+_OUTCOMES = (DeliveryState.DONE, DeliveryState.FAILED, DeliveryState.DEAD)
+
+
+class Rejection(StrEnum):
+    """Why a callback was refused: the ``reason`` label of
+    ``kling_hooks_callback_rejections_total``.
+
+    Stable short codes, never free text, so the label set stays bounded. A new kind of refusal
+    adds a member here and calls :meth:`Metrics.rejected`; each member is exported from
+    start-up on, at 0. The statuses are those of ``receiver.callbacks``' table.
+    """
+
+    TOKEN = "token"  # 401: the URL token does not verify
+    NOT_JSON = "not_json"  # 400: not JSON, or not UTF-8
+    OTHER_TASK = "other_task"  # 409: the body or the store names another task than the URL
+    TOO_LARGE = "too_large"  # 413: over KLING_HOOKS_MAX_BODY_BYTES
+    NOT_A_TASK = "not_a_task"  # 422: JSON, but not a Kling task object
+    TOO_SLOW = "too_slow"  # 408: the body did not arrive within KLING_HOOKS_BODY_TIMEOUT_S
+    OVERLOADED = "overloaded"  # 503: KLING_HOOKS_MAX_IN_FLIGHT requests were being handled
+    STORE_UNAVAILABLE = "store_unavailable"  # 503: the database could not commit
+
+
+class Metrics:
+    """The metrics of one receiver, in a registry of its own.
+
+    Args:
+        db: The SQLite file (its size and its ``-wal``'s are reported).
+        plugins: The enabled plugins' names; their series exist from start-up on, at 0.
+        clock_ms: The wall clock, Unix ms (the age of the oldest pending delivery).
+
+    Attributes:
+        registry: The ``CollectorRegistry`` of the counters, the histogram and the build info.
+    """
+
+    def __init__(self, *, db: Path, plugins: Sequence[str], clock_ms: Callable[[], int]) -> None:
+        self._db = db
+        self._plugins = tuple(plugins)
+        self._clock_ms = clock_ms
+        self.registry = CollectorRegistry()
+        callbacks = Counter(
+            "kling_hooks_callbacks",
+            "Callbacks stored, by verdict (new transition, duplicate, stale).",
+            ["verdict"],
+            registry=self.registry,
+        )
+        self._verdicts = {v: callbacks.labels(v.value) for v in Verdict}
+        rejections = Counter(
+            "kling_hooks_callback_rejections",
+            "Callbacks refused (nothing stored), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._rejections = {r: rejections.labels(r.value) for r in Rejection}
+        self._latency = Histogram(
+            "kling_hooks_callback_duration_seconds",
+            "Time from the callback handler's start to its answer, every outcome, seconds.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._attempts = Counter(
+            "kling_hooks_delivery_attempts",
+            "Delivery attempts that ended, by plugin and outcome (done; failed: a retry "
+            "follows; dead: no retry).",
+            ["plugin", "outcome"],
+            registry=self.registry,
+        )
+        for name in self._plugins:
+            for state in _OUTCOMES:
+                self._attempts.labels(name, state.value)
+        Info(
+            "kling_hooks_build",
+            "Versions of kling-hooks and what it runs on.",
+            registry=self.registry,
+        ).info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "sqlite": sqlite3.sqlite_version,
+            }
+        )
+
+    def callback(self, verdict: Verdict) -> None:
+        """Count a stored callback by its verdict."""
+        self._verdicts[verdict].inc()
+
+    def rejected(self, reason: Rejection) -> None:
+        """Count a refused callback by its reason."""
+        self._rejections[reason].inc()
+
+    def callback_took(self, seconds: float) -> None:
+        """Observe one callback's handling time, seconds (any outcome)."""
+        self._latency.observe(seconds)
+
+    def delivery_finished(self, job: Job, outcome: Outcome) -> None:
+        """Count an attempt's committed outcome: a ``receiver.dispatcher.DeliveryListener``."""
+        self._attempts.labels(job.plugin, outcome.state.value).inc()
+
+    async def scrape(self, reader: Reader) -> bytes:
+        """Every metric in Prometheus' text format (:data:`CONTENT_TYPE`), UTF-8.
+
+        Args:
+            reader: The read connection; the outbox gauges are one query on it.
+
+        Raises:
+            StoreUnavailable: the database did not answer that query.
+        """
+        outbox = _outbox_families(await reader.backlog(), self._plugins, self._clock_ms())
+        return generate_latest(_Scrape(self.registry, [*outbox, self._database_size()]))
+
+    def _database_size(self) -> Metric:
+        size = 0
+        for path in (self._db, self._db.with_name(self._db.name + "-wal")):
+            try:
+                size += os.stat(path).st_size
+            except FileNotFoundError:
+                pass
+        family = GaugeMetricFamily(
+            "kling_hooks_database_size_bytes",
+            "Size of the SQLite database file plus its write-ahead log (-wal), bytes.",
+        )
+        family.add_metric([], size)
+        return family
+
+
+class _Scrape:
+    """One scrape: the registry's metrics, then those computed for this scrape.
+
+    The ``_created`` samples of counters and histograms (each series' start time, which the
+    0.0.4 text format would send as one more gauge per series) are left out; the library can
+    drop them only for the whole process.
+    """
+
+    def __init__(self, registry: CollectorRegistry, computed: Iterable[Metric]) -> None:
+        self._registry = registry
+        self._computed = computed
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():  # fresh objects on every call
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
+        yield from self._computed
+
+
+def _outbox_families(
+    backlog: Sequence[Backlog], plugins: Sequence[str], now_ms: int
+) -> list[Metric]:
+    """The outbox gauges: every enabled plugin (at 0 when it has nothing waiting), and any
+    other plugin that still has deliveries in the store (one no longer enabled)."""
+    by_plugin = {b.plugin: b for b in backlog}
+    for name in plugins:
+        by_plugin.setdefault(name, Backlog(name))
+    pending = GaugeMetricFamily(
+        "kling_hooks_deliveries_pending",
+        "Deliveries not yet done or dead (waiting, running, or failed and due for a retry).",
+        labels=["plugin"],
+    )
+    age = GaugeMetricFamily(
+        "kling_hooks_delivery_oldest_pending_age_seconds",
+        "Age of the oldest pending delivery (since its transition was stored), seconds; "
+        "0 when none.",
+        labels=["plugin"],
+    )
+    dead = GaugeMetricFamily(
+        "kling_hooks_deliveries_dead",
+        "Dead deliveries (retries exhausted or a permanent error), until replayed.",
+        labels=["plugin"],
+    )
+    for name, b in sorted(by_plugin.items()):
+        oldest_s = 0.0 if b.oldest_pending_at is None else (now_ms - b.oldest_pending_at) / 1000
+        pending.add_metric([name], b.pending)
+        age.add_metric([name], max(0.0, oldest_s))
+        dead.add_metric([name], b.dead)
+    return [pending, age, dead]
