@@ -25,6 +25,8 @@ from receiver.models import (
     ErrorAnswer,
     Ok,
     PluginList,
+    Pruned,
+    PruneRequest,
     Redelivered,
     RedeliveryFilter,
     Registered,
@@ -134,6 +136,14 @@ OPERATIONS = (
         body_required=False,
     ),
     Operation("/plugins", "get", "The enabled plugins, secrets masked", PluginList, (401, 503)),
+    Operation(
+        "/prune",
+        "post",
+        "Remove raw callbacks and done deliveries older than a duration, in small batches",
+        Pruned,
+        (400, 401, 413, 422, 503),
+        body=PruneRequest,
+    ),
     Operation("/healthz", "get", "The process is up", Ok, (), secured=False),
     Operation("/readyz", "get", "The database answers", Ok, (503,), secured=False),
 )

@@ -38,7 +38,7 @@ def serve(
     import uvicorn
 
     from receiver.app import create_app
-    from receiver.store import DatabaseLock
+    from receiver.store import DatabaseLock, check_schema
 
     settings = load(
         config,
@@ -49,6 +49,7 @@ def serve(
         kling_hooks_port=port,
     )
     with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
+        check_schema(settings.kling_hooks_db)  # a newer release's database: one line, exit 1
         uvicorn.run(
             create_app(settings, database_locked=True),
             host=settings.kling_hooks_host,

@@ -6,7 +6,8 @@ Every answer is a model of ``receiver.models``, built through the one row mappin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 import aiosqlite
 
@@ -20,6 +21,7 @@ from receiver.models import (
     TaskSummary,
     Transition,
 )
+from receiver.store import retention
 from receiver.store.rows import decode, select_list
 from submitter.protocol import Route, TaskStatus
 
@@ -32,6 +34,7 @@ _DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"
 _DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _FILE = select_list(SavedFile.__dataclass_fields__)
+T = TypeVar("T")
 _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
 )
@@ -152,6 +155,21 @@ class Reader:
         )
         page, cursor = _paged(rows, limit)
         return [ListedDelivery.model_validate(dict(r)) for r in page], cursor
+
+    async def prunable(self, cutoff_ms: int) -> retention.Prunable:
+        """What ``prune`` would remove before ``cutoff_ms`` (Unix ms), counted, and the old
+        deliveries it keeps (:func:`receiver.store.retention.prunable`)."""
+        return await self._guarded(retention.prunable(self._conn, cutoff_ms))
+
+    async def space(self) -> retention.Space:
+        """The file's size, its free bytes and its ``auto_vacuum`` mode, as committed."""
+        return await self._guarded(retention.space(self._conn))
+
+    async def _guarded(self, query: Awaitable[T]) -> T:
+        try:
+            return await query
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def _fetch(self, sql: str, args: Sequence[object]) -> list[aiosqlite.Row]:
         """All rows of one query; raises :class:`StoreUnavailable` when it fails."""
