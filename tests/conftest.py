@@ -26,6 +26,7 @@ from receiver.plugins.registry import LoadedPlugin
 from receiver.services import Services
 from receiver.serving import running
 from receiver.store.deliveries import Job, Outcome
+from submitter.protocol import now_ms
 from submitter.tokens import CallbackTokens
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
@@ -86,16 +87,20 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def start_receiver(
-    settings: Settings, plugins: Sequence[Plugin] | None = None
+    settings: Settings,
+    plugins: Sequence[Plugin] | None = None,
+    clock_ms: Callable[[], int] = now_ms,
 ) -> AsyncIterator[Receiver]:
     """Run the receiver under uvicorn on a free loopback port until the block ends.
 
     ``plugins``: plugin instances to deliver to; by default those of ``settings.plugins``.
+    ``clock_ms``: the receiver's wall clock, Unix ms.
     """
     ready: asyncio.Future[Services] = asyncio.get_running_loop().create_future()
     loaded = None if plugins is None else [LoadedPlugin(p, "test") for p in plugins]
+    app = create_app(settings, loaded, clock_ms=clock_ms, on_started=ready.set_result)
     async with (
-        running(create_app(settings, loaded, on_started=ready.set_result)) as url,
+        running(app) as url,
         httpx.AsyncClient(timeout=30.0) as http,
     ):
         yield Receiver(url, await ready, http)

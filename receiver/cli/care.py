@@ -24,7 +24,13 @@ PRUNE_TIMEOUT_S = 3600.0
 
 
 def _retention(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    return None if value is None else parse_duration(ctx, param, value)
+    """``--older-than``: a duration above 0 in ms (None: the retention setting)."""
+    if value is None:
+        return None
+    older_than_ms = parse_duration(ctx, param, value)
+    if older_than_ms == 0:
+        raise click.BadParameter("must be longer than 0 (it would remove every record)")
+    return older_than_ms
 
 
 @click.command()
