@@ -31,7 +31,7 @@ log = structlog.get_logger("kling_hooks.prune")
 T = TypeVar("T")
 #: Rows one batch looks at, and free pages one vacuum step gives back (4 KiB each).
 WINDOW_ROWS = 500
-VACUUM_PAGES = 2000
+VACUUM_PAGES = 500
 
 
 @dataclass
