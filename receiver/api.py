@@ -1,6 +1,6 @@
 """The status API: what happened to each task, and to its deliveries to plugins.
 
-Every ``/tasks``, ``/deliveries`` and ``/plugins`` route needs
+Every ``/tasks``, ``/deliveries``, ``/plugins`` and ``/prune`` route needs
 ``Authorization: Bearer <KLING_HOOKS_API_TOKEN>`` (401 without it). ``/metrics`` needs
 ``KLING_HOOKS_METRICS_TOKEN`` when that is set, else the same token. ``/healthz``, ``/readyz``
 and ``/openapi.json`` need no token. Answers are the models of ``receiver.models``; errors
@@ -39,6 +39,7 @@ from receiver.models import (
     DeliveryState,
     Ok,
     PluginList,
+    PruneRequest,
     Redelivered,
     RedeliveryFilter,
     Registered,
@@ -48,6 +49,7 @@ from receiver.models import (
 )
 from receiver.openapi import openapi_document
 from receiver.parsing import parse_callback
+from receiver.pruning import prune
 from receiver.requests import parse_body, read_text
 from receiver.responses import error, respond
 from receiver.services import Services, services
@@ -298,6 +300,19 @@ async def list_plugins(request: Request) -> Response:
     )
 
 
+async def prune_old(request: Request) -> Response:
+    """``POST /prune``: remove raw callbacks and done deliveries older than the body's
+    ``older_than_ms`` (by this receiver's clock), batch by batch through the writer; with
+    ``vacuum``, then give the free pages back (``receiver.pruning``)."""
+    svc = services(request)
+    body = await parse_body(request, PruneRequest, svc.settings)
+    cutoff_ms = svc.clock_ms() - body.older_than_ms
+    answer = await prune(
+        svc.writer, svc.reader, cutoff_ms=cutoff_ms, dry_run=body.dry_run, vacuum=body.vacuum
+    )
+    return respond(answer)
+
+
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: the process is up."""
     return respond(Ok())
@@ -338,6 +353,7 @@ API_ROUTES = [
     Route("/deliveries/{id}/redeliver", guarded(redeliver_one), methods=["POST"]),
     Route("/plugins", guarded(list_plugins), methods=["GET"]),
     Route("/metrics", guarded(metrics, metrics_token), methods=["GET"]),
+    Route("/prune", guarded(prune_old), methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),

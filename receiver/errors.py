@@ -5,6 +5,8 @@ Hierarchy::
     ReceiverError
     ├── ConfigError              a setting or plugin table is wrong; start-up stops (exit 2)
     ├── StoreUnavailable         the database could not commit or answer (503, Retry-After)
+    │   └── SchemaTooNew         the database is newer than this program (serve stops, exit 1)
+    ├── BackupError              ``kling-hooks backup`` could not make a sound copy (exit 1)
     ├── DatabaseLocked           another process owns the database (serve stops, exit 1)
     ├── TaskConflict             task_id and external_task_id name two tasks (409)
     ├── BodyTooLarge             a request body is over KLING_HOOKS_MAX_BODY_BYTES (413)
@@ -37,6 +39,16 @@ class ConfigError(ReceiverError):
 
 class StoreUnavailable(ReceiverError):
     """The database could not commit or answer; nothing of the operation was recorded."""
+
+
+class SchemaTooNew(StoreUnavailable):
+    """The database's schema version is above the one this program knows: a newer release
+    wrote it, and this one must not guess what its tables mean."""
+
+
+class BackupError(ReceiverError):
+    """A backup was refused (the target exists, the source is missing) or its copy failed
+    ``PRAGMA integrity_check``; no file was left at the target."""
 
 
 class DatabaseLocked(ReceiverError):

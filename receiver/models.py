@@ -1,9 +1,10 @@
 """The shapes that cross a boundary of the receiver, each defined once.
 
 * The status API's answers (:class:`Task`, :class:`TaskSummary`, :class:`Delivery`, ...) and
-  request bodies (:class:`RegistrationBody`, :class:`RedeliveryFilter`): handlers return and
-  accept these, ``/openapi.json`` is generated from them (``receiver.openapi``), and the
-  store's reads build them from rows (``receiver.store.reads``).
+  request bodies (:class:`RegistrationBody`, :class:`RedeliveryFilter`,
+  :class:`PruneRequest`): handlers return and accept these, ``/openapi.json`` is generated
+  from them (``receiver.openapi``), and the store's reads build them from rows
+  (``receiver.store.reads``).
 * The plugin event (:class:`Event`, :class:`SavedFile`, :class:`ResultURL`), re-exported by
   the plugin API ``receiver.plugins``; the store builds events from the same row mapping.
 
@@ -222,6 +223,30 @@ class Redelivered(Ok):
     redelivered: int
 
 
+class Pruned(Ok):
+    """``POST /prune``: what was removed (or, with ``dry_run``, would be), and the space.
+
+    Sizes are the database's pages (``page_count * page_size``), as committed; the file on
+    disk follows at the next WAL checkpoint, which a vacuum runs at its end.
+    """
+
+    dry_run: bool
+    cutoff_ms: int = Field(description="rows older than this were removed, Unix ms")
+    callbacks: int = Field(description="raw callback bodies removed")
+    deliveries: int = Field(description="done deliveries removed")
+    dead_kept: int = Field(description="dead deliveries older than the cutoff, kept")
+    kept_for_files: int = Field(description="old done deliveries kept: a saved file names them")
+    batches: int = Field(description="write operations the removal and the vacuum took")
+    longest_batch_ms: float = Field(description="the slowest one, queued to committed")
+    vacuum: Literal["none", "incremental", "full"] = Field(
+        description="how free pages were given back: incremental steps, or one full VACUUM "
+        "(a database made before schema 4); none without vacuum"
+    )
+    size_bytes_before: int
+    size_bytes_after: int
+    free_bytes_after: int = Field(description="free pages left inside the file")
+
+
 class ErrorAnswer(_Shape):
     """Every refusal, with any status: ``{"ok": false, "error": "..."}``."""
 
@@ -257,6 +282,17 @@ class RedeliveryFilter(BaseModel):
     since: Annotated[StrictInt, Field(ge=0, le=MAX_ROW_ID)] | None = Field(
         default=None, description="only deliveries created at or after this time, Unix ms"
     )
+
+
+class PruneRequest(BaseModel):
+    """``POST /prune``: remove raw callbacks and done deliveries older than ``older_than_ms``
+    (by the receiver's clock); see ``receiver.store.retention`` for what stays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_ms: Annotated[StrictInt, Field(ge=1, le=MAX_ROW_ID)]
+    dry_run: bool = Field(default=False, description="count only; remove nothing")
+    vacuum: bool = Field(default=False, description="then give the free pages back")
 
 
 @dataclass(frozen=True)

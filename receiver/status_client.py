@@ -24,6 +24,8 @@ from receiver.models import (
     Accepted,
     DeliveryPage,
     PluginList,
+    Pruned,
+    PruneRequest,
     Redelivered,
     Task,
     TaskPage,
@@ -191,6 +193,17 @@ class StatusClient:
     async def plugins(self) -> PluginList:
         """``GET /plugins``: the plugins the receiver runs, secrets in settings masked."""
         return await self._call(PluginList, "GET", "/plugins")
+
+    async def prune(self, request: PruneRequest) -> Pruned:
+        """``POST /prune``: remove raw callbacks and done deliveries older than
+        ``request.older_than_ms`` (``dry_run``: count them; ``vacuum``: then give the space
+        back). It may take a while on a large database: give this client a long timeout.
+
+        Raises:
+            ApiError: e.g. 422 for an ``older_than_ms`` below 1.
+        """
+        body = request.model_dump(mode="json")
+        return await self._call(Pruned, "POST", "/prune", body=body)
 
     async def _call(
         self,

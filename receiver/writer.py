@@ -6,7 +6,8 @@ everything queued at that moment (no fixed wait window: a lone request is commit
 runs the whole batch in one transaction, commits, and only then resolves each request's
 future. If the commit fails, every request of the batch gets
 :class:`~receiver.errors.StoreUnavailable` and nothing of it was recorded, so nothing is
-acknowledged that is not on disk. DESIGN.md gives the measurements behind this.
+acknowledged that is not on disk. DESIGN.md gives the measurements behind this. A
+:class:`~receiver.store.ConnectionOp` (``VACUUM``) ends the batch before it and runs alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import structlog
 
 from receiver import store
 from receiver.errors import StoreUnavailable
-from receiver.store import Router, Transaction, WriteOp
+from receiver.store import ConnectionOp, Router, Transaction, WriteOp
 from receiver.transitions import TransitionRow
 
 log = structlog.get_logger("kling_hooks.writer")
@@ -39,7 +40,7 @@ def _no_plugins(task_status: str, route: str | None) -> list[str]:
 class _Pending:
     """A queued operation, its caller's future, and what it gave (set before the commit)."""
 
-    op: WriteOp[Any]
+    op: WriteOp[Any] | ConnectionOp[Any]
     future: asyncio.Future[Any]
     result: Any = None
     error: Exception | None = field(default=None)
@@ -79,7 +80,11 @@ class Writer:
     ) -> Writer:
         """Connect to ``path``, apply migrations, and return a writer (not yet started)."""
         conn = await store.connect(path, busy_timeout_ms=busy_timeout_ms)
-        await store.migrate(conn)
+        try:
+            await store.migrate(conn)
+        except BaseException:
+            await conn.close()
+            raise
         return cls(conn, router=router)
 
     @property
@@ -111,8 +116,9 @@ class Writer:
             await self._task
         await self._conn.close()
 
-    async def submit(self, op: WriteOp[T]) -> T:
-        """Queue one operation and wait until its transaction has committed.
+    async def submit(self, op: WriteOp[T] | ConnectionOp[T]) -> T:
+        """Queue one operation and wait until its transaction has committed (a
+        :class:`~receiver.store.ConnectionOp`: until it has run, alone).
 
         Returns:
             What the operation returned (a :class:`~receiver.models.Verdict` for a callback
@@ -131,26 +137,45 @@ class Writer:
 
     async def _run(self) -> None:
         stopping = False
+        held: _Pending | None = None  # a ConnectionOp that ended the last batch
         while not stopping:
-            first = await self._queue.get()
+            first = held or await self._queue.get()
+            held = None
             if first is None:
                 break
+            if isinstance(first.op, ConnectionOp):
+                await self._run_alone(first)
+                continue
             pending = [first]
             while len(pending) < self._max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     stopping = True
                     break
+                if isinstance(item.op, ConnectionOp):
+                    held = item
+                    break
                 pending.append(item)
             await self._commit(pending)
 
+    async def _run_alone(self, p: _Pending) -> None:
+        assert isinstance(p.op, ConnectionOp)
+        try:
+            p.result = await p.op.run_alone(self._conn)
+        except Exception as exc:
+            log.error("connection_op_failed", error=str(exc), op=type(p.op).__name__)
+            p.error = exc
+        p.resolve()
+
     async def _commit(self, pending: list[_Pending]) -> None:
         try:
-            tx = await Transaction.begin(self._conn, [p.op for p in pending], self._router)
+            # A batch holds no ConnectionOp (_run ends it before one); zip checks that.
+            ops = [p.op for p in pending if not isinstance(p.op, ConnectionOp)]
+            tx = await Transaction.begin(self._conn, ops, self._router)
             try:
-                for p in pending:
+                for p, op in zip(pending, ops, strict=True):
                     try:
-                        p.result = await tx.run(p.op)
+                        p.result = await tx.run(op)
                     except Exception as exc:  # this operation's own failure
                         p.error = exc
                 await tx.commit()

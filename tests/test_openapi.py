@@ -110,6 +110,10 @@ async def test_every_live_answer_matches_the_published_schema(live: Any) -> None
     for path in ("/healthz", "/readyz"):
         assert (await c.call("GET", path, headers={})).json() == {"ok": True}
     assert "kling_hooks_callbacks_total" in (await c.call("GET", "/metrics")).text
+    counted = await c.call("POST", "/prune", json={"older_than_ms": 1, "dry_run": True})
+    assert counted.json()["dry_run"] is True
+    pruned = await c.call("POST", "/prune", json={"older_than_ms": 1, "vacuum": True})
+    assert pruned.json()["callbacks"] == 4  # new, duplicate, stale, reconcile
     answered = {(m, p) for m, p, status in c.seen if status == 200}
     listed_ops = {(m, p) for p, ops in c.doc["paths"].items() for m in ops}
     assert answered == listed_ops, "every documented route was tried and answered 200"
@@ -139,6 +143,9 @@ async def test_every_refusal_matches_the_published_schema(live: Any) -> None:
         ("GET", "/metrics", {"headers": {"Authorization": "Bearer wrong"}}, 401),
         ("GET", "/tasks?transition_before=soon", {}, 400),
         ("POST", "/tasks/unknown/reconcile", {"json": task_body("9", "succeed")}, 404),
+        ("POST", "/prune", {"content": b"nope"}, 400),
+        ("POST", "/prune", {"json": {"older_than_ms": 0}}, 422),
+        ("POST", "/prune", {"content": b"{" + b" " * 5000 + b"}"}, 413),
     ]
     for method, path, kw, status in refusals:
         answer = await c.call(method, path, **kw)

@@ -2,16 +2,18 @@
 
 Commands, by module: ``serve``, ``simulate``, ``demo`` (``servers``); ``submit``
 (``submit``); ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins``, ``token``,
-``secret`` (``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``); ``config
-check``, ``config show`` (``config``). The options
+``secret`` (``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``); ``prune``,
+``backup`` (``care``); ``config check``, ``config show`` (``config``). The options
 they share are defined once in ``options``.
 ``kling-hooks COMMAND --help`` shows each command's options with their defaults.
 
 Exit codes: 0 success; 1 Kling or the receiver answered with an error (an unknown task or
-delivery, a delivery running now), or could not be reached; 2 bad usage (an unknown option, a
-bad ``--since``, ``redeliver`` without an ID or ``--all``), a bad setting or plugin table, or a
-body that breaks a documented Kling rule (nothing was sent); 3 ``submit`` created the task at
-Kling but the receiver could not record it. Errors are one line on stderr.
+delivery, a delivery running now), or could not be reached, or the database cannot be used
+(owned by another process, newer than this program, a backup refused or unsound); 2 bad
+usage (an unknown option, a bad ``--since``, ``redeliver`` without an ID or ``--all``), a bad
+setting or plugin table, or a body that breaks a documented Kling rule (nothing was sent); 3
+``submit`` created the task at Kling but the receiver could not record it. Errors are one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 import click
 import httpx
 
-from receiver.cli import config, kling, servers, status, submit
+from receiver.cli import care, config, kling, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
-from receiver.errors import DatabaseLocked
+from receiver.errors import BackupError, DatabaseLocked, SchemaTooNew
 from receiver.status_client import ApiError
 from submitter.errors import AuthNotConfigured, InvalidRequest, SubmitterError
 
@@ -76,6 +78,8 @@ for command in (
     status.secret,
     kling.kling,
     kling.reconcile,
+    care.prune,
+    care.backup,
     servers.simulate,
     servers.demo,
     config.config,
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SubmitterError as exc:
         _print_submitter_error(exc)
         return EXIT_ERROR
-    except (ApiError, DatabaseLocked, httpx.HTTPError) as exc:
+    except (ApiError, DatabaseLocked, SchemaTooNew, BackupError, httpx.HTTPError) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):

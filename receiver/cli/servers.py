@@ -39,7 +39,7 @@ def serve(
 
     from receiver.app import create_app
     from receiver.serving import receiver_options
-    from receiver.store import DatabaseLock
+    from receiver.store import DatabaseLock, check_schema
 
     settings = load(
         config,
@@ -50,6 +50,7 @@ def serve(
         kling_hooks_port=port,
     )
     with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
+        check_schema(settings.kling_hooks_db)  # a newer release's database: one line, exit 1
         uvicorn.run(
             create_app(settings, database_locked=True),
             host=settings.kling_hooks_host,

@@ -7,7 +7,9 @@
   outbox rows);
 * ``transaction``: the transaction a batch runs in, and the protocol of write operations;
 * ``deliveries``: the outbox operations (claim, finish, recover, replay);
-* ``reads``: the status API's read-only queries.
+* ``reads``: the status API's read-only queries;
+* ``retention``: pruning old rows in small batches, and giving free pages back (``prune``);
+* ``backup``: an online copy with SQLite's backup API (``kling-hooks backup``).
 
 A second backend (Postgres) is a second package behind the same names; nothing outside this
 package writes SQL. What every backend keeps is listed in DESIGN.md ("What every storage
@@ -19,21 +21,24 @@ from receiver.store.batches import Router
 from receiver.store.database import (
     SCHEMA_VERSION,
     DatabaseLock,
+    check_schema,
     connect,
     get_or_create_meta,
     migrate,
 )
 from receiver.store.reads import Reader
-from receiver.store.transaction import Transaction, WriteOp
+from receiver.store.transaction import ConnectionOp, Transaction, WriteOp
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ConnectionOp",
     "DatabaseLock",
     "Reader",
     "Router",
     "StoreUnavailable",
     "Transaction",
     "WriteOp",
+    "check_schema",
     "connect",
     "get_or_create_meta",
     "migrate",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -16,10 +17,10 @@ from types import TracebackType
 
 import aiosqlite
 
-from receiver.errors import DatabaseLocked, StoreUnavailable
+from receiver.errors import DatabaseLocked, SchemaTooNew
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class DatabaseLock:
@@ -93,6 +94,10 @@ async def connect(
 ) -> aiosqlite.Connection:
     """Open a connection to ``path`` in autocommit mode with WAL and ``synchronous=FULL``.
 
+    A new database is made with ``auto_vacuum = INCREMENTAL``, so that ``kling-hooks prune
+    --vacuum`` can give free pages back in small steps (``receiver.store.retention``); on an
+    existing file the pragma changes nothing (only a ``VACUUM`` can).
+
     Args:
         path: The SQLite file; its folder is created if missing.
         busy_timeout_ms: How long a statement waits for another process's lock.
@@ -102,6 +107,8 @@ async def connect(
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if not read_only:
+        await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = FULL")
     if read_only:
@@ -116,13 +123,12 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         The schema version now in force.
 
     Raises:
-        StoreUnavailable: the database is newer than this program knows.
+        SchemaTooNew: the database is newer than this program knows; nothing was changed.
     """
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
-    if version > SCHEMA_VERSION:
-        raise StoreUnavailable(f"database schema {version} is newer than {SCHEMA_VERSION}")
+    _check_version(version, "the database")
     for number, sql in _migrations():
         if number <= version:
             continue
@@ -138,6 +144,34 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             raise
         version = number
     return version
+
+
+def _check_version(version: int, where: object) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{where} has schema version {version}, newer than this kling-hooks knows "
+            f"({SCHEMA_VERSION}): run a kling-hooks at least as new as the one that wrote it"
+        )
+
+
+def check_schema(path: Path) -> None:
+    """Refuse, before anything opens it for writing, a database newer than this program.
+
+    Reads ``PRAGMA user_version`` on a read-only connection; a missing file is fine (it will
+    be created at :data:`SCHEMA_VERSION`).
+
+    Raises:
+        SchemaTooNew: its schema version is above :data:`SCHEMA_VERSION`; the message names
+            the file and both versions.
+    """
+    if not path.exists():
+        return
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+    _check_version(int(version), path)
 
 
 async def get_or_create_meta(

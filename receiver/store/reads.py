@@ -6,8 +6,9 @@ Every answer is a model of ``receiver.models``, built through the one row mappin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import aiosqlite
 
@@ -22,6 +23,7 @@ from receiver.models import (
     TaskSummary,
     Transition,
 )
+from receiver.store import retention
 from receiver.store.rows import decode, select_list
 from submitter.protocol import Route, TaskStatus
 
@@ -36,6 +38,8 @@ _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, def
 _FILE = select_list(SavedFile.__dataclass_fields__)
 #: The states of a delivery that is not over yet (``Backlog.pending``).
 _UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
+
+T = TypeVar("T")
 _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
 )
@@ -181,6 +185,21 @@ class Reader:
                 oldest = min(oldest_at, was.oldest_pending_at or oldest_at)
                 found[plugin] = replace(was, pending=was.pending + count, oldest_pending_at=oldest)
         return list(found.values())
+
+    async def prunable(self, cutoff_ms: int) -> retention.Prunable:
+        """What ``prune`` would remove before ``cutoff_ms`` (Unix ms), counted, and the old
+        deliveries it keeps (:func:`receiver.store.retention.prunable`)."""
+        return await self._guarded(retention.prunable(self._conn, cutoff_ms))
+
+    async def space(self) -> retention.Space:
+        """The file's size, its free bytes and its ``auto_vacuum`` mode, as committed."""
+        return await self._guarded(retention.space(self._conn))
+
+    async def _guarded(self, query: Awaitable[T]) -> T:
+        try:
+            return await query
+        except Exception as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def _fetch(self, sql: str, args: Sequence[object]) -> list[aiosqlite.Row]:
         """All rows of one query; raises :class:`StoreUnavailable` when it fails."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import aiosqlite
 
@@ -38,6 +38,16 @@ class WriteOp(Protocol[T_co]):
     async def run(self, tx: Transaction) -> T_co:
         """Do the operation's work in ``tx``; what it returns reaches its caller once the
         transaction has committed, and what it raises reaches that caller only."""
+        ...
+
+
+@runtime_checkable
+class ConnectionOp(Protocol[T_co]):
+    """An operation the writer runs alone on its connection, outside any transaction, after
+    committing what was queued before it; what was queued after it waits until it ends."""
+
+    async def run_alone(self, conn: aiosqlite.Connection) -> T_co:
+        """Do the work on the writer's connection (autocommit mode, no transaction open)."""
         ...
 
 

@@ -1,0 +1,136 @@
+"""``POST /prune``'s work: remove old rows batch by batch through the writer, then give the
+free pages back; what goes and what stays is ``receiver.store.retention``'s rule.
+
+Each batch is one operation the single writer commits, so a callback that arrives while
+prune runs waits for one batch at most, never for the whole removal. Nothing here writes SQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import structlog
+
+from receiver.models import Pruned
+from receiver.store import ConnectionOp, Reader, WriteOp
+from receiver.store.retention import (
+    AUTO_VACUUM_INCREMENTAL,
+    Checkpoint,
+    FullVacuum,
+    IncrementalVacuum,
+    PruneWindow,
+    Table,
+)
+from receiver.writer import Writer
+
+log = structlog.get_logger("kling_hooks.prune")
+
+T = TypeVar("T")
+#: Rows one batch looks at, and free pages one vacuum step gives back (4 KiB each).
+WINDOW_ROWS = 500
+VACUUM_PAGES = 500
+
+
+@dataclass
+class _Batches:
+    """Runs operations through the writer and keeps the count and the slowest."""
+
+    writer: Writer
+    clock_s: Callable[[], float]
+    count: int = 0
+    longest_s: float = field(default=0.0)
+
+    async def submit(self, op: WriteOp[T] | ConnectionOp[T]) -> T:
+        started = self.clock_s()
+        result = await self.writer.submit(op)
+        self.count += 1
+        self.longest_s = max(self.longest_s, self.clock_s() - started)
+        return result
+
+
+async def prune(
+    writer: Writer,
+    reader: Reader,
+    *,
+    cutoff_ms: int,
+    dry_run: bool = False,
+    vacuum: bool = False,
+    window_rows: int = WINDOW_ROWS,
+    vacuum_pages: int = VACUUM_PAGES,
+    clock_s: Callable[[], float] = time.perf_counter,
+) -> Pruned:
+    """Remove raw callbacks and done deliveries older than ``cutoff_ms`` (Unix ms).
+
+    Args:
+        writer: The running writer; every change goes through it, one batch at a time.
+        reader: The read-only connection's queries (counts, sizes).
+        dry_run: Count what would go (on the reader); change nothing.
+        vacuum: Then give the free pages back: in steps of ``vacuum_pages`` on a database
+            with ``auto_vacuum = INCREMENTAL``, else with one full ``VACUUM`` (which also
+            turns it incremental; callbacks wait while it runs).
+        window_rows: Rows one batch looks at.
+        clock_s: A monotonic clock in seconds (batch durations).
+
+    Returns:
+        The counts and sizes (:class:`~receiver.models.Pruned`).
+
+    Raises:
+        StoreUnavailable: a batch could not commit; the batches before it stay committed.
+    """
+    before = await reader.space()
+    counts = await reader.prunable(cutoff_ms)
+    batches = _Batches(writer, clock_s)
+    mode: Literal["none", "incremental", "full"] = "none"
+    if not dry_run:
+        removed = {
+            table: await _prune_table(batches, table, cutoff_ms, window_rows)
+            for table in ("callbacks", "deliveries")
+        }
+        if vacuum:
+            mode = await _vacuum(batches, reader, vacuum_pages)
+    after = await reader.space()
+    answer = Pruned(
+        dry_run=dry_run,
+        cutoff_ms=cutoff_ms,
+        callbacks=counts.callbacks if dry_run else removed["callbacks"],
+        deliveries=counts.deliveries if dry_run else removed["deliveries"],
+        dead_kept=counts.dead_kept,
+        kept_for_files=counts.kept_for_files,
+        batches=batches.count,
+        longest_batch_ms=round(batches.longest_s * 1000, 3),
+        vacuum=mode,
+        size_bytes_before=before.size_bytes,
+        size_bytes_after=after.size_bytes,
+        free_bytes_after=after.free_bytes,
+    )
+    log.info("pruned", **answer.model_dump(exclude={"ok"}))
+    return answer
+
+
+async def _prune_table(batches: _Batches, table: Table, cutoff_ms: int, window: int) -> int:
+    """Every window of ``table``, first to last; returns the rows deleted."""
+    deleted, after_id = 0, 0
+    while True:
+        done = await batches.submit(PruneWindow(table, cutoff_ms, after_id, window))
+        deleted += done.deleted
+        after_id = done.last_id
+        if done.finished:
+            return deleted
+
+
+async def _vacuum(batches: _Batches, reader: Reader, pages: int) -> Literal["incremental", "full"]:
+    """Give the free pages back, then checkpoint so that the file shrinks."""
+    if (await reader.space()).auto_vacuum != AUTO_VACUUM_INCREMENTAL:
+        await batches.submit(FullVacuum())
+        return "full"
+    left: int | None = None
+    while True:  # until nothing is free, or a step frees nothing more
+        now = await batches.submit(IncrementalVacuum(pages))
+        if now == 0 or (left is not None and now >= left):
+            break
+        left = now
+    await batches.submit(Checkpoint())
+    return "incremental"

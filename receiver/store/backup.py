@@ -1,0 +1,137 @@
+"""An online, consistent copy of the database with SQLite's backup API (``kling-hooks backup``).
+
+It only reads, so it needs no owner lock and may run beside ``serve``. The source is opened
+read-only and one read transaction is held for the whole copy: under WAL that is a snapshot,
+so the copy is the database as it was at that instant however many callbacks commit
+meanwhile, and the writer is never blocked (no backup step restarts). Pages are copied in
+steps into a temporary file beside the target; the copy is checked with
+``PRAGMA integrity_check``, switched to ``journal_mode = DELETE`` (one self-contained file),
+flushed to disk, and only then renamed to the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from receiver.errors import BackupError
+
+#: Pages copied per step of the backup API (4 KiB each).
+STEP_PAGES = 1024
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    """What a backup copied: its file, its schema version, row counts, its size in bytes, and
+    how many steps the copy took."""
+
+    path: Path
+    schema_version: int
+    tasks: int
+    transitions: int
+    callbacks: int
+    deliveries: int
+    size_bytes: int
+    steps: int
+
+
+def backup(
+    db: Path, target: Path, *, force: bool = False, step_pages: int = STEP_PAGES
+) -> BackupReport:
+    """Copy ``db`` to ``target`` while the receiver may be writing to it.
+
+    Args:
+        db: The receiver's SQLite file (it must exist; nothing is created).
+        target: The backup file; its folder must exist.
+        force: Replace ``target`` if it exists.
+        step_pages: Pages copied per step.
+
+    Returns:
+        A :class:`BackupReport` of the finished, checked copy.
+
+    Raises:
+        BackupError: ``db`` does not exist, ``target`` exists (without ``force``) or its
+            folder does not, or the copy failed ``PRAGMA integrity_check``; no file is left
+            at ``target`` then, nor a temporary one.
+        sqlite3.Error: the source could not be read.
+    """
+    if not db.is_file():
+        raise BackupError(f"{db} does not exist: nothing to back up (is --db right?)")
+    if target.exists() and not force:
+        raise BackupError(f"{target} exists; give --force to replace it")
+    if not target.parent.is_dir():
+        raise BackupError(f"{target.parent} is not a directory")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        steps = _copy(db, temporary, step_pages)
+        report = _check(temporary, target, steps)
+        _flush(temporary)
+        if force:
+            os.replace(temporary, target)
+        else:
+            os.link(temporary, target)  # fails, rather than replaces, if it appeared since
+        _flush(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    return report
+
+
+def _copy(db: Path, temporary: Path, step_pages: int) -> int:
+    """Copy ``db`` into ``temporary`` inside one read transaction; returns the steps."""
+    source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    copy = sqlite3.connect(temporary, isolation_level=None)
+    steps = 0
+
+    def count(status: int, remaining: int, total: int) -> None:
+        nonlocal steps
+        steps += 1
+
+    try:
+        source.execute("BEGIN")
+        source.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot starts
+        source.backup(copy, pages=step_pages, progress=count)
+        source.execute("COMMIT")
+        copy.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        copy.close()
+        source.close()
+    return steps
+
+
+def _check(temporary: Path, target: Path, steps: int) -> BackupReport:
+    """``integrity_check`` the copy and count what it holds."""
+    conn = sqlite3.connect(temporary)
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        if problems != ["ok"]:
+            raise BackupError(f"the copy failed PRAGMA integrity_check: {'; '.join(problems[:3])}")
+        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        counts = {
+            table: int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+            if table in present
+            else 0  # deliveries: not before schema 2
+            for table in ("tasks", "transitions", "callbacks", "deliveries")
+        }
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+    return BackupReport(
+        path=target,
+        schema_version=int(version),
+        size_bytes=temporary.stat().st_size,
+        steps=steps,
+        **counts,
+    )
+
+
+def _flush(path: Path) -> None:
+    """fsync a file or a directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

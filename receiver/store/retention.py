@@ -1,0 +1,215 @@
+"""Retention: removing old raw callbacks and finished deliveries in small batches, and giving
+the pages they held back to the file system (``kling-hooks prune``).
+
+What goes, for a cutoff (Unix ms):
+
+* ``callbacks`` rows (the raw bodies, an audit log) received before it;
+* ``deliveries`` rows in state ``done`` last updated before it, unless a saved file points at
+  one (``files.delivery_id``): the file's record keeps its delivery, so no reference dangles.
+
+What stays, whatever its age: tasks, transitions (a task's history, and what each delivery
+carries), saved-file records, and every delivery not ``done``. ``dead`` deliveries are dead
+letters: each waits for a person to replay it (``kling-hooks redeliver --all``), and a timer
+must not settle it for them; their number grows only with failures, and ``prune`` reports how
+many old ones it kept.
+
+Each batch is one write operation of the writer (:class:`PruneWindow`): it looks at the next
+``window`` rows by id after a cursor and deletes those that qualify, so a batch's work is
+bounded whatever the table holds, and callbacks are committed between batches. ids grow with
+arrival, so the scan ends at the first window whose last row is newer than the cutoff.
+
+Space: deleted rows leave free pages inside the file. A database made by schema 4 or later
+has ``auto_vacuum = INCREMENTAL``, and :class:`IncrementalVacuum` gives back ``pages`` at a
+time, each step a write operation like any other. An older file has ``auto_vacuum = NONE``,
+which only a ``VACUUM`` can change: :class:`FullVacuum` does that once, alone on the writer's
+connection (callbacks wait for it; it rewrites the whole file).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import aiosqlite
+
+from receiver.store.transaction import Transaction
+
+#: Which table a :class:`PruneWindow` prunes.
+Table = Literal["callbacks", "deliveries"]
+
+#: Per table: the column that orders rows in time (ends the scan), and what qualifies a row.
+_SCAN: dict[Table, tuple[str, str]] = {
+    "callbacks": ("received_at", "received_at < :cutoff"),
+    "deliveries": (
+        "created_at",
+        "state = 'done' AND updated_at < :cutoff"
+        " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
+    ),
+}
+#: ``auto_vacuum`` values (SQLite's ``PRAGMA auto_vacuum``).
+AUTO_VACUUM_NONE, AUTO_VACUUM_INCREMENTAL = 0, 2
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """What one :class:`PruneWindow` did: rows deleted, the cursor for the next window, and
+    whether the scan is over."""
+
+    deleted: int
+    last_id: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class PruneWindow:
+    """Delete the rows of ``table`` that qualify among the ``window`` rows after ``after_id``.
+
+    Args:
+        table: ``callbacks`` or ``deliveries``.
+        cutoff_ms: Rows older than this qualify (see the module docstring), Unix ms.
+        after_id: The cursor: the last id of the previous window (0 to start).
+        window: Most rows looked at.
+    """
+
+    task_keys: ClassVar[None] = None
+
+    table: Table
+    cutoff_ms: int
+    after_id: int
+    window: int
+
+    async def run(self, tx: Transaction) -> Windowed:
+        """Runs in a savepoint of the writer's transaction."""
+        time_column, qualifies = _SCAN[self.table]
+        async with tx.conn.execute(
+            f"SELECT id, {time_column} FROM {self.table} WHERE id > ? ORDER BY id LIMIT ?",
+            (self.after_id, self.window),
+        ) as cur:
+            seen = list(await cur.fetchall())
+        if not seen:
+            return Windowed(0, self.after_id, True)
+        last_id, last_time = int(seen[-1][0]), int(seen[-1][1])
+        async with tx.conn.execute(
+            f"DELETE FROM {self.table} WHERE id > :after AND id <= :last AND {qualifies}",
+            {"after": self.after_id, "last": last_id, "cutoff": self.cutoff_ms},
+        ) as cur:
+            deleted = cur.rowcount
+        finished = len(seen) < self.window or last_time >= self.cutoff_ms
+        return Windowed(deleted, last_id, finished)
+
+
+@dataclass(frozen=True)
+class IncrementalVacuum:
+    """Give up to ``pages`` free pages back (``PRAGMA incremental_vacuum``; the file shrinks
+    at the next checkpoint). Needs ``auto_vacuum = INCREMENTAL``.
+
+    Returns:
+        The free pages left.
+    """
+
+    task_keys: ClassVar[None] = None
+
+    pages: int
+
+    async def run(self, tx: Transaction) -> int:
+        """Runs in a savepoint of the writer's transaction."""
+        # One page per step of the statement; executemany steps each execution once.
+        await tx.conn.executemany("PRAGMA incremental_vacuum(1)", itertools.repeat((), self.pages))
+        return await _pragma(tx.conn, "freelist_count")
+
+
+@dataclass(frozen=True)
+class FullVacuum:
+    """``VACUUM`` the whole file with ``auto_vacuum = INCREMENTAL`` (what turns an old
+    database into one that :class:`IncrementalVacuum` can shrink), then checkpoint the WAL.
+    A :class:`~receiver.store.transaction.ConnectionOp`: it runs alone."""
+
+    async def run_alone(self, conn: aiosqlite.Connection) -> None:
+        """Raises ``sqlite3.Error`` when the file cannot be rewritten (e.g. the disk is full:
+        VACUUM needs room for a second copy)."""
+        await conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
+        await conn.execute("VACUUM")
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the file, and truncate the file
+    to the database's size (a step of ``IncrementalVacuum`` shrinks it only then). Runs alone;
+    a reader in the middle of a query may leave part of the WAL for the next checkpoint."""
+
+    async def run_alone(self, conn: aiosqlite.Connection) -> None:
+        """Runs on the writer's connection, outside any transaction."""
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@dataclass(frozen=True)
+class Space:
+    """How the file's pages are used: ``size_bytes`` (``page_count * page_size``),
+    ``free_bytes`` (free pages inside it) and its ``auto_vacuum`` mode (0 none, 1 full,
+    2 incremental)."""
+
+    size_bytes: int
+    free_bytes: int
+    auto_vacuum: int
+
+
+async def space(conn: aiosqlite.Connection) -> Space:
+    """The :class:`Space` of the database behind ``conn`` (any connection, read-only too)."""
+    page_size = await _pragma(conn, "page_size")
+    return Space(
+        size_bytes=await _pragma(conn, "page_count") * page_size,
+        free_bytes=await _pragma(conn, "freelist_count") * page_size,
+        auto_vacuum=await _pragma(conn, "auto_vacuum"),
+    )
+
+
+@dataclass(frozen=True)
+class Prunable:
+    """What a prune with that cutoff removes, and the old deliveries it keeps."""
+
+    callbacks: int
+    deliveries: int
+    dead_kept: int
+    kept_for_files: int
+
+
+async def prunable(conn: aiosqlite.Connection, cutoff_ms: int) -> Prunable:
+    """Count, without changing anything, what :class:`PruneWindow` would remove before
+    ``cutoff_ms`` (Unix ms), and the old deliveries it keeps (dead ones; done ones with a
+    saved file). One scan of each table; meant for the read-only connection."""
+    _, qualifies = _SCAN["callbacks"]
+    counts = [await _count(conn, f"SELECT COUNT(*) FROM callbacks WHERE {qualifies}", cutoff_ms)]
+    _, qualifies = _SCAN["deliveries"]
+    counts.append(
+        await _count(conn, f"SELECT COUNT(*) FROM deliveries WHERE {qualifies}", cutoff_ms)
+    )
+    counts.append(
+        await _count(
+            conn,
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'dead' AND updated_at < :cutoff",
+            cutoff_ms,
+        )
+    )
+    counts.append(
+        await _count(
+            conn,
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'done' AND updated_at < :cutoff"
+            " AND EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
+            cutoff_ms,
+        )
+    )
+    return Prunable(*counts)
+
+
+async def _count(conn: aiosqlite.Connection, sql: str, cutoff_ms: int) -> int:
+    async with conn.execute(sql, {"cutoff": cutoff_ms}) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _pragma(conn: aiosqlite.Connection, name: str) -> int:
+    async with conn.execute(f"PRAGMA {name}") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0

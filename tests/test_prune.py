@@ -1,0 +1,203 @@
+"""Pruning: old raw callbacks and done deliveries go, batch by batch through the writer; tasks,
+transitions, saved files, dead letters and the deliveries that files name stay; the space is
+given back."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from receiver.models import Pruned
+from receiver.plugins import Event, PermanentError, SavedFile
+from receiver.pruning import prune
+from tests.conftest import (
+    API_TOKEN,
+    Outcomes,
+    Receiver,
+    RecordingPlugin,
+    make_settings,
+    rows,
+    serve,
+    start_receiver,
+    task_body,
+)
+from tests.test_cli import cli_env, kling_hooks
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+DAY_MS = 86_400_000
+T0 = 1_790_000_000_000
+FILE = SavedFile("https://cdn.example/a.png", "/srv/a.png", 3, "ab" * 32)
+
+
+class Clock:
+    """The receiver's wall clock, moved by the test."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+class Keeper(RecordingPlugin):
+    """Saves a file for each succeed event, refuses task ``dead`` for good, else succeeds."""
+
+    async def handle(self, event: Event) -> Iterable[SavedFile] | None:
+        await super().handle(event)
+        if event.task_id == "dead":
+            raise PermanentError("refused for good")
+        return [FILE] if event.task_status == "succeed" else None
+
+
+def counts(db: Path) -> dict[str, int]:
+    tables = ("tasks", "transitions", "callbacks", "deliveries", "files")
+    return {t: rows(db, f"SELECT COUNT(*) AS n FROM {t}")[0]["n"] for t in tables}
+
+
+async def traffic(r: Receiver, outcomes: Outcomes, task_ids: Iterable[str], ended: int) -> None:
+    """Callbacks (processing, succeed, a duplicate) for each task; waits until ``ended``
+    deliveries in all are done or dead."""
+    for task_id in task_ids:
+        for status in ("processing", "succeed", "succeed"):
+            answer = await r.post_callback(f"ext-{task_id}", task_body(task_id, status))
+            assert answer.status_code == 200, answer.text
+    await outcomes.ended(ended)
+
+
+async def post_prune(r: Receiver, **body: object) -> Pruned:
+    answer = await r.http.post(f"{r.url}/prune", json=body, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    return Pruned.model_validate_json(answer.content)
+
+
+async def test_prune_removes_old_callbacks_and_done_deliveries_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(T0)
+    settings = make_settings(tmp_path)
+    db = settings.kling_hooks_db
+    async with start_receiver(settings, [Keeper()], clock_ms=clock) as r:
+        outcomes = Outcomes(r)
+        await traffic(r, outcomes, ["old", "dead"], ended=4)  # 2 transitions each
+        clock.now_ms = T0 + 10 * DAY_MS
+        await traffic(r, outcomes, ["new"], ended=6)
+        before = counts(db)
+        assert before == {
+            "tasks": 3,
+            "transitions": 6,
+            "callbacks": 9,
+            "deliveries": 6,
+            "files": 2,  # old's and new's succeed
+        }
+
+        dry = await post_prune(r, older_than_ms=5 * DAY_MS, dry_run=True)
+        assert counts(db) == before  # a dry run changes nothing
+        done = await post_prune(r, older_than_ms=5 * DAY_MS)
+
+        for answer in (dry, done):
+            assert answer.cutoff_ms == T0 + 5 * DAY_MS
+            # old: 3 callbacks, its processing delivery (its succeed one names a file);
+            # dead: 3 callbacks, its 2 dead deliveries stay
+            assert (answer.callbacks, answer.deliveries) == (6, 1)
+            assert (answer.dead_kept, answer.kept_for_files) == (2, 1)
+        assert dry.dry_run and dry.batches == 0
+        assert done.batches == 2  # one window per table
+        assert counts(db) == {**before, "callbacks": 3, "deliveries": 5}
+        assert {r_["task_id"] for r_ in rows(db, "SELECT task_id FROM callbacks")} == {"new"}
+        dangling = (
+            "SELECT COUNT(*) AS n FROM files WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
+        )
+        assert rows(db, dangling)[0]["n"] == 0
+
+        old = (await r.get_task("old")).json()
+        assert [t["task_status"] for t in old["transitions"]] == ["processing", "succeed"]
+        assert old["task_status"] == "succeed" and old["files"] == [FILE.to_json()]
+        assert [d["task_status"] for d in old["deliveries"]] == ["succeed"]
+        assert old["callbacks"] == {}
+        dead = (await r.get_task("dead")).json()
+        assert [d["state"] for d in dead["deliveries"]] == ["dead", "dead"]
+
+
+async def test_prune_in_small_windows_takes_one_batch_per_window_with_the_same_result(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(T0)
+    settings = make_settings(tmp_path)
+    async with start_receiver(settings, [RecordingPlugin()], clock_ms=clock) as r:
+        outcomes = Outcomes(r)
+        await traffic(r, outcomes, [f"t{n}" for n in range(5)], ended=10)
+        clock.now_ms = T0 + 2 * DAY_MS
+        await traffic(r, outcomes, ["late"], ended=12)
+        svc = r.services
+        answer = await prune(svc.writer, svc.reader, cutoff_ms=T0 + DAY_MS, window_rows=4)
+    # 18 callbacks (15 old) in windows of 4: the 4th window ends with a new one, the last;
+    # 12 deliveries (10 old): 3 windows
+    assert (answer.callbacks, answer.deliveries) == (15, 10)
+    assert answer.batches == 4 + 3
+    assert counts(settings.kling_hooks_db)["callbacks"] == 3
+    assert answer.longest_batch_ms > 0
+
+
+async def test_vacuum_gives_the_space_back_incrementally_on_a_new_database(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(T0)
+    settings = make_settings(tmp_path)
+    db = settings.kling_hooks_db
+    async with start_receiver(settings, clock_ms=clock) as r:
+        big = {"task_status_msg": "x" * 3000}
+        for n in range(300):
+            answer = await r.post_callback(f"ext-{n}", task_body(str(n), "processing", **big))
+            assert answer.status_code == 200
+        clock.now_ms = T0 + DAY_MS
+        answer = await post_prune(r, older_than_ms=1, vacuum=True)
+    assert answer.callbacks == 300 and answer.vacuum == "incremental"
+    assert answer.free_bytes_after == 0
+    assert answer.size_bytes_after < answer.size_bytes_before - 300 * 3000
+    assert db.stat().st_size == answer.size_bytes_after  # checkpointed: the file shrank
+    assert rows(db, "PRAGMA auto_vacuum")[0][0] == 2  # incremental
+
+
+async def test_vacuum_turns_a_database_made_before_schema_4_incremental(tmp_path: Path) -> None:
+    db = tmp_path / "kling-hooks.db"
+    with sqlite3.connect(db) as conn:  # schema 2, auto_vacuum none, as its release made it
+        conn.executescript((Path(__file__).parent / "fixtures" / "schema2.sql").read_text())
+    assert rows(db, "PRAGMA auto_vacuum")[0][0] == 0
+    async with start_receiver(make_settings(tmp_path)) as r:
+        first = await post_prune(r, older_than_ms=1, vacuum=True)
+        second = await post_prune(r, older_than_ms=1, vacuum=True)
+        assert (await r.get_task("fx-task-1")).json()["task_status"] == "succeed"
+    assert (first.vacuum, second.vacuum) == ("full", "incremental")
+    assert first.callbacks == 7
+    assert rows(db, "PRAGMA auto_vacuum")[0][0] == 2
+
+
+async def test_prune_command_defaults_to_the_retention_setting_and_prints_the_counts(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "kling-hooks.toml"
+    config.write_text(f'kling_hooks_db = "{tmp_path / "kling-hooks.db"}"\n')
+    async with serve(config, tmp_path) as server:
+        env = cli_env(
+            kling_hooks_api_url=server.url,
+            kling_hooks_api_token=API_TOKEN,
+            kling_hooks_retention="30d",
+        )
+        run = await kling_hooks(
+            "prune", "--dry-run", "--config", str(config), env=env, cwd=tmp_path
+        )
+        assert run.code == 0, run.err
+        assert run.out.startswith("would remove: 0 callbacks, 0 done deliveries (older than ")
+        assert "kept: 0 old dead deliveries" in run.out
+        json_run = await kling_hooks(
+            "prune", "--json", "--older-than", "1s", "--vacuum", env=env, cwd=tmp_path
+        )
+        assert json_run.code == 0, json_run.err
+        answer = Pruned.model_validate_json(json_run.out)
+        assert answer.vacuum == "incremental" and not answer.dry_run
+        bad = await kling_hooks("prune", "--older-than", "0s", env=env, cwd=tmp_path)
+    event = next(e for e in server.events if e.get("event") == "pruned")
+    assert event["dry_run"] is True
+    assert answer.cutoff_ms - event["cutoff_ms"] >= 30 * DAY_MS - 1000  # 1s after 30d
+    assert bad.code == 2 and "--older-than" in bad.err
