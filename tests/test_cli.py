@@ -742,7 +742,10 @@ def test_help_of_every_command_gives_each_option_help_and_its_default(
 
 def test_help_shows_the_documented_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     for args, default in [
-        (["serve"], "--port INTEGER TCP port (0: any free) [default: (KLING_HOOKS_PORT, else 8000)]"),
+        (
+            ["serve"],
+            "--port INTEGER TCP port (0: any free) [default: (KLING_HOOKS_PORT, else 8000)]",
+        ),
         (["simulate"], "--port INTEGER TCP port (0: any free port) [default: 9000]"),
         (["tasks"], "--limit INTEGER page size, 1 to 500 [default: 50]"),
         (["redeliver"], "with --all: only deliveries in this state [default: (dead)]"),
