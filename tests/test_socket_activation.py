@@ -12,8 +12,12 @@ the new connections in the socket's accept queue; the next process answers them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,21 +28,23 @@ import pytest
 
 from receiver.serving import listen
 from submitter.tokens import CallbackTokens
-from tests.conftest import SECRET, Server, rows, serve, task_body
+from tests.conftest import KLING_HOOKS, SECRET, Server, rows, serve, task_body
 
 SENDERS = 8
 #: Callbacks acknowledged by each process before the test moves on.
 PER_PHASE = 40
 
 # Becomes kling-hooks (exec keeps the pid) with the socket at fd 3 and LISTEN_FDS=1,
-# LISTEN_PID=its own pid: what systemd does for a service started by a socket unit.
+# LISTEN_PID=its own pid: what systemd does for a service started by a socket unit. A
+# LISTEN_PID already in its environment is kept (sockets meant for another process).
 SYSTEMD_LIKE = """
 import os, sys
 fd = int(sys.argv[1])
 if fd != 3:
     os.dup2(fd, 3)
     os.close(fd)
-os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
+os.environ.setdefault("LISTEN_PID", str(os.getpid()))
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="web")
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
@@ -205,3 +211,76 @@ async def test_restart_under_load_on_an_inherited_socket_refuses_and_loses_no_ca
         f"{waits.get('restart', 0.0):.2f} s (before and after: at most "
         f"{max(waits.get('first', 0.0), waits.get('second', 0.0)):.2f} s)"
     )
+
+
+async def test_listen_fds_meant_for_another_process_are_ignored_and_unset(tmp_path: Path) -> None:
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "probe.py").write_text(ENV_PROBE)
+    probe_out = tmp_path / "probe.jsonl"
+    env = {"ENV_PROBE_OUT": str(probe_out), "LISTEN_PID": str(os.getpid())}  # the test's pid
+    with listen() as sock:
+        args, launcher = launch("LISTEN_FDS", sock.fileno())
+        args += ("--plugins-dir", str(tmp_path / "plugins"))
+        config = write_config(tmp_path, "probe")
+        async with serve(
+            config, tmp_path, *args, env=env, pass_fds=[sock.fileno()], launcher=launcher
+        ) as server:
+            inherited = "http://{}:{}".format(*sock.getsockname()[:2])
+            assert server.url != inherited  # it bound --port 0 itself (uvicorn's own line)
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"{server.url}/readyz")).status_code == 200
+    assert [json.loads(line) for line in probe_out.read_text().splitlines()] == [[]]
+
+
+def not_a_listening_socket(kind: str, tmp_path: Path, stack: contextlib.ExitStack) -> int:
+    """An open fd of ``kind`` (``file``, ``unlistened`` TCP, ``udp``), closed with ``stack``."""
+    if kind == "file":
+        return stack.enter_context((tmp_path / "file").open("w")).fileno()
+    sock = socket.socket(type=socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+    stack.enter_context(sock).bind(("127.0.0.1", 0))
+    return sock.fileno()
+
+
+@pytest.mark.parametrize("via", ["--fd", "LISTEN_FDS"])
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("file", "is not a socket"),
+        ("unlistened", "is a socket that is not listening"),
+        ("udp", "is not a stream socket"),
+    ],
+)
+def test_serve_handed_an_fd_that_is_no_listening_socket_exits_2_with_one_line_naming_it(
+    tmp_path: Path, via: str, kind: str, problem: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
+    with contextlib.ExitStack() as stack:
+        fd = not_a_listening_socket(kind, tmp_path, stack)
+        args, launcher = launch(via, fd)
+        done = subprocess.run(
+            [*launcher, str(KLING_HOOKS), "serve", "--db", str(tmp_path / "k.db"), *args],
+            pass_fds=[fd],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    name = f"--fd {fd}" if via == "--fd" else "LISTEN_FDS fd 3"
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()  # one line, no traceback
+    assert line.startswith(f"error: {name} {problem}")
+    assert not (tmp_path / "k.db").exists()  # it stopped before opening the database
+
+
+def test_serve_given_an_fd_that_is_not_open_exits_2_naming_it(tmp_path: Path) -> None:
+    closed = 999  # the child inherits fds 0 to 2 only
+    done = subprocess.run(
+        [str(KLING_HOOKS), "serve", "--db", str(tmp_path / "k.db"), "--fd", str(closed)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: --fd {closed} is not an open file descriptor (Bad file descriptor)"
+    ]
