@@ -30,8 +30,9 @@ class Server(uvicorn.Server):
     otherwise have been answered by the next process. So this server first stops accepting
     (new connections stay queued in the kernel for the next process), then waits until each
     accepted connection has begun its request, for at most :data:`FIRST_REQUEST_GRACE_S`
-    seconds (a client that connects and sends nothing is closed after that), then runs
-    uvicorn's shutdown (requests in progress finish, then the app's lifespan ends).
+    seconds (a client that connects and sends nothing is closed after that; a second SIGTERM
+    or SIGINT ends the wait), then runs uvicorn's shutdown (requests in progress finish, then
+    the app's lifespan ends).
     """
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -44,7 +45,8 @@ class Server(uvicorn.Server):
         # uvicorn's HTTP protocols set ``cycle`` once a request's headers are in; it signals
         # nothing then, so this looks every 10 ms, during a stop only (uvicorn's own stop
         # looks every 100 ms).
-        while loop.time() < deadline and self._awaiting_request():  # noqa: ASYNC110
+        waiting = self._awaiting_request
+        while waiting() and loop.time() < deadline and not self.force_exit:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         await super().shutdown(sockets)
 

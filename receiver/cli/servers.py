@@ -28,8 +28,8 @@ log = structlog.get_logger("kling_hooks.serve")
 )
 @click.option(
     "--fd",
-    type=click.IntRange(min=0),
-    show_default="LISTEN_FDS (systemd socket activation), else none",
+    type=int,
+    show_default="systemd's LISTEN_FDS, else none",
     help="serve on this inherited listening socket instead of --host/--port",
 )
 @click.option(
