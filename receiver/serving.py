@@ -1,4 +1,5 @@
-"""Run ASGI apps under uvicorn inside an already running event loop (demo, tests).
+"""Run ASGI apps under uvicorn: :class:`Server` (``kling-hooks serve``), and :func:`running`
+inside an already running event loop (demo, tests).
 
 The listening socket is bound and listening before uvicorn starts, so clients may connect at
 once: their connections wait in the backlog until the app's start-up is done. Nothing polls
@@ -32,6 +33,45 @@ def receiver_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "log_config": None,
     }
+
+
+#: How long a stop waits, at most, for connections already accepted to send their request.
+FIRST_REQUEST_GRACE_S = 1.0
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, whose stop answers every connection it has accepted.
+
+    uvicorn's own shutdown stops accepting and, in the same step, closes every connection that
+    has no request in progress, including one accepted a moment ago whose request is still in
+    the kernel's buffer: its client sees the connection closed with no answer. On a socket
+    that outlives the process (socket activation, ``receiver.activation``) such a client would
+    otherwise have been answered by the next process. So this server first stops accepting
+    (new connections stay queued in the kernel for the next process), then waits until each
+    accepted connection has begun its request, for at most :data:`FIRST_REQUEST_GRACE_S`
+    seconds (a client that connects and sends nothing is closed after that; a second SIGTERM
+    or SIGINT ends the wait), then runs uvicorn's shutdown (requests in progress finish, then
+    the app's lifespan ends).
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop as the class docstring says; ``sockets`` as :meth:`uvicorn.Server.shutdown`."""
+        for listener in self.servers:
+            listener.close()  # closes this process's fd only; the kernel keeps the queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_REQUEST_GRACE_S
+        await asyncio.sleep(0)  # connections accepted just now get their protocol
+        # uvicorn's HTTP protocols set ``cycle`` once a request's headers are in; it signals
+        # nothing then, so this looks every 10 ms, during a stop only (uvicorn's own stop
+        # looks every 100 ms).
+        waiting = self._awaiting_request
+        while waiting() and loop.time() < deadline and not self.force_exit:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await super().shutdown(sockets)
+
+    def _awaiting_request(self) -> bool:
+        """Whether a connection is open whose first request has not begun."""
+        return any(getattr(c, "cycle", True) is None for c in self.server_state.connections)
 
 
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -235,10 +235,19 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def serve(
-    config: Path, cwd: Path, *args: str, env: dict[str, str] | None = None
+    config: Path,
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    launcher: Sequence[str] = (),
 ) -> AsyncIterator[Server]:
     """Run ``kling-hooks serve --config CONFIG --port 0 ARGS`` with JSON logs, until the block
-    ends (then SIGKILL if still running). Yields once uvicorn listens; ``Server.url`` is set."""
+    ends (then SIGKILL if still running). Yields once it listens (uvicorn bound its port, or
+    ``serve`` logged ``listening`` on an inherited socket); ``Server.url`` is set.
+
+    ``pass_fds``: file descriptors the process inherits (``--fd N``); ``launcher``: a command
+    that execs the rest of the command line (e.g. one that sets ``LISTEN_PID``)."""
     full_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
     full_env.update(
         KLING_HOOKS_SECRET=SECRET,
@@ -248,6 +257,7 @@ async def serve(
     )
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
+        *launcher,
         str(KLING_HOOKS),
         "serve",
         "--config",
@@ -259,14 +269,23 @@ async def serve(
         cwd=cwd,
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
+        pass_fds=pass_fds,
     )
     server = Server(proc)
     try:
-        started = await server.until(lambda e: "Uvicorn running on" in e.get("event", ""))
-        server.url = re.findall(r"http://[\d.]+:\d+", started["event"])[0]
+        started = await server.until(_listens)
+        if started["event"] == "listening":
+            server.url = f"http://{started['address']}"
+        else:
+            server.url = re.findall(r"http://[\d.]+:\d+", started["event"])[0]
         yield server
     finally:
         await server.close()
+
+
+def _listens(event: dict[str, Any]) -> bool:
+    """uvicorn bound its address, or ``serve`` is on an inherited socket."""
+    return event.get("event") == "listening" or "Uvicorn running on" in event.get("event", "")
 
 
 def rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:

@@ -4,13 +4,19 @@ Kling simulator) and ``demo`` (both, with a Slack sink, for one task per route).
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import sys
 from pathlib import Path
 
 import click
+import structlog
 
 from receiver.cli.options import ANY_PATH, EXIT_OK, F, load, settings_options
 from receiver.logging import configure_logging
 from submitter.providers import PROVIDERS
+
+log = structlog.get_logger("kling_hooks.serve")
 
 
 @click.command()
@@ -19,6 +25,12 @@ from submitter.providers import PROVIDERS
 )
 @click.option(
     "--port", type=int, show_default="KLING_HOOKS_PORT, else 8000", help="TCP port (0: any free)"
+)
+@click.option(
+    "--fd",
+    type=int,
+    show_default="systemd's LISTEN_FDS, else none",
+    help="serve on this inherited listening socket instead of --host/--port",
 )
 @click.option(
     "--plugins-dir",
@@ -30,15 +42,22 @@ from submitter.providers import PROVIDERS
 def serve(
     host: str | None,
     port: int | None,
+    fd: int | None,
     plugins_dir: Path | None,
     config: Path | None,
     db: Path | None,
 ) -> int:
-    """Run the receiver (callbacks + status API) under uvicorn."""
-    import uvicorn
+    """Run the receiver (callbacks + status API) under uvicorn.
 
+    It listens on an inherited socket when it has one (--fd N, else systemd's LISTEN_FDS
+    when LISTEN_PID is this process), otherwise on --host:--port.
+    """
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from receiver.activation import inherited_sockets
     from receiver.app import create_app
-    from receiver.serving import receiver_options
+    from receiver.serving import Server, receiver_options
     from receiver.store import DatabaseLock, check_schema
 
     settings = load(
@@ -49,16 +68,33 @@ def serve(
         kling_hooks_host=host,
         kling_hooks_port=port,
     )
+    inherited = inherited_sockets(fd, os.environ, os.getpid())  # before any child starts
     with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
         check_schema(settings.kling_hooks_db)  # a newer release's database: one line, exit 1
-        uvicorn.run(
-            create_app(settings, database_locked=True),
-            host=settings.kling_hooks_host,
-            port=settings.kling_hooks_port,
-            log_level=settings.kling_hooks_log_level,
-            **receiver_options(settings),
+        server = Server(
+            uvicorn.Config(
+                create_app(settings, database_locked=True),
+                host=settings.kling_hooks_host,
+                port=settings.kling_hooks_port,
+                log_level=settings.kling_hooks_log_level,
+                **receiver_options(settings),
+            )
         )
+        for sock in inherited.sockets:  # uvicorn logs its own address only when it binds
+            log.info("listening", address=_address(sock), fd=sock.fileno(), via=inherited.source)
+        server.run(sockets=inherited.sockets or None)
+    if not server.started:  # as uvicorn.run does: start-up did not finish
+        sys.exit(STARTUP_FAILURE)
     return EXIT_OK
+
+
+def _address(sock: socket.socket) -> str:
+    """``host:port`` (``[v6]:port``) of a TCP socket, the path of a Unix socket."""
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        host, port = name[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(name)
 
 
 _FAULT_RATES = {
