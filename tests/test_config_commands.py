@@ -96,3 +96,15 @@ def test_the_readme_settings_table_names_every_setting() -> None:
     documented |= set(re.findall(r"`, `([A-Z_]+)` \|", README.read_text()))
     missing = {n.upper() for n in Settings.model_fields} - {"PLUGINS"} - documented
     assert not missing, f"README's settings table lacks {sorted(missing)}"
+
+
+async def test_the_example_config_file_names_every_setting_and_passes_check(
+    tmp_path: Path,
+) -> None:
+    example = Path(__file__).parent.parent / "systemd" / "config.toml.example"
+    text = example.read_text()
+    missing = [n for n in Settings.model_fields if n != "plugins" and n not in text]
+    assert not missing, f"systemd/config.toml.example does not mention {missing}"
+    run = await kling_hooks("config", "check", str(example), env=cli_env(), cwd=tmp_path)
+    assert (run.code, run.err) == (0, ""), run
+    assert run.out == f"ok: {example} (plugins: downloader)\n"

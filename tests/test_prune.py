@@ -4,6 +4,7 @@ given back."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -201,3 +202,37 @@ async def test_prune_command_defaults_to_the_retention_setting_and_prints_the_co
     assert event["dry_run"] is True
     assert answer.cutoff_ms - event["cutoff_ms"] >= 30 * DAY_MS - 1000  # 1s after 30d
     assert bad.code == 2 and "--older-than" in bad.err
+
+
+async def test_prune_while_callbacks_flow_loses_no_acknowledged_callback(tmp_path: Path) -> None:
+    """Eight senders post callbacks while prune removes 120 old rows in windows of 5 (so
+    its batches and the callbacks' commits interleave): every callback acknowledged with 200
+    is stored, with its transition, and only the old rows went."""
+    clock = Clock(T0)
+    settings = make_settings(tmp_path)
+    db = settings.kling_hooks_db
+    async with start_receiver(settings, clock_ms=clock) as r:
+        for n in range(40):
+            for status in ("processing", "succeed", "succeed"):
+                await r.post_callback(f"ext-old{n}", task_body(f"old{n}", status))
+        clock.now_ms = T0 + 10 * DAY_MS
+        acknowledged: list[str] = []
+
+        async def sender(k: int) -> None:
+            for n in range(10):
+                task_id = f"new{k}-{n}"
+                answer = await r.post_callback(f"ext-{task_id}", task_body(task_id, "succeed"))
+                if answer.status_code == 200:
+                    acknowledged.append(task_id)
+
+        svc = r.services
+        senders = [asyncio.create_task(sender(k)) for k in range(8)]
+        pruned = await prune(svc.writer, svc.reader, cutoff_ms=T0 + DAY_MS, window_rows=5)
+        await asyncio.gather(*senders)
+    assert pruned.callbacks == 120 and pruned.batches >= 24
+    assert len(acknowledged) == 80  # nothing refused: prune never blocks a callback for long
+    stored = {x["task_id"] for x in rows(db, "SELECT task_id FROM callbacks")}
+    assert stored == set(acknowledged)
+    new_transitions = rows(db, "SELECT task_id FROM transitions WHERE task_id LIKE 'new%'")
+    assert {x["task_id"] for x in new_transitions} == set(acknowledged)
+    assert counts(db)["transitions"] == 80 + 2 * 40  # the old tasks' two each stay too
