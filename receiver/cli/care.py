@@ -17,6 +17,7 @@ from receiver.cli.kling import parse_duration
 from receiver.cli.options import ANY_PATH, EXIT_OK, json_option, load, settings_options, url_option
 from receiver.models import Pruned, PruneRequest
 from receiver.status_client import StatusClient
+from receiver.tables import format_time
 from receiver.store.backup import backup as backup_database
 
 #: How long ``prune`` waits for the receiver's answer (a large first prune takes a while).
@@ -85,7 +86,7 @@ def _pruned_text(p: Pruned) -> str:
     verb = "would remove" if p.dry_run else "removed"
     lines = [
         f"{verb}: {p.callbacks:,} callbacks, {p.deliveries:,} done deliveries"
-        f" (older than {p.cutoff_ms}, Unix ms)",
+        f" (older than {format_time(p.cutoff_ms)})",
         f"kept: {p.dead_kept:,} old dead deliveries (replay or leave them),"
         f" {p.kept_for_files:,} old done deliveries that saved files name",
     ]
