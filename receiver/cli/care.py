@@ -17,8 +17,8 @@ from receiver.cli.kling import parse_duration
 from receiver.cli.options import ANY_PATH, EXIT_OK, json_option, load, settings_options, url_option
 from receiver.models import Pruned, PruneRequest
 from receiver.status_client import StatusClient
-from receiver.tables import format_time
 from receiver.store.backup import backup as backup_database
+from receiver.tables import format_time
 
 #: How long ``prune`` waits for the receiver's answer (a large first prune takes a while).
 PRUNE_TIMEOUT_S = 3600.0
