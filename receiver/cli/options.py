@@ -53,7 +53,7 @@ def settings_options(f: F) -> F:
 
 url_option = click.option(
     "--url",
-    show_default="KLING_HOOKS_API_URL, else KLING_HOOKS_PUBLIC_URL",
+    show_default="KLING_HOOKS_API_URL, else the local serve address",
     help="status API base URL",
 )
 json_option = click.option(
