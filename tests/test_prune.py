@@ -12,6 +12,7 @@ from pathlib import Path
 from receiver.models import Pruned
 from receiver.plugins import Event, PermanentError, SavedFile
 from receiver.pruning import prune
+from receiver.store.retention import Checkpoint, FullVacuum
 from tests.conftest import (
     API_TOKEN,
     Outcomes,
@@ -236,3 +237,37 @@ async def test_prune_while_callbacks_flow_loses_no_acknowledged_callback(tmp_pat
     new_transitions = rows(db, "SELECT task_id FROM transitions WHERE task_id LIKE 'new%'")
     assert {x["task_id"] for x in new_transitions} == set(acknowledged)
     assert counts(db)["transitions"] == 80 + 2 * 40  # the old tasks' two each stay too
+
+
+async def test_checkpoints_and_a_full_vacuum_do_not_wait_for_a_reader_holding_a_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A reader in a read transaction (as ``kling-hooks backup`` holds one) does not make the
+    writer wait its busy timeout (30 s here): the full VACUUM and the checkpoint end, the
+    callback queued behind them is answered, and the WAL the reader needed is truncated by the
+    first checkpoint after it let go."""
+    settings = make_settings(tmp_path, kling_hooks_busy_timeout_ms=30_000)
+    db = settings.kling_hooks_db
+    async with start_receiver(settings) as r:
+        for n in range(20):
+            assert (await r.post_callback(f"ext-{n}", task_body(str(n), "succeed"))).is_success
+        svc = r.services
+        reader = sqlite3.connect(db, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT COUNT(*) FROM callbacks").fetchone() == (20,)
+            vacuum = asyncio.create_task(svc.writer.submit(FullVacuum()))
+            answer = await asyncio.wait_for(
+                r.post_callback("ext-late", task_body("late", "succeed")), 10
+            )
+            assert answer.status_code == 200, answer.text
+            assert vacuum.done()  # the writer ran it first, then the callback
+            await vacuum
+            truncated_with_reader = await asyncio.wait_for(svc.writer.submit(Checkpoint()), 10)
+            assert reader.execute("SELECT COUNT(*) FROM callbacks").fetchone() == (20,)
+        finally:
+            reader.close()
+        truncated_after = await svc.writer.submit(Checkpoint())
+        assert (await r.get_task("late")).json()["task_status"] == "succeed"
+    assert (truncated_with_reader, truncated_after) == (False, True)
+    assert rows(db, "PRAGMA auto_vacuum")[0][0] == 2

@@ -23,6 +23,12 @@ has ``auto_vacuum = INCREMENTAL``, and :class:`IncrementalVacuum` gives back ``p
 time, each step a write operation like any other. An older file has ``auto_vacuum = NONE``,
 which only a ``VACUUM`` can change: :class:`FullVacuum` does that once, alone on the writer's
 connection (callbacks wait for it; it rewrites the whole file).
+
+Checkpoints never wait for readers: a reader holding a snapshot (a ``kling-hooks backup``, a
+slow status query) would otherwise make a ``TRUNCATE`` checkpoint wait the writer's whole
+``busy_timeout`` while every callback queues. :func:`checkpoint` turns the busy handler off
+for its one statement: it copies what no reader still needs, truncates the WAL when no reader
+is in the way, and leaves the rest for a later checkpoint.
 """
 
 from __future__ import annotations
@@ -130,18 +136,39 @@ class FullVacuum:
         VACUUM needs room for a second copy)."""
         await conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
         await conn.execute("VACUUM")
-        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await checkpoint(conn)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the file, and truncate the file
-    to the database's size (a step of ``IncrementalVacuum`` shrinks it only then). Runs alone;
-    a reader in the middle of a query may leave part of the WAL for the next checkpoint."""
+    """:func:`checkpoint`: copy the WAL into the file, and truncate the file to the
+    database's size (a step of ``IncrementalVacuum`` shrinks it only then). Runs alone; a
+    reader holding a snapshot leaves part of the WAL for the next checkpoint, and is never
+    waited for."""
 
-    async def run_alone(self, conn: aiosqlite.Connection) -> None:
-        """Runs on the writer's connection, outside any transaction."""
-        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    async def run_alone(self, conn: aiosqlite.Connection) -> bool:
+        """Runs on the writer's connection, outside any transaction; returns
+        :func:`checkpoint`'s answer."""
+        return await checkpoint(conn)
+
+
+async def checkpoint(conn: aiosqlite.Connection) -> bool:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` on ``conn`` with its busy handler off for that
+    statement (``busy_timeout = 0``, then restored), so it never waits for a reader.
+
+    Returns:
+        True when the whole WAL was copied and truncated; False when a reader (or another
+        connection's checkpoint) was in the way, and SQLite did as much as a ``PASSIVE``
+        checkpoint could (see https://sqlite.org/pragma.html#pragma_wal_checkpoint).
+    """
+    busy_timeout_ms = await _pragma(conn, "busy_timeout")
+    await conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            row = await cur.fetchone()
+    finally:
+        await conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    return row is not None and int(row[0]) == 0
 
 
 @dataclass(frozen=True)
