@@ -142,7 +142,7 @@ def create_app(
             log.info(
                 "receiver_started",
                 db=str(settings.kling_hooks_db),
-                public_url=settings.kling_hooks_public_url,
+                public_url=settings.public_url,
                 plugins=[p.name for p in enabled],
             )
             if on_started is not None:

@@ -44,7 +44,6 @@ from submitter.providers import Provider
 
 __all__ = [
     "DEFAULT_API_BASE",
-    "DEFAULT_PUBLIC_URL",
     "ConfigError",
     "Settings",
     "duration_ms",
@@ -52,9 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_API_BASE = providers.OFFICIAL.default_api_base  # https://api-singapore.klingai.com
-DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
-#: Where ``kling-hooks serve`` listens by default, and so where the CLI looks for it.
-LOCAL_API_URL = "http://127.0.0.1:8000"
+#: Listening on these means "every interface": the local serve address is then loopback's.
+_ANY_ADDRESS = {"", "0.0.0.0", "::"}
 
 #: ``2h``, ``30m``, ``90s``, ``1d``, or plain seconds.
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -93,7 +91,8 @@ class Settings(BaseSettings):
     kling_api_key: SecretStr | None = None
     kling_access_key: str | None = None
     kling_secret_key: SecretStr | None = None
-    kling_hooks_public_url: str = DEFAULT_PUBLIC_URL
+    # Unset: the local serve address (see local_url), which only a simulator on this host reaches.
+    kling_hooks_public_url: str | None = None
     kling_hooks_api_url: str | None = None
     kling_hooks_secret: SecretStr | None = None
     kling_hooks_api_token: SecretStr | None = None
@@ -203,18 +202,35 @@ class Settings(BaseSettings):
         return init_settings, env_settings, _toml_source(settings_cls, _toml_file.get())
 
     @property
+    def local_url(self) -> str:
+        """The address ``serve`` listens on, as a URL: ``http://KLING_HOOKS_HOST:KLING_HOOKS_PORT``
+        (``127.0.0.1`` for a host of every interface, ``[::1]``-style brackets for IPv6)."""
+        host = self.kling_hooks_host.strip("[]")
+        host = "127.0.0.1" if host in _ANY_ADDRESS else host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.kling_hooks_port}"
+
+    @property
+    def public_url(self) -> str:
+        """The base of every ``callback_url``: ``KLING_HOOKS_PUBLIC_URL``, else
+        :attr:`local_url` (right for the simulator on this host, never for Kling itself)."""
+        return (self.kling_hooks_public_url or self.local_url).rstrip("/")
+
+    @property
     def api_url(self) -> str:
         """Where the CLI and the submitter reach the status API: ``KLING_HOOKS_API_URL``, else
-        the local ``serve`` address (:data:`LOCAL_API_URL`), never the public URL (that is
-        Kling's way in, often behind a proxy that forwards only the callbacks)."""
-        return (self.kling_hooks_api_url or LOCAL_API_URL).rstrip("/")
+        :attr:`local_url`, never the public URL (that is Kling's way in, often behind a proxy
+        that forwards only the callbacks)."""
+        return (self.kling_hooks_api_url or self.local_url).rstrip("/")
 
     @property
     def api_url_source(self) -> str:
         """What chose :attr:`api_url`, for error messages."""
         if self.kling_hooks_api_url:
             return "KLING_HOOKS_API_URL"
-        return "the default, the local serve address; set KLING_HOOKS_API_URL to change it"
+        return (
+            "the local serve address, KLING_HOOKS_HOST and KLING_HOOKS_PORT;"
+            " set KLING_HOOKS_API_URL to change it"
+        )
 
 
 class _TomlFile(TomlConfigSettingsSource):

@@ -209,7 +209,7 @@ async def _submit_all(svc: Services, sim_url: str) -> list[Submission]:
         api_base=sim_url,
         auth=auth_from_keys("demo-key", None, None),
         tokens=svc.credentials.tokens,
-        public_url=svc.settings.kling_hooks_public_url,
+        public_url=svc.settings.public_url,
         registrar=registrar,
     ) as client:
         try:

@@ -88,12 +88,28 @@ def _timeout_answer() -> bytes:
 _TIMEOUT_ANSWER = _timeout_answer()
 
 
-def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
+def header_timeout_protocol(
+    timeout_s: float, on_expired: Callable[[dict[str, object]], None] = lambda state: None
+) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, closing a connection whose request line and headers take
-    longer than ``timeout_s`` seconds (with a 408 answer); pass it as uvicorn's ``http=``."""
+    longer than ``timeout_s`` seconds (with a 408 answer); pass it as uvicorn's ``http=``.
+
+    Args:
+        timeout_s: The deadline, from the connection's start or a request's first byte.
+        on_expired: Called with the app's lifespan state (``{"services": ...}``) for each
+            connection closed so (the metrics count them).
+
+    The protocol's ``awaiting_request`` says whether a request has begun (or the connection
+    is new) and its headers are not all in: a graceful stop waits for those
+    (``receiver.serving.Server``), since uvicorn's own stop would close them unanswered.
+    """
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_deadline: asyncio.TimerHandle | None = None
+
+        @property
+        def awaiting_request(self) -> bool:
+            return self._header_deadline is not None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -122,8 +138,16 @@ def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
 
         def _expired(self) -> None:
             self._header_deadline = None
-            if not self.transport.is_closing():
-                self.transport.write(_TIMEOUT_ANSWER)
-                self.transport.close()
+            if self.transport.is_closing():
+                return
+            on_expired(self.app_state)
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # An earlier (pipelined) request's answer is still being sent: let it end,
+                # then close, rather than write into the middle of it.
+                cycle.keep_alive = False
+                return
+            self.transport.write(_TIMEOUT_ANSWER)
+            self.transport.close()
 
     return HeaderTimeoutProtocol

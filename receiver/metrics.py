@@ -10,6 +10,8 @@ metric                                             type       labels
 ``kling_hooks_callbacks_total``                    counter    ``verdict``: new, duplicate, stale
 ``kling_hooks_callback_rejections_total``          counter    ``reason``: a :class:`Rejection`
 ``kling_hooks_callback_duration_seconds``          histogram  (none): every callback, any answer
+``kling_hooks_header_timeouts_total``              counter    (none): connections closed with
+                                                              a 408, headers too slow
 ``kling_hooks_delivery_attempts_total``            counter    ``plugin``, ``outcome``: done,
                                                               failed (a retry follows), dead
 ``kling_hooks_deliveries_pending``                 gauge      ``plugin``
@@ -109,6 +111,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._header_timeouts = Counter(
+            "kling_hooks_header_timeouts",
+            "Connections closed (408) whose request line and headers took longer than "
+            "KLING_HOOKS_HEADER_TIMEOUT_S (on any route: the path may not have arrived).",
+            registry=self.registry,
+        )
         self._attempts = Counter(
             "kling_hooks_delivery_attempts",
             "Delivery attempts that ended, by plugin and outcome (done; failed: a retry "
@@ -138,6 +146,10 @@ class Metrics:
     def rejected(self, reason: Rejection) -> None:
         """Count a refused callback by its reason."""
         self._rejections[reason].inc()
+
+    def header_timed_out(self) -> None:
+        """Count a connection closed because its headers did not arrive in time."""
+        self._header_timeouts.inc()
 
     def callback_took(self, seconds: float) -> None:
         """Observe one callback's handling time, seconds (any outcome)."""

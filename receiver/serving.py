@@ -19,15 +19,33 @@ from starlette.types import ASGIApp
 
 from receiver.config import Settings
 from receiver.limits import header_timeout_protocol
+from receiver.services import Services
+
+#: On a stop, how long requests in progress may take to finish before they are cut, seconds
+#: (a callback takes milliseconds; a long ``POST /prune`` stops between its batches). With
+#: :data:`FIRST_REQUEST_GRACE_S` and ``KLING_HOOKS_SHUTDOWN_GRACE_S`` (10 s) it stays within
+#: the unit's ``TimeoutStopSec=30``.
+REQUEST_DRAIN_S = 10
+
+
+def _count_header_timeout(app_state: dict[str, object]) -> None:
+    found = app_state.get("services")
+    if isinstance(found, Services):
+        found.metrics.header_timed_out()
 
 
 def receiver_options(settings: Settings) -> dict[str, Any]:
-    """The uvicorn settings of a receiver (``serve``, the demo, tests): the header deadline
-    (``KLING_HOOKS_HEADER_TIMEOUT_S``), the proxies whose ``X-Forwarded-For`` is trusted
-    (``KLING_HOOKS_FORWARDED_ALLOW_IPS``), and no access log (it would print callback URLs,
-    which carry tokens)."""
+    """The ``uvicorn.Config`` arguments of a receiver (``serve``, the demo, tests), as a dict
+    of keyword arguments: the header deadline (``KLING_HOOKS_HEADER_TIMEOUT_S``, counted in
+    the metrics), the proxies whose ``X-Forwarded-For`` is trusted
+    (``KLING_HOOKS_FORWARDED_ALLOW_IPS``), the drain time of a stop
+    (:data:`REQUEST_DRAIN_S`), and no access log (it would print callback URLs, which carry
+    tokens)."""
     return {
-        "http": header_timeout_protocol(settings.kling_hooks_header_timeout_s),
+        "http": header_timeout_protocol(
+            settings.kling_hooks_header_timeout_s, _count_header_timeout
+        ),
+        "timeout_graceful_shutdown": REQUEST_DRAIN_S,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.kling_hooks_forwarded_allow_ips,
         "access_log": False,
@@ -48,10 +66,14 @@ class Server(uvicorn.Server):
     that outlives the process (socket activation, ``receiver.activation``) such a client would
     otherwise have been answered by the next process. So this server first stops accepting
     (new connections stay queued in the kernel for the next process), then waits until each
-    accepted connection has begun its request, for at most :data:`FIRST_REQUEST_GRACE_S`
-    seconds (a client that connects and sends nothing is closed after that; a second SIGTERM
-    or SIGINT ends the wait), then runs uvicorn's shutdown (requests in progress finish, then
-    the app's lifespan ends).
+    accepted connection has read the headers of the request it has begun (a new connection,
+    or a keep-alive one whose next request's first bytes are in), for at most
+    :data:`FIRST_REQUEST_GRACE_S` seconds (a client that connects and sends nothing is closed
+    after that; a second SIGINT ends the wait, as it ends uvicorn's), then runs uvicorn's
+    shutdown (requests in progress finish within :data:`REQUEST_DRAIN_S`, then the app's
+    lifespan ends). An idle keep-alive connection is closed at once, as HTTP allows; a client
+    that sends on it at that very moment sees it closed, which is why the README's proxy
+    examples do not keep connections to the receiver open.
     """
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -70,8 +92,18 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
     def _awaiting_request(self) -> bool:
-        """Whether a connection is open whose first request has not begun."""
-        return any(getattr(c, "cycle", True) is None for c in self.server_state.connections)
+        """Whether a connection is open whose request has begun but not been read yet: a new
+        connection, or a keep-alive one with the next request's first bytes in
+        (``awaiting_request`` of :func:`receiver.limits.header_timeout_protocol`'s protocol;
+        another protocol: a connection whose first request has not begun)."""
+        return any(_awaiting(c) for c in self.server_state.connections)
+
+
+def _awaiting(connection: object) -> bool:
+    flag = getattr(connection, "awaiting_request", None)
+    if isinstance(flag, bool):
+        return flag
+    return getattr(connection, "cycle", True) is None
 
 
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

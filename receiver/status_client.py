@@ -69,7 +69,7 @@ class StatusClient:
         transport: An httpx transport (tests pass ``httpx.ASGITransport``); default: the
             network.
         source: What chose ``base_url`` (``--url``, ``KLING_HOOKS_API_URL``...), named when
-            the receiver cannot be reached.
+            the receiver cannot be reached or refuses the token (401).
     """
 
     def __init__(
@@ -228,8 +228,14 @@ class StatusClient:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text[:200]
+            hint = ""
+            if response.status_code == 401 and self.source:
+                hint = (
+                    f" (the URL was set by {self.source}: is this the receiver whose token"
+                    " you have, KLING_HOOKS_API_TOKEN or the one in its database?)"
+                )
             raise ApiError(
-                f"{self.base_url}{path}: HTTP {response.status_code}: {message}",
+                f"{self.base_url}{path}: HTTP {response.status_code}: {message}{hint}",
                 response.status_code,
             )
         try:

@@ -143,8 +143,11 @@ class Registrar:
             await self.register(route=submission.route, submission=submission, body=body)
         except (RegistrationFailed, httpx.HTTPError) as exc:
             warning = (
-                f"could not register the task with the receiver ({exc}); Kling has it, and "
-                "the receiver records it with its first accepted callback"
+                f"could not register the task with the receiver ({exc}); Kling has it: the "
+                "receiver records it with its first accepted callback, but if no callback "
+                "reaches a running receiver nothing here knows of it: keep its task_id "
+                f"({submission.task_id}) and ask Kling (kling-hooks kling get "
+                f"{submission.route} {submission.task_id})"
             )
             log.warning(
                 "receiver.registration_failed",

@@ -119,8 +119,8 @@ def test_values_given_in_code_win_over_the_environment(monkeypatch: pytest.Monke
 def test_a_config_file_applies_to_one_load_only(tmp_path: Path) -> None:
     path = toml(tmp_path, 'kling_hooks_public_url = "https://from-file.example"\n')
     assert load_settings(path).kling_hooks_public_url == "https://from-file.example"
-    assert load_settings().kling_hooks_public_url == "http://127.0.0.1:8000"
-    assert Settings().kling_hooks_public_url == "http://127.0.0.1:8000"
+    assert load_settings().public_url == "http://127.0.0.1:8000"
+    assert Settings().public_url == "http://127.0.0.1:8000"
 
 
 def test_plugin_tables_go_into_plugins_with_their_nested_values(tmp_path: Path) -> None:
@@ -216,13 +216,35 @@ def test_api_url_defaults_to_the_local_serve_address_not_the_public_url(
     monkeypatch.setenv("KLING_HOOKS_PUBLIC_URL", "https://hooks.example.com/")
     settings = load_settings()
     assert settings.api_url == "http://127.0.0.1:8000"
-    assert settings.api_url_source.startswith("the default, the local serve address")
+    assert settings.api_url_source.startswith("the local serve address, KLING_HOOKS_HOST and")
     monkeypatch.setenv("KLING_HOOKS_API_URL", "http://10.1.2.3:8100/")
     settings = load_settings()
     assert (settings.api_url, settings.api_url_source) == (
         "http://10.1.2.3:8100",
         "KLING_HOOKS_API_URL",
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "url"),
+    [
+        ("127.0.0.1", 8000, "http://127.0.0.1:8000"),
+        ("0.0.0.0", 18101, "http://127.0.0.1:18101"),
+        ("::", 8001, "http://127.0.0.1:8001"),
+        ("::1", 8002, "http://[::1]:8002"),
+        ("hooks.internal", 80, "http://hooks.internal:80"),
+    ],
+)
+def test_public_and_api_urls_default_to_where_serve_listens(
+    monkeypatch: pytest.MonkeyPatch, host: str, port: int, url: str
+) -> None:
+    monkeypatch.setenv("KLING_HOOKS_HOST", host)
+    monkeypatch.setenv("KLING_HOOKS_PORT", str(port))
+    settings = load_settings()
+    assert (settings.public_url, settings.api_url, settings.local_url) == (url, url, url)
+    monkeypatch.setenv("KLING_HOOKS_PUBLIC_URL", "https://hooks.example.com/")
+    assert load_settings().public_url == "https://hooks.example.com"
+    assert load_settings().api_url == url  # never the public URL
 
 
 # -- the provider profile and the base URL -------------------------------------------------

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.conftest import Receiver, make_settings, rows, start_receiver, task_body
+from tests.conftest import API_TOKEN, Receiver, make_settings, rows, start_receiver, task_body
 
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -126,11 +127,13 @@ async def test_headers_that_do_not_arrive_in_time_get_408_and_the_connection_is_
         slow = await answer_of(slow_reader)
         closed = await asyncio.wait_for(slow_reader.read(), 5)
         healthy = await r.http.get(f"{r.url}/healthz")
+        scraped = await r.http.get(f"{r.url}/metrics", headers=AUTH)
     for status, headers, body in (silent, slow):
         assert (status, headers["connection"]) == (408, "close")
         assert json.loads(body) == {"ok": False, "error": "request headers not received in time"}
     assert closed == b""  # the server closed the connection
     assert healthy.status_code == 200
+    assert "kling_hooks_header_timeouts_total 2.0" in scraped.text.splitlines()
 
 
 async def test_a_keep_alive_connection_gets_the_header_deadline_for_each_request(

@@ -213,6 +213,51 @@ async def test_restart_under_load_on_an_inherited_socket_refuses_and_loses_no_ca
     )
 
 
+async def test_a_stop_answers_the_request_begun_on_a_kept_alive_connection(
+    tmp_path: Path,
+) -> None:
+    """A proxy that keeps its connection to the receiver open may have sent the first bytes
+    of its next request when SIGTERM comes: the stop waits for that request's headers and
+    answers it, instead of closing the connection under it (uvicorn's own stop would)."""
+    config = write_config(tmp_path)
+    tokens = CallbackTokens([SECRET])
+    async with serve(config, tmp_path) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+
+        def request(ext: str) -> bytes:
+            body = json.dumps(task_body(f"t-{ext}", "succeed", ext)).encode()
+            path = tokens.callback_url("", ext)
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            return head.encode() + body
+
+        async def answer() -> int:
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                length = int(value) if name.lower() == "content-length" else length
+            await reader.readexactly(length)
+            return status
+
+        writer.write(request("kh-a"))
+        first = await answer()  # the connection is kept alive
+        second = request("kh-b")
+        writer.write(second[:20])  # the next request has begun
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        server.proc.send_signal(signal.SIGTERM)
+        # well within FIRST_REQUEST_GRACE_S (1 s), which starts once SIGTERM is handled
+        await asyncio.sleep(0.3)
+        writer.write(second[20:])
+        later = await answer()
+        writer.close()
+        exit_code = await server.proc.wait()
+    assert (first, later, exit_code) == (200, 200, -signal.SIGTERM)
+    stored = rows(tmp_path / "kling-hooks.db", "SELECT external_task_id FROM tasks")
+    assert {r["external_task_id"] for r in stored} == {"kh-a", "kh-b"}
+
+
 async def test_listen_fds_meant_for_another_process_are_ignored_and_unset(tmp_path: Path) -> None:
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "probe.py").write_text(ENV_PROBE)

@@ -90,7 +90,10 @@ async def test_failed_registration_still_returns_the_submission_with_a_warning(
     assert submission.warning is not None
     assert submission.warning.startswith("could not register the task with the receiver (")
     assert submission.warning.endswith(
-        "); Kling has it, and the receiver records it with its first accepted callback"
+        "); Kling has it: the receiver records it with its first accepted callback, but if no"
+        " callback reaches a running receiver nothing here knows of it: keep its task_id"
+        f" ({submission.task_id}) and ask Kling (kling-hooks kling get {GEN}"
+        f" {submission.task_id})"
     )
     assert submission.task_id == next(iter(kling.tasks.values()))["task_id"]
     assert kling.methods == ["POST"]

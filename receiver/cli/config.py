@@ -70,6 +70,8 @@ def show(as_json: bool, config: Path | None, db: Path | None) -> int:
         if name != "plugins"
     ]
     rows.append(("(provider in effect)", settings.provider.name, "derived"))
+    rows.append(("(public URL in effect)", settings.public_url, "derived"))
+    rows.append(("(status API URL in effect)", settings.api_url, "derived"))
     for loaded in plugins:
         table = settings.plugins[loaded.name]
         for key, value in loaded.describe(started=False).settings.items():

@@ -105,7 +105,7 @@ async def _submit(
             auth=auth,
             provider=settings.provider,
             tokens=creds.tokens,
-            public_url=settings.kling_hooks_public_url,
+            public_url=settings.public_url,
             registrar=registrar,
         ) as client,
     ):
