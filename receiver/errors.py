@@ -5,7 +5,8 @@ Hierarchy::
     ReceiverError
     ├── ConfigError              a setting or plugin table is wrong; start-up stops (exit 2)
     ├── StoreUnavailable         the database could not commit or answer (503, Retry-After)
-    │   └── SchemaTooNew         the database is newer than this program (serve stops, exit 1)
+    │   ├── SchemaTooNew         the database is newer than this program (serve stops, exit 1)
+    │   └── NotADatabase         the file is not a SQLite database (serve stops, exit 1)
     ├── BackupError              ``kling-hooks backup`` could not make a sound copy (exit 1)
     ├── DatabaseLocked           another process owns the database (serve stops, exit 1)
     ├── TaskConflict             task_id and external_task_id name two tasks (409)
@@ -46,8 +47,14 @@ class SchemaTooNew(StoreUnavailable):
     wrote it, and this one must not guess what its tables mean."""
 
 
+class NotADatabase(StoreUnavailable):
+    """The file named as the database is not a SQLite database (SQLite's ``SQLITE_NOTADB``:
+    another file, or one encrypted or damaged beyond its header); nothing was changed."""
+
+
 class BackupError(ReceiverError):
-    """A backup was refused (the target exists, the source is missing) or its copy failed
+    """A backup was refused (the target exists or is the live database, the source is missing
+    or not a database, the target's file system has no hard links) or its copy failed
     ``PRAGMA integrity_check``; no file was left at the target."""
 
 

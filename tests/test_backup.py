@@ -117,3 +117,13 @@ async def test_backup_of_a_database_that_does_not_exist_exits_1_and_writes_nothi
         == f"error: {tmp_path / 'absent.db'} does not exist: nothing to back up (is --db right?)\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_backup_of_a_file_that_is_not_a_database_exits_1_with_one_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "notdb.db").write_bytes(b"kling-hooks notes, not a database\n" * 10)
+    run = await kling_hooks("backup", "copy.db", "--db", "notdb.db", env=cli_env(), cwd=tmp_path)
+    assert run.code == 1
+    assert run.err == "error: notdb.db is not a kling-hooks database: file is not a database\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notdb.db"]  # no copy, no temporary

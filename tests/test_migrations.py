@@ -89,3 +89,13 @@ async def test_serve_refuses_a_database_newer_than_it_with_one_line(tmp_path: Pa
         f"knows ({SCHEMA_VERSION}): run a kling-hooks at least as new as the one that wrote it\n"
     )
     assert rows(db, "SELECT name FROM sqlite_master") == []  # nothing was created in it
+
+
+async def test_serve_refuses_a_file_that_is_not_a_database_with_one_line(tmp_path: Path) -> None:
+    notdb = tmp_path / "notdb.db"
+    text = b"kling-hooks notes, not a database\n" * 10
+    notdb.write_bytes(text)
+    run = await kling_hooks("serve", "--db", "notdb.db", "--port", "0", env=cli_env(), cwd=tmp_path)
+    assert run.code == 1
+    assert run.err == "error: notdb.db is not a kling-hooks database: file is not a database\n"
+    assert notdb.read_bytes() == text  # untouched

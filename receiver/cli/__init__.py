@@ -9,11 +9,11 @@ they share are defined once in ``options``.
 
 Exit codes: 0 success; 1 Kling or the receiver answered with an error (an unknown task or
 delivery, a delivery running now), or could not be reached, or the database cannot be used
-(owned by another process, newer than this program, a backup refused or unsound); 2 bad
-usage (an unknown option, a bad ``--since``, ``redeliver`` without an ID or ``--all``), a bad
-setting or plugin table, or a body that breaks a documented Kling rule (nothing was sent); 3
-``submit`` created the task at Kling but the receiver could not record it. Errors are one
-line on stderr.
+(owned by another process, newer than this program, not a database, a backup refused or
+unsound); 2 bad usage (an unknown option, a bad ``--since``, ``redeliver`` without an ID or
+``--all``), a bad setting or plugin table, or a body that breaks a documented Kling rule
+(nothing was sent); 3 ``submit`` created the task at Kling but the receiver could not record
+it. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import httpx
 from receiver.cli import care, config, kling, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
-from receiver.errors import BackupError, DatabaseLocked, SchemaTooNew
+from receiver.errors import BackupError, DatabaseLocked, NotADatabase, SchemaTooNew
 from receiver.status_client import ApiError
 from submitter.errors import AuthNotConfigured, InvalidRequest, SubmitterError
 
@@ -118,7 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SubmitterError as exc:
         _print_submitter_error(exc)
         return EXIT_ERROR
-    except (ApiError, DatabaseLocked, SchemaTooNew, BackupError, httpx.HTTPError) as exc:
+    except (
+        ApiError,
+        DatabaseLocked,
+        SchemaTooNew,
+        NotADatabase,
+        BackupError,
+        httpx.HTTPError,
+    ) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):

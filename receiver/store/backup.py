@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from receiver.errors import BackupError
+from receiver.store.database import is_not_a_database, not_a_database_message
 
 #: Pages copied per step of the backup API (4 KiB each).
 STEP_PAGES = 1024
@@ -53,10 +54,12 @@ def backup(
         A :class:`BackupReport` of the finished, checked copy.
 
     Raises:
-        BackupError: ``db`` does not exist, ``target`` exists (without ``force``) or its
-            folder does not, or the copy failed ``PRAGMA integrity_check``; no file is left
-            at ``target`` then, nor a temporary one.
-        sqlite3.Error: the source could not be read.
+        BackupError: ``db`` does not exist or is not a SQLite database, ``target`` exists
+            (without ``force``; also when it appears during the copy) or its folder does
+            not, the target's file system cannot link a file (without ``force``), or the
+            copy failed ``PRAGMA integrity_check``; no file is left at ``target`` then, nor a
+            temporary one.
+        sqlite3.Error: the source could not be read for another reason.
     """
     if not db.is_file():
         raise BackupError(f"{db} does not exist: nothing to back up (is --db right?)")
@@ -72,7 +75,7 @@ def backup(
         if force:
             os.replace(temporary, target)
         else:
-            os.link(temporary, target)  # fails, rather than replaces, if it appeared since
+            _link(temporary, target)
         _flush(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -80,8 +83,37 @@ def backup(
     return report
 
 
+def _link(temporary: Path, target: Path) -> None:
+    """Give ``temporary`` the name ``target``, failing rather than replacing a file that
+    appeared there since the first check (a hard link; the caller removes ``temporary``)."""
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        raise BackupError(
+            f"{target} appeared during the backup; give --force to replace it"
+        ) from None
+    except OSError as exc:  # EPERM, EOPNOTSUPP: a file system without hard links
+        raise BackupError(
+            f"cannot create {target} without replacing a file there: its file system"
+            f" cannot link files ({exc.strerror}); give --force, which renames instead"
+        ) from None
+
+
 def _copy(db: Path, temporary: Path, step_pages: int) -> int:
-    """Copy ``db`` into ``temporary`` inside one read transaction; returns the steps."""
+    """Copy ``db`` into ``temporary`` inside one read transaction; returns the steps.
+
+    Raises:
+        BackupError: ``db`` is not a SQLite database.
+    """
+    try:
+        return _copy_snapshot(db, temporary, step_pages)
+    except sqlite3.DatabaseError as exc:
+        if not is_not_a_database(exc):
+            raise
+        raise BackupError(not_a_database_message(db, exc)) from None
+
+
+def _copy_snapshot(db: Path, temporary: Path, step_pages: int) -> int:
     source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     copy = sqlite3.connect(temporary, isolation_level=None)
     steps = 0

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import aiosqlite
 
-from receiver.errors import DatabaseLocked, SchemaTooNew
+from receiver.errors import DatabaseLocked, NotADatabase, SchemaTooNew
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
 SCHEMA_VERSION = 4
@@ -163,15 +163,30 @@ def check_schema(path: Path) -> None:
     Raises:
         SchemaTooNew: its schema version is above :data:`SCHEMA_VERSION`; the message names
             the file and both versions.
+        NotADatabase: the file is not a SQLite database; the message names it.
     """
     if not path.exists():
         return
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if not is_not_a_database(exc):
+            raise
+        raise NotADatabase(not_a_database_message(path, exc)) from None
     finally:
         conn.close()
     _check_version(int(version), path)
+
+
+def is_not_a_database(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's ``SQLITE_NOTADB`` (the file is not a database)."""
+    return getattr(exc, "sqlite_errorname", None) == "SQLITE_NOTADB"
+
+
+def not_a_database_message(path: Path, exc: sqlite3.Error) -> str:
+    """``"PATH is not a kling-hooks database: file is not a database"``."""
+    return f"{path} is not a kling-hooks database: {exc}"
 
 
 async def get_or_create_meta(
