@@ -127,3 +127,32 @@ async def test_backup_of_a_file_that_is_not_a_database_exits_1_with_one_line(
     assert run.code == 1
     assert run.err == "error: notdb.db is not a kling-hooks database: file is not a database\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notdb.db"]  # no copy, no temporary
+
+
+async def test_backup_force_onto_the_live_database_or_its_wal_refuses_and_leaves_it_serving(
+    tmp_path: Path,
+) -> None:
+    """``--force`` replaces a backup, never the database the receiver is writing: the target is
+    compared by resolved path (here through a symbolic link and a ``..``) and as a file."""
+    config = write_config(tmp_path)
+    db = tmp_path / "kling-hooks.db"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.db").symlink_to(db)
+    env, args = cli_env(), ("--force", "--config", str(config))
+    async with serve(config, tmp_path) as server, Stream(server.url).running() as stream:
+        await stream.until(10)
+        runs = {
+            target: await kling_hooks("backup", target, *args, env=env, cwd=tmp_path)
+            for target in ("sub/../kling-hooks.db", "link.db", "kling-hooks.db-wal")
+        }
+        await stream.until(len(stream.acked) + 10)  # still serving, into the same file
+        acked = list(stream.acked)
+    for target, run in runs.items():
+        what = f"the database {db}" + ("'s -wal file" if target.endswith("-wal") else "")
+        assert (run.code, run.err) == (
+            1,
+            f"error: {target} is {what} itself: a backup must go to another file\n",
+        )
+    stored = {r["task_id"] for r in rows(db, "SELECT task_id FROM tasks")}
+    assert set(acked) <= stored
+    assert not list(tmp_path.glob(".*.tmp"))

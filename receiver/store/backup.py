@@ -54,7 +54,8 @@ def backup(
         A :class:`BackupReport` of the finished, checked copy.
 
     Raises:
-        BackupError: ``db`` does not exist or is not a SQLite database, ``target`` exists
+        BackupError: ``db`` does not exist or is not a SQLite database, ``target`` is ``db``
+            itself or its ``-wal`` or ``-shm`` file (even with ``force``), ``target`` exists
             (without ``force``; also when it appears during the copy) or its folder does
             not, the target's file system cannot link a file (without ``force``), or the
             copy failed ``PRAGMA integrity_check``; no file is left at ``target`` then, nor a
@@ -63,6 +64,7 @@ def backup(
     """
     if not db.is_file():
         raise BackupError(f"{db} does not exist: nothing to back up (is --db right?)")
+    _refuse_live_files(db, target)
     if target.exists() and not force:
         raise BackupError(f"{target} exists; give --force to replace it")
     if not target.parent.is_dir():
@@ -81,6 +83,25 @@ def backup(
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
     return report
+
+
+#: The files SQLite keeps beside a database in WAL mode (https://sqlite.org/wal.html).
+_LIVE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _refuse_live_files(db: Path, target: Path) -> None:
+    """Refuse a ``target`` that is the database or one of its WAL-mode files, by resolved
+    path (symbolic links followed) or, when it exists, as the same file (a hard link):
+    replacing one under a running receiver would corrupt what it writes."""
+    resolved, source = target.resolve(), db.resolve()
+    for suffix in _LIVE_SUFFIXES:
+        live = source.with_name(source.name + suffix)
+        same = resolved == live or (
+            live.exists() and target.exists() and os.path.samefile(target, live)
+        )
+        if same:
+            what = f"the database {db}" + (f"'s {suffix} file" if suffix else "")
+            raise BackupError(f"{target} is {what} itself: a backup must go to another file")
 
 
 def _link(temporary: Path, target: Path) -> None:
