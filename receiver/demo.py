@@ -260,6 +260,7 @@ def _report(
     print(
         f"\n{len(tasks)} tasks ended in {elapsed_s:.1f} s: {succeeded} succeed, "
         f"{failed} failed. {len(files)} files saved, {slack_messages} Slack "
-        "messages sent.\nTry: kling-hooks serve, then kling-hooks submit.",
+        "messages sent.\nNext: run kling-hooks simulate, serve and submit yourself (README,"
+        ' "Submitting tasks").',
         file=out,
     )
