@@ -8,11 +8,17 @@ future. If the commit fails, every request of the batch gets
 :class:`~receiver.errors.StoreUnavailable` and nothing of it was recorded, so nothing is
 acknowledged that is not on disk. DESIGN.md gives the measurements behind this. A
 :class:`~receiver.store.ConnectionOp` (``VACUUM``) ends the batch before it and runs alone.
+
+A ``sqlite3.Error`` never reaches a caller raw: whether the commit failed, one operation's own
+statement failed (its savepoint is undone), or a connection op failed (``VACUUM`` on a full
+disk), the caller gets :class:`~receiver.errors.StoreUnavailable` (the HTTP edge answers 503
+with ``Retry-After``), and the writer goes on with the next operation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,13 @@ log = structlog.get_logger("kling_hooks.writer")
 
 T = TypeVar("T")
 CommitListener = Callable[[list[TransitionRow]], None]
+
+
+def _unavailable(exc: Exception) -> Exception:
+    """``exc`` for the caller: a ``sqlite3.Error`` as :class:`StoreUnavailable`, naming it."""
+    if isinstance(exc, sqlite3.Error):
+        return StoreUnavailable(f"database error: {exc}")
+    return exc
 
 
 def _no_plugins(task_status: str, route: str | None) -> list[str]:
@@ -125,9 +138,11 @@ class Writer:
             or a registration).
 
         Raises:
-            StoreUnavailable: the transaction did not commit (nothing was stored), or the
-                writer is not running.
-            Whatever the operation raised, for it alone (TaskConflict, DeliveryNotFound...).
+            StoreUnavailable: the transaction did not commit (nothing was stored), the
+                operation's own SQL failed (a ``sqlite3.Error``; its changes were undone), or
+                the writer is not running.
+            Whatever else the operation raised, for it alone (TaskConflict,
+                DeliveryNotFound...).
         """
         if not self.running:
             raise StoreUnavailable("the writer is not running")
@@ -164,7 +179,7 @@ class Writer:
             p.result = await p.op.run_alone(self._conn)
         except Exception as exc:
             log.error("connection_op_failed", error=str(exc), op=type(p.op).__name__)
-            p.error = exc
+            p.error = _unavailable(exc)
         p.resolve()
 
     async def _commit(self, pending: list[_Pending]) -> None:
@@ -177,7 +192,7 @@ class Writer:
                     try:
                         p.result = await tx.run(op)
                     except Exception as exc:  # this operation's own failure
-                        p.error = exc
+                        p.error = _unavailable(exc)
                 await tx.commit()
             except BaseException:
                 await tx.rollback()

@@ -271,3 +271,71 @@ async def test_checkpoints_and_a_full_vacuum_do_not_wait_for_a_reader_holding_a_
         assert (await r.get_task("late")).json()["task_status"] == "succeed"
     assert (truncated_with_reader, truncated_after) == (False, True)
     assert rows(db, "PRAGMA auto_vacuum")[0][0] == 2
+
+
+async def test_a_full_disk_during_the_vacuum_answers_503_and_the_receiver_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """``VACUUM`` of a database made before schema 4 adds pointer-map pages; with the writer's
+    connection allowed no page more than the file has (``max_page_count``, SQLite's own
+    "database or disk is full"), the rewrite fails: ``POST /prune`` answers 503 with
+    ``Retry-After``, not 500, nothing is lost, and once there is room it works."""
+    db = tmp_path / "kling-hooks.db"
+    with sqlite3.connect(db) as conn:  # schema 2, auto_vacuum none
+        conn.executescript((Path(__file__).parent / "fixtures" / "schema2.sql").read_text())
+    async with start_receiver(make_settings(tmp_path)) as r:
+        conn = r.services.writer.connection
+        async with conn.execute("PRAGMA page_count") as cur:
+            (pages,) = await cur.fetchone() or (0,)
+        await conn.execute(f"PRAGMA max_page_count = {pages}")
+        keep = 100 * 365 * DAY_MS  # removes nothing: the vacuum alone needs more pages
+        full = await r.http.post(
+            f"{r.url}/prune", json={"older_than_ms": keep, "vacuum": True}, headers=AUTH
+        )
+        await conn.execute("PRAGMA max_page_count = 1073741823")  # room again
+        after = await r.post_callback("ext-after", task_body("after", "succeed"))
+        done = await post_prune(r, older_than_ms=keep, vacuum=True)
+        fixture_task = (await r.get_task("fx-task-1")).json()
+    assert (full.status_code, full.json()) == (
+        503,
+        {"ok": False, "error": "database unavailable, retry later"},
+    )
+    retry_after_s = make_settings(tmp_path).kling_hooks_retry_after_s
+    assert full.headers["retry-after"] == str(retry_after_s)
+    assert after.status_code == 200 and done.vacuum == "full"
+    assert fixture_task["task_status"] == "succeed"
+    assert [
+        x["task_id"] for x in rows(db, "SELECT task_id FROM tasks WHERE task_id = 'after'")
+    ] == ["after"]
+
+
+async def test_an_sql_error_inside_a_prune_batch_answers_503_and_undoes_only_that_batch(
+    tmp_path: Path,
+) -> None:
+    """A statement of one prune batch fails in SQLite (here a trigger aborts the DELETE):
+    that batch is undone, ``POST /prune`` answers 503 rather than 500, callbacks are still
+    committed, and the next prune, with the trouble gone, removes the old rows."""
+    clock = Clock(T0)
+    settings = make_settings(tmp_path)
+    db = settings.kling_hooks_db
+    async with start_receiver(settings, clock_ms=clock) as r:
+        for n in range(3):
+            await r.post_callback(f"ext-old{n}", task_body(f"old{n}", "succeed"))
+        clock.now_ms = T0 + 10 * DAY_MS
+        with sqlite3.connect(db) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE DELETE ON callbacks"
+                " BEGIN SELECT RAISE(ABORT, 'simulated I/O trouble'); END"
+            )
+        failed = await r.http.post(f"{r.url}/prune", json={"older_than_ms": DAY_MS}, headers=AUTH)
+        during = await r.post_callback("ext-new", task_body("new", "succeed"))
+        kept = counts(db)["callbacks"]
+        with sqlite3.connect(db) as other:
+            other.execute("DROP TRIGGER refuse")
+        done = await post_prune(r, older_than_ms=DAY_MS)
+    assert failed.status_code == 503 and failed.json()["ok"] is False
+    assert "retry-after" in failed.headers
+    assert during.status_code == 200
+    assert kept == 4  # nothing of the failed batch went
+    assert done.callbacks == 3
+    assert [x["task_id"] for x in rows(db, "SELECT task_id FROM callbacks")] == ["new"]
