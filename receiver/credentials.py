@@ -74,7 +74,7 @@ async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> 
         elif settings.kling_hooks_secret is None:
             needed = "KLING_HOOKS_SECRET"
         raise ConfigError(
-            f"no database at {path}: give the receiver's (--config FILE, --db PATH or "
+            f"no database at {path.resolve()}: give the receiver's (--config FILE, --db PATH or "
             f"KLING_HOOKS_DB), or set {needed} to the receiver's values"
         )
     conn = await store.connect(path)
