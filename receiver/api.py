@@ -303,12 +303,19 @@ async def list_plugins(request: Request) -> Response:
 async def prune_old(request: Request) -> Response:
     """``POST /prune``: remove raw callbacks and done deliveries older than the body's
     ``older_than_ms`` (by this receiver's clock), batch by batch through the writer; with
-    ``vacuum``, then give the free pages back (``receiver.pruning``)."""
+    ``vacuum``, then give the free pages back (``receiver.pruning``). It ends early, between
+    two batches, when the receiver begins to stop or the client goes away (``complete``
+    false)."""
     svc = services(request)
     body = await parse_body(request, PruneRequest, svc.settings)
     cutoff_ms = svc.clock_ms() - body.older_than_ms
     answer = await prune(
-        svc.writer, svc.reader, cutoff_ms=cutoff_ms, dry_run=body.dry_run, vacuum=body.vacuum
+        svc.writer,
+        svc.reader,
+        cutoff_ms=cutoff_ms,
+        dry_run=body.dry_run,
+        vacuum=body.vacuum,
+        should_stop=request.is_disconnected,
     )
     return respond(answer)
 

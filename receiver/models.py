@@ -228,9 +228,19 @@ class Pruned(Ok):
 
     Sizes are the database's pages (``page_count * page_size``), as committed; the file on
     disk follows at the next WAL checkpoint, which a vacuum runs at its end.
+
+    ``complete`` is False when the prune ended early, between two batches, because the
+    receiver began to stop or the client went away: the counts are what was removed until
+    then (every batch counted is committed), and the next prune goes on where it ended.
     """
 
     dry_run: bool
+    complete: bool = Field(
+        default=True,
+        description="false: ended early between batches (the receiver stopping, or the client "
+        "gone); the counts are what was removed until then, and a vacuum asked for may not have "
+        "run or finished",
+    )
     cutoff_ms: int = Field(description="rows older than this were removed, Unix ms")
     callbacks: int = Field(description="raw callback bodies removed")
     deliveries: int = Field(description="done deliveries removed")

@@ -3,12 +3,18 @@ free pages back; what goes and what stays is ``receiver.store.retention``'s rule
 
 Each batch is one operation the single writer commits, so a callback that arrives while
 prune runs waits for one batch at most, never for the whole removal. Nothing here writes SQL.
+
+Before each batch, prune asks whether to go on: it ends there when the receiver has begun to
+stop (:attr:`receiver.writer.Writer.stopping`; a stop then waits for one batch at most, not
+for the whole prune) or when ``should_stop`` says so (``POST /prune``: the client went away).
+Its answer then has ``complete = False`` and counts what the committed batches removed; the
+next prune goes on where it ended, since what is left is still older than its cutoff.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -29,19 +35,34 @@ from receiver.writer import Writer
 log = structlog.get_logger("kling_hooks.prune")
 
 T = TypeVar("T")
+#: Asked before each batch; True ends the prune there (e.g. the HTTP client went away).
+ShouldStop = Callable[[], Awaitable[bool]]
 #: Rows one batch looks at, and free pages one vacuum step gives back (4 KiB each).
 WINDOW_ROWS = 500
 VACUUM_PAGES = 500
 
 
+async def _never() -> bool:
+    return False
+
+
 @dataclass
 class _Batches:
-    """Runs operations through the writer and keeps the count and the slowest."""
+    """Runs operations through the writer, keeps the count and the slowest, and says whether
+    to go on (:meth:`go_on`)."""
 
     writer: Writer
     clock_s: Callable[[], float]
+    should_stop: ShouldStop = _never
     count: int = 0
     longest_s: float = field(default=0.0)
+    stopped: bool = False
+
+    async def go_on(self) -> bool:
+        """False, from now on, once the receiver stops or ``should_stop()`` says so."""
+        if not self.stopped and (self.writer.stopping or await self.should_stop()):
+            self.stopped = True
+        return not self.stopped
 
     async def submit(self, op: WriteOp[T] | ConnectionOp[T]) -> T:
         started = self.clock_s()
@@ -61,6 +82,7 @@ async def prune(
     window_rows: int = WINDOW_ROWS,
     vacuum_pages: int = VACUUM_PAGES,
     clock_s: Callable[[], float] = time.perf_counter,
+    should_stop: ShouldStop = _never,
 ) -> Pruned:
     """Remove raw callbacks and done deliveries older than ``cutoff_ms`` (Unix ms).
 
@@ -73,27 +95,32 @@ async def prune(
             turns it incremental; callbacks wait while it runs).
         window_rows: Rows one batch looks at.
         clock_s: A monotonic clock in seconds (batch durations).
+        should_stop: Asked before each batch; True ends the prune there, as the writer's
+            :attr:`~receiver.writer.Writer.stopping` does.
 
     Returns:
-        The counts and sizes (:class:`~receiver.models.Pruned`).
+        The counts and sizes (:class:`~receiver.models.Pruned`); ``complete`` is False when
+        it ended early (the module docstring).
 
     Raises:
         StoreUnavailable: a batch could not commit; the batches before it stay committed.
     """
+    log.info("prune_started", cutoff_ms=cutoff_ms, dry_run=dry_run, vacuum=vacuum)
     before = await reader.space()
     counts = await reader.prunable(cutoff_ms)
-    batches = _Batches(writer, clock_s)
+    batches = _Batches(writer, clock_s, should_stop)
     mode: Literal["none", "incremental", "full"] = "none"
     if not dry_run:
         removed = {
             table: await _prune_table(batches, table, cutoff_ms, window_rows)
             for table in ("callbacks", "deliveries")
         }
-        if vacuum:
+        if vacuum and await batches.go_on():
             mode = await _vacuum(batches, reader, vacuum_pages)
     after = await reader.space()
     answer = Pruned(
         dry_run=dry_run,
+        complete=not batches.stopped,
         cutoff_ms=cutoff_ms,
         callbacks=counts.callbacks if dry_run else removed["callbacks"],
         deliveries=counts.deliveries if dry_run else removed["deliveries"],
@@ -111,23 +138,26 @@ async def prune(
 
 
 async def _prune_table(batches: _Batches, table: Table, cutoff_ms: int, window: int) -> int:
-    """Every window of ``table``, first to last; returns the rows deleted."""
+    """Every window of ``table``, first to last, or until told to stop; returns the rows
+    deleted."""
     deleted, after_id = 0, 0
-    while True:
+    while await batches.go_on():
         done = await batches.submit(PruneWindow(table, cutoff_ms, after_id, window))
         deleted += done.deleted
         after_id = done.last_id
         if done.finished:
-            return deleted
+            break
+    return deleted
 
 
 async def _vacuum(batches: _Batches, reader: Reader, pages: int) -> Literal["incremental", "full"]:
-    """Give the free pages back, then checkpoint so that the file shrinks."""
+    """Give the free pages back (until told to stop), then checkpoint so that the file
+    shrinks."""
     if (await reader.space()).auto_vacuum != AUTO_VACUUM_INCREMENTAL:
         await batches.submit(FullVacuum())
         return "full"
     left: int | None = None
-    while True:  # until nothing is free, or a step frees nothing more
+    while await batches.go_on():  # until nothing is free, or a step frees nothing more
         now = await batches.submit(IncrementalVacuum(pages))
         if now == 0 or (left is not None and now >= left):
             break

@@ -86,6 +86,7 @@ class Writer:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
+        self._stopping = False
 
     @classmethod
     async def open(
@@ -110,6 +111,18 @@ class Writer:
         """Whether the writer task runs (operations can be submitted)."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop has begun (:meth:`request_stop`, or :meth:`close`). The writer still
+        commits what it is given until it is closed; work made of many operations (a prune)
+        ends at its next pause, so that the receiver's stop does not wait for all of it."""
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Say that the receiver is stopping (the server calls it when a stop begins, before
+        it waits for the requests in progress): :attr:`stopping` becomes True. Idempotent."""
+        self._stopping = True
+
     def add_listener(self, listener: CommitListener) -> None:
         """Call ``listener(new_transitions)`` after every commit that recorded transitions.
 
@@ -124,6 +137,7 @@ class Writer:
 
     async def close(self) -> None:
         """Commit everything already queued, stop, and close the connection."""
+        self._stopping = True
         if self._task is not None:
             await self._queue.put(None)
             await self._task

@@ -5,16 +5,22 @@ given back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+
+import httpx
 
 from receiver.models import Pruned
 from receiver.plugins import Event, PermanentError, SavedFile
 from receiver.pruning import prune
 from receiver.store.retention import Checkpoint, FullVacuum
+from submitter.tokens import CallbackTokens
 from tests.conftest import (
     API_TOKEN,
+    SECRET,
     Outcomes,
     Receiver,
     RecordingPlugin,
@@ -339,3 +345,55 @@ async def test_an_sql_error_inside_a_prune_batch_answers_503_and_undoes_only_tha
     assert kept == 4  # nothing of the failed batch went
     assert done.callbacks == 3
     assert [x["task_id"] for x in rows(db, "SELECT task_id FROM callbacks")] == ["new"]
+
+
+async def test_a_stop_ends_a_long_prune_at_its_next_batch_and_loses_no_acknowledged_callback(
+    tmp_path: Path,
+) -> None:
+    """``serve`` gets SIGTERM while ``POST /prune`` has 5,000 old rows to remove in windows of
+    500 and its first batch waits for a write lock another connection holds. The stop tells
+    the writer first, so once the lock goes the prune ends after that batch: it answers
+    ``complete: false`` with what it removed, the process exits, the rest stays for the next
+    prune, and every callback answered 200 is stored."""
+    config = tmp_path / "kling-hooks.toml"
+    db = tmp_path / "kling-hooks.db"
+    config.write_text(f'kling_hooks_db = "{db}"\n')
+    env = {"KLING_HOOKS_BUSY_TIMEOUT_MS": "60000"}
+    acked: list[str] = []
+    async with serve(config, tmp_path, env=env) as server, httpx.AsyncClient(timeout=60) as http:
+        with sqlite3.connect(db) as conn:  # old raw callbacks, received at 1 ms
+            conn.executemany(
+                "INSERT INTO callbacks (task_id, task_status, verdict, received_at, body)"
+                " VALUES (?, 'succeed', 'new', 1, '{}')",
+                [(f"old{n}",) for n in range(5000)],
+            )
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's next transaction waits for it
+
+        async def post(task_id: str) -> None:
+            url = CallbackTokens([SECRET]).callback_url(server.url, f"ext-{task_id}")
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await http.post(url, json=task_body(task_id, "succeed"))
+                if answer.status_code == 200:
+                    acked.append(task_id)
+
+        pruning = asyncio.create_task(
+            http.post(f"{server.url}/prune", json={"older_than_ms": 1000}, headers=AUTH)
+        )
+        await server.until(lambda e: e.get("event") == "prune_started")
+        callback = asyncio.create_task(post("during"))
+        server.proc.send_signal(signal.SIGTERM)
+        await server.until(lambda e: e.get("event") == "receiver_stopping")
+        blocker.rollback()
+        blocker.close()
+        answer = await pruning
+        await callback
+        exit_code = await server.proc.wait()
+    assert answer.status_code == 200, answer.text
+    pruned = Pruned.model_validate_json(answer.content)
+    assert pruned.complete is False
+    assert pruned.callbacks == 500 * pruned.batches < 5000  # whole batches, then it stopped
+    assert exit_code == -signal.SIGTERM
+    left = {x["task_id"] for x in rows(db, "SELECT task_id FROM callbacks")}
+    assert len(left - set(acked)) == 5000 - pruned.callbacks  # the rest waits for the next prune
+    assert set(acked) <= left
