@@ -21,6 +21,7 @@ import socket
 import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Literal
 
 from receiver.errors import ConfigError
 
@@ -29,6 +30,10 @@ __all__ = ["SD_LISTEN_FDS_START", "Inherited", "inherited_sockets"]
 #: The first file descriptor systemd passes (``SD_LISTEN_FDS_START`` of sd-daemon.h).
 SD_LISTEN_FDS_START = 3
 _LISTEN_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+#: Where inherited sockets came from: ``--fd N``, systemd's ``LISTEN_FDS``, or nowhere.
+Source = Literal["--fd", "LISTEN_FDS", ""]
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Inherited:
     """
 
     sockets: list[socket.socket]
-    source: str
+    source: Source
 
 
 def inherited_sockets(fd: int | None, environ: MutableMapping[str, str], pid: int) -> Inherited:

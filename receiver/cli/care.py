@@ -13,8 +13,15 @@ from pathlib import Path
 import click
 
 from receiver import credentials
-from receiver.cli.kling import parse_duration
-from receiver.cli.options import ANY_PATH, EXIT_OK, json_option, load, settings_options, url_option
+from receiver.cli.options import (
+    ANY_PATH,
+    EXIT_OK,
+    json_option,
+    load,
+    parse_duration,
+    settings_options,
+    url_option,
+)
 from receiver.models import Pruned, PruneRequest
 from receiver.status_client import StatusClient
 from receiver.store.backup import backup as backup_database

@@ -28,11 +28,12 @@ from receiver.cli.options import (
     EXIT_OK,
     json_option,
     load,
+    parse_duration,
     settings_options,
     url_option,
 )
 from receiver.cli.submit import kling_auth
-from receiver.config import Settings, duration_ms
+from receiver.config import Settings
 from receiver.models import TaskSummary
 from receiver.status_client import ApiError, StatusClient
 from receiver.tables import format_table, kling_task_view, kling_tasks_table
@@ -43,14 +44,6 @@ if TYPE_CHECKING:
 
 #: Tasks not finished, as ``reconcile`` looks for them.
 _OPEN = (TaskStatus.SUBMITTED, TaskStatus.PROCESSING)
-
-
-def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    """Click callback: ``2h``, ``30m``, ``90s``, ``1d`` or seconds, as milliseconds."""
-    try:
-        return duration_ms(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 @contextlib.asynccontextmanager

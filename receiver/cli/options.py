@@ -3,8 +3,9 @@ they load.
 
 ``settings_options`` (``--config``, ``--db``) goes on every command that reads settings;
 ``url_option`` and ``json_option`` on those that call the status API; ``page_options`` adds
-``--limit`` and ``--cursor`` for the paged lists. Every option has help text and shows its
-default (``show_default`` comes from the group's context settings).
+``--limit`` and ``--cursor`` for the paged lists; ``parse_duration`` reads a duration option
+(``prune`` and ``reconcile`` --older-than). Every option has help text and shows its default
+(``show_default`` comes from the group's context settings).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from receiver.config import Settings, load_settings
+from receiver.config import Settings, duration_ms, load_settings
 from receiver.logging import configure_logging
 from receiver.models import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -33,6 +34,19 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "max_content_width": 100,
 }
 ANY_PATH = click.Path(path_type=Path)
+
+
+def parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Click callback for a duration option (``prune`` and ``reconcile`` --older-than):
+    ``2h``, ``30m``, ``90s``, ``1d`` or seconds, as milliseconds.
+
+    Raises:
+        click.BadParameter: not a duration (``receiver.config.duration_ms``'s message).
+    """
+    try:
+        return duration_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def settings_options(f: F) -> F:
