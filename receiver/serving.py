@@ -14,12 +14,15 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
 from receiver.config import Settings
 from receiver.limits import header_timeout_protocol
 from receiver.services import Services
+
+log = structlog.get_logger("kling_hooks.serving")
 
 #: On a stop, how long requests in progress may take to finish before they are cut, seconds
 #: (a callback takes milliseconds; a long ``POST /prune`` stops between its batches). With
@@ -77,7 +80,14 @@ class Server(uvicorn.Server):
     """
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop as the class docstring says; ``sockets`` as :meth:`uvicorn.Server.shutdown`."""
+        """Stop as the class docstring says; ``sockets`` as :meth:`uvicorn.Server.shutdown`.
+
+        A receiver's writer is told first (``Writer.request_stop``), so that a long
+        ``POST /prune`` ends at its next batch rather than holding the stop."""
+        found = getattr(getattr(self, "lifespan", None), "state", {}).get("services")
+        if isinstance(found, Services):
+            log.info("receiver_stopping")
+            found.writer.request_stop()
         for listener in self.servers:
             listener.close()  # closes this process's fd only; the kernel keeps the queue
         loop = asyncio.get_running_loop()
@@ -138,7 +148,7 @@ async def running(
         **{"log_level": log_level, "access_log": False, **(options or {})},
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield f"http://{host}:{bound_port}"

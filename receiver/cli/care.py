@@ -99,6 +99,8 @@ def _pruned_text(p: Pruned) -> str:
     ]
     if not p.dry_run:
         lines.append(f"{p.batches:,} batches, the longest {p.longest_batch_ms:.1f} ms")
+    if not p.complete:
+        lines.append("stopped early (the receiver began to stop): run prune again to go on")
     reclaimed = p.size_bytes_before - p.size_bytes_after
     lines.append(
         f"database: {p.size_bytes_before:,} -> {p.size_bytes_after:,} bytes"

@@ -57,25 +57,8 @@ def serve(
 
     from receiver.activation import inherited_sockets
     from receiver.app import create_app
-    from receiver.services import Services
     from receiver.serving import Server, receiver_options
     from receiver.store import DatabaseLock, check_schema
-
-    class StoppingServer(Server):
-        """Tells the receiver that a stop has begun (``Writer.request_stop``) before uvicorn
-        waits for the requests in progress, so that a long ``POST /prune`` ends at its next
-        batch rather than holding the stop."""
-
-        services: Services | None = None
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            if self.services is not None:
-                log.info("receiver_stopping")
-                self.services.writer.request_stop()
-            await super().shutdown(sockets)
-
-    def started(services: Services) -> None:
-        server.services = services
 
     settings = load(
         config,
@@ -88,9 +71,9 @@ def serve(
     inherited = inherited_sockets(fd, os.environ, os.getpid())  # before any child starts
     with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
         check_schema(settings.kling_hooks_db)  # a newer release's database: one line, exit 1
-        server = StoppingServer(
+        server = Server(
             uvicorn.Config(
-                create_app(settings, database_locked=True, on_started=started),
+                create_app(settings, database_locked=True),
                 host=settings.kling_hooks_host,
                 port=settings.kling_hooks_port,
                 log_level=settings.kling_hooks_log_level,
