@@ -43,5 +43,8 @@ class RequestIds:
 
         # Each request runs in a task of its own (uvicorn), with its own copy of the context
         # variables: what is bound here goes with that task and no other.
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             await self.app(scope, receive, send_with_id)
+        finally:  # (bound_contextvars would copy the whole context twice per request)
+            structlog.contextvars.reset_contextvars(**bound)
