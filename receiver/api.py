@@ -50,6 +50,7 @@ from receiver.models import (
 from receiver.openapi import openapi_document
 from receiver.parsing import parse_callback
 from receiver.pruning import prune
+from receiver.request_ids import request_log
 from receiver.requests import parse_body, read_text
 from receiver.responses import error, respond
 from receiver.services import Services, services
@@ -93,14 +94,14 @@ def guarded(handler: Handler, token: TokenOf = api_token) -> Handler:
     async def run(request: Request) -> Response:
         svc = services(request)
         if not _authorized(request, token(svc)):
-            log.warning("api_unauthorized", path=request.url.path)
+            request_log(request, log).warning("api_unauthorized", path=request.url.path)
             return error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
         except Refused as exc:
             return error(exc.status, exc.message)
         except StoreUnavailable as exc:
-            log.error("api_store_unavailable", error=str(exc))
+            request_log(request, log).error("api_store_unavailable", error=str(exc))
             retry = {"Retry-After": str(svc.settings.kling_hooks_retry_after_s)}
             return error(503, "database unavailable, retry later", retry)
 
@@ -221,7 +222,9 @@ async def reconcile(request: Request) -> Response:
         verdict = await svc.writer.submit(op)
     except TaskConflict as exc:
         return error(409, str(exc))
-    log.info("task_reconciled", task_id=task.task_id, task_status=task.task_status.value)
+    request_log(request, log).info(
+        "task_reconciled", task_id=task.task_id, task_status=task.task_status.value
+    )
     return respond(Accepted(verdict=verdict))
 
 
@@ -247,7 +250,7 @@ async def redeliver_one(request: Request) -> Response:
         return error(404, f"no delivery with id {raw_id!r}")
     op = Redeliver(svc.clock_ms(), delivery_id=int(raw_id), loaded=svc.started_plugins())
     try:
-        count = await _redeliver(svc, op)
+        count = await _redeliver(request, svc, op)
     except DeliveryNotFound as exc:
         return error(404, str(exc))
     except (DeliveryRunning, PluginNotLoaded) as exc:
@@ -270,13 +273,13 @@ async def redeliver_many(request: Request) -> Response:
         since_ms=body.since,
         loaded=loaded,
     )
-    return respond(Redelivered(redelivered=await _redeliver(svc, op)))
+    return respond(Redelivered(redelivered=await _redeliver(request, svc, op)))
 
 
-async def _redeliver(svc: Services, op: Redeliver) -> int:
+async def _redeliver(request: Request, svc: Services, op: Redeliver) -> int:
     """Run ``op`` through the writer, then wake the dispatcher; returns how many."""
     count = await svc.writer.submit(op)
-    log.info(
+    request_log(request, log).info(
         "deliveries_replayed",
         count=count,
         delivery_id=op.delivery_id,
@@ -316,6 +319,7 @@ async def prune_old(request: Request) -> Response:
         dry_run=body.dry_run,
         vacuum=body.vacuum,
         should_stop=request.is_disconnected,
+        logger=request_log(request, log),
     )
     return respond(answer)
 

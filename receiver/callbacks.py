@@ -38,6 +38,7 @@ from receiver.errors import Refused, StoreUnavailable, TaskConflict
 from receiver.metrics import Rejection
 from receiver.models import Accepted
 from receiver.parsing import parse_callback
+from receiver.request_ids import request_log
 from receiver.requests import read_text
 from receiver.responses import error, respond
 from receiver.services import services
@@ -119,8 +120,7 @@ async def receive_callback(request: Request) -> Response:
 async def _receive(request: Request) -> Response:
     svc = services(request)
     ext = request.path_params["external_task_id"]
-    # A logger of its own rather than context variables: cheaper, and only these lines need it.
-    clog = log.bind(external_task_id=ext[:80])
+    clog = request_log(request, log, external_task_id=ext[:80])
     if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
         return _reject(
             request, clog, 401, "invalid callback URL", Rejection.TOKEN, "token does not verify"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -32,7 +32,7 @@ from receiver.store.retention import (
 )
 from receiver.writer import Writer
 
-log = structlog.get_logger("kling_hooks.prune")
+_log = structlog.get_logger("kling_hooks.prune")
 
 T = TypeVar("T")
 #: Asked before each batch; True ends the prune there (e.g. the HTTP client went away).
@@ -83,6 +83,7 @@ async def prune(
     vacuum_pages: int = VACUUM_PAGES,
     clock_s: Callable[[], float] = time.perf_counter,
     should_stop: ShouldStop = _never,
+    logger: Any = None,
 ) -> Pruned:
     """Remove raw callbacks and done deliveries older than ``cutoff_ms`` (Unix ms).
 
@@ -90,6 +91,8 @@ async def prune(
         writer: The running writer; every change goes through it, one batch at a time.
         reader: The read-only connection's queries (counts, sizes).
         dry_run: Count what would go (on the reader); change nothing.
+        logger: Where ``prune_started`` and ``pruned`` go (the API passes the request's,
+            bound to its ``request_id``); default this module's.
         vacuum: Then give the free pages back: in steps of ``vacuum_pages`` on a database
             with ``auto_vacuum = INCREMENTAL``, else with one full ``VACUUM`` (which also
             turns it incremental; callbacks wait while it runs).
@@ -105,6 +108,7 @@ async def prune(
     Raises:
         StoreUnavailable: a batch could not commit; the batches before it stay committed.
     """
+    log = logger or _log
     log.info("prune_started", cutoff_ms=cutoff_ms, dry_run=dry_run, vacuum=vacuum)
     before = await reader.space()
     counts = await reader.prunable(cutoff_ms)
