@@ -40,7 +40,7 @@ def _read(file: Path | None, db: Path | None = None) -> tuple[Settings, list[Loa
 @click.argument("file", type=ANY_PATH, required=False)
 def check(file: Path | None) -> int:
     """Validate FILE (and the environment over it) as serve would: every setting and every
-    [plugins.NAME] table. Exit 0 when all is well, 2 naming the first bad key."""
+    [plugins.NAME] table. Exit 0 when all is well, 2 naming every bad key."""
     _, plugins = _read(file)
     where = str(file) if file is not None else "the environment (no file)"
     names = ", ".join(p.name for p in plugins) or "none"
