@@ -8,17 +8,10 @@ schema without ``task_info`` and ``final_unit_deduction``; failed tasks whose ``
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from pydantic import ValidationError
 
 from receiver.errors import NotATask, NotJSON
-from submitter.protocol import TaskObject, first_error
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+from submitter.protocol import TaskObject, first_error, loads_json
 
 
 def parse_callback(raw: str) -> TaskObject:
@@ -31,12 +24,14 @@ def parse_callback(raw: str) -> TaskObject:
         The task object, unwrapped from an envelope when the body was one.
 
     Raises:
-        NotJSON: the body is not valid JSON.
+        NotJSON: the body is not JSON that can be stored and forwarded
+            (:func:`submitter.protocol.loads_json`: ``NaN``, ``1e400``, deep nesting, a lone
+            surrogate are refused too).
         NotATask: no ``task_id``, an unknown ``task_status``, or a wrong type; the message
             names the field.
     """
     try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
+        doc = loads_json(raw)
     except ValueError as exc:
         raise NotJSON(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -12,7 +11,7 @@ from starlette.requests import Request
 
 from receiver.config import Settings
 from receiver.errors import BodyTooLarge, Refused
-from submitter.protocol import first_error
+from submitter.protocol import first_error, loads_json
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -69,11 +68,11 @@ async def parse_body(
         raw = await read_bounded(request, settings)
         if empty is not None and not raw.strip():
             return empty
-        doc = json.loads(raw)
+        doc = loads_json(raw.decode("utf-8"))
     except BodyTooLarge:
         raise Refused("body is too large", 413) from None
-    except ValueError:
-        raise Refused("body is not JSON", 400) from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise Refused(f"body is not JSON: {exc}", 400) from None
     try:
         return model.model_validate(doc)
     except ValidationError as exc:

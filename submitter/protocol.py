@@ -18,11 +18,23 @@ Shapes:
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import time
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 
 class TaskStatus(StrEnum):
@@ -66,8 +78,47 @@ class Route(StrEnum):
     VIDEOS_IMAGE2VIDEO = "videos/image2video"
 
 
-# Unix epoch milliseconds; bounded so that every value fits SQLite's 64-bit INTEGER.
-Millis = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+#: The last millisecond of the year 9999: the latest time every plugin can still format.
+MAX_MILLIS = 253_402_300_799_999
+# Unix epoch milliseconds, up to the year 9999 (a date every datetime can hold).
+Millis = Annotated[StrictInt, Field(ge=0, le=MAX_MILLIS)]
+# A task_id: 1 to 256 printable ASCII characters (Kling's are digits), so that it is safe in
+# every header, path and log line a plugin puts it in.
+TaskId = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
+
+# A \uD800-\uDFFF escape in the raw text: the only way JSON text can hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def loads_json(raw: str) -> Any:
+    """Parse JSON text into what can be stored, read back and forwarded as JSON (RFC 8259).
+
+    Raises:
+        ValueError: not JSON; ``NaN``/``Infinity``; a number out of a double's range
+            (``1e400``); nested too deeply; a lone UTF-16 surrogate (``"\\ud800"``), which no
+            UTF-8 text (SQLite's, a webhook's) can hold. The message says which.
+    """
+    try:
+        doc = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):  # rare: check the parsed text only then
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("it holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    return doc
 
 
 def now_ms() -> int:
@@ -106,7 +157,7 @@ class TaskObject(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    task_id: TaskId
     task_status: TaskStatus
     task_status_msg: StrictStr | None = None
     created_at: Millis | None = None
@@ -115,10 +166,68 @@ class TaskObject(BaseModel):
     task_info: TaskInfo | None = None
     task_result: dict[str, Any] | None = None
 
+    @field_validator("task_result")
+    @classmethod
+    def _documented_kinds(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The kinds PROTOCOL.md section 4 documents (``images``, ``videos``, ``audios``) must
+        have the documented types; other kinds are kept as sent. The dict is not changed."""
+        if value is not None:
+            for kind, adapter in _RESULT_KINDS.items():
+                if kind in value:
+                    _validate_kind(kind, adapter, value[kind])
+        return value
+
     @property
     def external_task_id(self) -> str | None:
         """``task_info.external_task_id``, or None when the sender omitted it."""
         return self.task_info.external_task_id if self.task_info else None
+
+
+class _ResultItem(BaseModel):
+    """One file of ``task_result``: its ``url`` (and ``watermark_url``) must be strings."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: StrictStr
+    watermark_url: StrictStr | None = None
+
+
+class ResultImage(_ResultItem):
+    """``task_result.images[i]``: ``{"index": 0, "url": ...}``."""
+
+    index: StrictInt | None = None
+
+
+class ResultVideo(_ResultItem):
+    """``task_result.videos[i]``: ``{"id": ..., "url": ..., "duration": "5.1"}`` (seconds, a
+    string)."""
+
+    id: StrictStr | None = None
+    duration: StrictStr | None = None
+
+
+class ResultAudio(_ResultItem):
+    """``task_result.audios[i]``: like a video's, ``duration`` a string of seconds."""
+
+    id: StrictStr | None = None
+    duration: StrictStr | None = None
+
+
+_RESULT_KINDS: dict[str, TypeAdapter[Any]] = {
+    "images": TypeAdapter(list[ResultImage]),
+    "videos": TypeAdapter(list[ResultVideo]),
+    "audios": TypeAdapter(list[ResultAudio]),
+}
+
+
+def _validate_kind(kind: str, adapter: TypeAdapter[Any], items: Any) -> None:
+    """Raise ValueError naming ``task_result.KIND.i.field`` when ``items`` are not as
+    documented."""
+    try:
+        adapter.validate_python(items)
+    except ValidationError as exc:
+        field, message = field_errors(exc, root="")[0]
+        raise ValueError(f"{kind}{'.' if field else ''}{field}: {message}") from None
 
 
 class Envelope(BaseModel):

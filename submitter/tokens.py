@@ -62,8 +62,11 @@ class CallbackTokens:
     def verify(self, external_task_id: str, token: str) -> bool:
         """True when ``token`` was made for ``external_task_id`` by any configured secret.
 
-        Every secret is tried, each comparison in constant time.
+        Every secret is tried, each comparison in constant time. A token that is not ASCII
+        (ours are base64url) is false at once: ``hmac.compare_digest`` refuses such text.
         """
+        if not token.isascii():
+            return False
         ok = False
         for key in self._keys:
             ok |= hmac.compare_digest(self._mac(key, external_task_id), token)
