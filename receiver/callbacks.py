@@ -122,6 +122,9 @@ async def _receive(request: Request) -> Response:
     ext = request.path_params["external_task_id"]
     clog = request_log(request, log, external_task_id=ext[:80])
     if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
+        # With more path segments than ours, the real token may sit inside "ext": log its
+        # first segment only.
+        clog = request_log(request, log, external_task_id=ext.split("/", 1)[0][:80])
         return _reject(
             request, clog, 401, "invalid callback URL", Rejection.TOKEN, "token does not verify"
         )

@@ -80,6 +80,8 @@ retry_schedule_s = [0.1]
                 await http.post(urls[2], json={"task_id": "2"}),
                 await http.post(urls[2].replace("kh-2", "kh-9"), json=task_body("9", "failed")),
                 await http.post(f"{server.url}/callbacks/kh-2/forged-token-value", json={}),
+                # a real token followed by one more path segment: 401, and not logged
+                await http.post(urls[2] + "/extra", json=task_body("2", "processing", "kh-2")),
                 await http.get(f"{server.url}/tasks", headers={"Authorization": "Bearer wrong"}),
                 await http.get(f"{server.url}/tasks/kh-0", headers={"X-Request-ID": "proxy-42"}),
             ]
@@ -88,7 +90,7 @@ retry_schedule_s = [0.1]
                 await server.until(lambda e: e.get("event") == "delivery_dead")
         events = server.events
 
-    assert [a.status_code for a in sent] == [200, 200, 200, 200, 400, 422, 401, 401, 401, 401]
+    assert [a.status_code for a in sent] == [200, 200, 200, 200, 400, 422, 401, 401, 401, 401, 401]
     secrets = {
         SECRET,
         API_TOKEN,
@@ -108,7 +110,7 @@ retry_schedule_s = [0.1]
     assert not leaks, leaks
     # the request's lines carry its id; the proxy's id is kept
     rejected = [e for e in events if e.get("event") == "callback_rejected"]
-    assert len(rejected) == 4 and all(len(e["request_id"]) == 16 for e in rejected)
+    assert len(rejected) == 5 and all(len(e["request_id"]) == 16 for e in rejected)
     accepted = [e for e in events if e.get("event") == "callback"]
     assert {(e["task_id"], e["external_task_id"]) for e in accepted} == {
         ("0", "kh-0"),
