@@ -47,7 +47,7 @@ from receiver.models import (
     TaskPage,
     TransitionSource,
 )
-from receiver.openapi import openapi_document
+from receiver.openapi import openapi_document, query_names
 from receiver.parsing import parse_callback
 from receiver.pruning import prune
 from receiver.request_ids import request_log
@@ -108,51 +108,63 @@ def guarded(handler: Handler, token: TokenOf = api_token) -> Handler:
     return run
 
 
-def _page(request: Request) -> tuple[int, int | None]:
-    """``(limit, before_id)`` from the ``limit`` and ``cursor`` query parameters.
+def _query(request: Request, path: str, method: str = "get") -> dict[str, str]:
+    """The query parameters of ``request``, by name: only those ``OPERATIONS`` declares for
+    ``method path`` (``receiver.openapi``), each given once, none empty.
 
     Raises:
-        Refused: 400, either is not a whole number or ``limit`` is outside [1, MAX_LIMIT].
+        Refused: 400, naming the unknown, repeated or empty parameter.
     """
-    q = request.query_params
-    try:
-        limit = int(q.get("limit", str(DEFAULT_LIMIT)))
-        before = int(q["cursor"]) if q.get("cursor") else None
-    except ValueError:
-        raise Refused("limit and cursor must be whole numbers") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise Refused(f"limit={limit} is outside [1, {MAX_LIMIT}]")
-    if before is not None and not 0 <= before <= MAX_ROW_ID:
-        raise Refused(f"cursor={before} is not a cursor this API gave")
-    return limit, before
+    known = query_names(path, method)
+    values: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            raise Refused(f"{name!r} is not a query parameter of {path} ({', '.join(known)})")
+        if name in values:
+            raise Refused(f"{name} is given more than once")
+        if not value:
+            raise Refused(f"{name} is empty (leave it out instead)")
+        values[name] = value
+    return values
 
 
-def _choice(request: Request, name: str, choices: type[E]) -> E | None:
-    """The query parameter ``name`` as a member of ``choices``, or None when absent or empty.
+def _whole(query: dict[str, str], name: str, low: int, high: int) -> int | None:
+    """``query[name]`` as a whole number in [low, high] (ASCII digits only), None if absent.
+
+    Raises:
+        Refused: 400, naming the value and the range.
+    """
+    value = query.get(name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) < 20 and low <= int(value) <= high):
+        raise Refused(f"{name}={value[:40]!r} is not a whole number in [{low}, {high}]")
+    return int(value)
+
+
+def _page(query: dict[str, str]) -> tuple[int, int | None]:
+    """``(limit, before_id)`` from the ``limit`` (default DEFAULT_LIMIT) and ``cursor``
+    parameters.
+
+    Raises:
+        Refused: 400, ``limit`` outside [1, MAX_LIMIT] or ``cursor`` not a row id.
+    """
+    limit = _whole(query, "limit", 1, MAX_LIMIT)
+    return DEFAULT_LIMIT if limit is None else limit, _whole(query, "cursor", 0, MAX_ROW_ID)
+
+
+def _choice(query: dict[str, str], name: str, choices: type[E]) -> E | None:
+    """``query[name]`` as a member of ``choices``, or None when absent.
 
     Raises:
         Refused: 400, naming the value and the choices.
     """
-    value = request.query_params.get(name) or None
+    value = query.get(name)
     if value is None:
         return None
     if value not in choices.__members__.values():
-        raise Refused(f"{name}={value!r} is not one of " + ", ".join(c.value for c in choices))
+        raise Refused(f"{name}={value[:40]!r} is not one of " + ", ".join(c.value for c in choices))
     return choices(value)
-
-
-def _millis(request: Request, name: str) -> int | None:
-    """The query parameter ``name`` as Unix ms, or None when absent or empty.
-
-    Raises:
-        Refused: 400, not a whole number in [0, 2**63 - 1].
-    """
-    value = request.query_params.get(name) or None
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit() and len(value) < 20) or int(value) > MAX_ROW_ID:
-        raise Refused(f"{name}={value!r} is not a time in Unix ms")
-    return int(value)
 
 
 def _cursor(value: int | None) -> str | None:
@@ -169,15 +181,14 @@ async def get_task(request: Request) -> Response:
 
 async def list_tasks(request: Request) -> Response:
     """``GET /tasks?task_status=&route=&limit=&cursor=``: tasks, newest first."""
-    status = _choice(request, "task_status", protocol.TaskStatus)
-    limit, before = _page(request)
-    route = _choice(request, "route", protocol.Route)
+    query = _query(request, "/tasks")
+    limit, before = _page(query)
     tasks, cursor = await services(request).reader.list_tasks(
-        task_status=status,
-        route=route,
+        task_status=_choice(query, "task_status", protocol.TaskStatus),
+        route=_choice(query, "route", protocol.Route),
         limit=limit,
         before_id=before,
-        transition_before=_millis(request, "transition_before"),
+        transition_before=_whole(query, "transition_before", 0, MAX_ROW_ID),
     )
     return respond(TaskPage(tasks=tasks, next_cursor=_cursor(cursor)))
 
@@ -230,11 +241,11 @@ async def reconcile(request: Request) -> Response:
 
 async def list_deliveries(request: Request) -> Response:
     """``GET /deliveries?state=&plugin=&limit=&cursor=``: deliveries, newest first."""
-    state = _choice(request, "state", DeliveryState)
-    limit, before = _page(request)
+    query = _query(request, "/deliveries")
+    limit, before = _page(query)
     deliveries, cursor = await services(request).reader.list_deliveries(
-        state=state,
-        plugin=request.query_params.get("plugin") or None,
+        state=_choice(query, "state", DeliveryState),
+        plugin=query.get("plugin"),
         limit=limit,
         before_id=before,
     )
@@ -259,13 +270,14 @@ async def redeliver_one(request: Request) -> Response:
 
 
 async def redeliver_many(request: Request) -> Response:
-    """``POST /deliveries/redeliver``: replay every delivery matching the body's filter."""
+    """``POST /deliveries/redeliver``: replay every delivery matching the body's filter (409
+    when it names a plugin not loaded, as for one delivery)."""
     svc = services(request)
     body = await parse_body(request, RedeliveryFilter, svc.settings, empty=RedeliveryFilter())
     loaded = svc.started_plugins()
     if body.plugin is not None and body.plugin not in loaded:
         names = ", ".join(sorted(loaded)) or "none"
-        return error(400, f"plugin={body.plugin!r} is not loaded (loaded: {names})")
+        return error(409, f"plugin={body.plugin!r} is not loaded (loaded: {names})")
     op = Redeliver(
         svc.clock_ms(),
         state=DeliveryState(body.state),

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from submitter.protocol import Millis, Route, TaskStatus
+from submitter.protocol import Millis, Route, TaskId, TaskStatus, WholeNumber
 
 #: The most ids a path or cursor may name: SQLite's INTEGER is a signed 64-bit number.
 MAX_ROW_ID = 2**63 - 1
@@ -270,7 +270,7 @@ class RegistrationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     route: Route
-    task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    task_id: TaskId
     external_task_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     task_status: TaskStatus = TaskStatus.SUBMITTED
     created_at: Millis | None = None
@@ -289,7 +289,7 @@ class RedeliveryFilter(BaseModel):
 
     plugin: StrictStr | None = None
     state: ReplayableState = "dead"
-    since: Annotated[StrictInt, Field(ge=0, le=MAX_ROW_ID)] | None = Field(
+    since: Annotated[WholeNumber, Field(ge=0, le=MAX_ROW_ID)] | None = Field(
         default=None, description="only deliveries created at or after this time, Unix ms"
     )
 
@@ -300,9 +300,9 @@ class PruneRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    older_than_ms: Annotated[StrictInt, Field(ge=1, le=MAX_ROW_ID)]
-    dry_run: bool = Field(default=False, description="count only; remove nothing")
-    vacuum: bool = Field(default=False, description="then give the free pages back")
+    older_than_ms: Annotated[WholeNumber, Field(ge=1, le=MAX_ROW_ID)]
+    dry_run: StrictBool = Field(default=False, description="count only; remove nothing")
+    vacuum: StrictBool = Field(default=False, description="then give the free pages back")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from receiver.models import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    MAX_ROW_ID,
     Accepted,
     DeliveryPage,
     DeliveryState,
@@ -69,9 +70,14 @@ def _enum(values: type[Any]) -> dict[str, Any]:
     return {"type": "string", "enum": [v.value for v in values]}
 
 
+def _whole(low: int, high: int, description: str, **more: Any) -> dict[str, Any]:
+    """A query parameter that is a whole number in [low, high], ASCII digits."""
+    return {"type": "integer", "minimum": low, "maximum": high, "description": description, **more}
+
+
 _PAGE: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-    "cursor": {**_STRING, "pattern": "^[0-9]+$", "description": "a page's next_cursor"},
+    "limit": _whole(1, MAX_LIMIT, "items per page", default=DEFAULT_LIMIT),
+    "cursor": _whole(0, MAX_ROW_ID, "a page's next_cursor"),
 }
 
 #: Every route of the receiver, in the document's order.
@@ -94,11 +100,9 @@ OPERATIONS = (
         query={
             "task_status": _enum(TaskStatus),
             "route": _enum(Route),
-            "transition_before": {
-                **_STRING,
-                "pattern": "^[0-9]{1,19}$",
-                "description": "only tasks whose latest transition was received before, Unix ms",
-            },
+            "transition_before": _whole(
+                0, MAX_ROW_ID, "only tasks whose latest transition was received before, Unix ms"
+            ),
             **_PAGE,
         },
     ),
@@ -127,7 +131,7 @@ OPERATIONS = (
         "List deliveries to plugins, newest first",
         DeliveryPage,
         (400, 401, 503),
-        query={"state": _enum(DeliveryState), "plugin": _STRING, **_PAGE},
+        query={"state": _enum(DeliveryState), "plugin": {**_STRING, "minLength": 1}, **_PAGE},
     ),
     Operation(
         "/deliveries/{id}/redeliver",
@@ -141,7 +145,7 @@ OPERATIONS = (
         "post",
         "Replay every delivery matching a filter (default: the dead ones)",
         Redelivered,
-        (400, 401, 413, 422, 503),
+        (400, 401, 409, 413, 422, 503),
         body=RedeliveryFilter,
         body_required=False,
     ),
@@ -164,6 +168,15 @@ OPERATIONS = (
     Operation("/healthz", "get", "The process is up", Ok, (), secured=False),
     Operation("/readyz", "get", "The database answers", Ok, (503,), secured=False),
 )
+
+
+def query_names(path: str, method: str) -> tuple[str, ...]:
+    """The query parameters :data:`OPERATIONS` declares for ``method path``, in order (none
+    for a route not listed)."""
+    for op in OPERATIONS:
+        if (op.path, op.method) == (path, method):
+            return tuple(op.query)
+    return ()
 
 
 Refs = dict[tuple[Any, JsonSchemaMode], dict[str, Any]]

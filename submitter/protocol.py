@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -78,10 +79,19 @@ class Route(StrEnum):
     VIDEOS_IMAGE2VIDEO = "videos/image2video"
 
 
+def _integral(value: Any) -> Any:
+    """``5.0`` as ``5``: JSON has one number type (RFC 8259), and JSON Schema's ``integer``
+    counts ``5.0`` as one, so a document that says ``integer`` must accept it. ``5.5``,
+    ``"5"`` and ``true`` are still refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: A JSON integer: strict (no strings, no booleans), but ``5.0`` is taken as ``5``.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_integral)]
 #: The last millisecond of the year 9999: the latest time every plugin can still format.
 MAX_MILLIS = 253_402_300_799_999
 # Unix epoch milliseconds, up to the year 9999 (a date every datetime can hold).
-Millis = Annotated[StrictInt, Field(ge=0, le=MAX_MILLIS)]
+Millis = Annotated[WholeNumber, Field(ge=0, le=MAX_MILLIS)]
 # A task_id: 1 to 256 printable ASCII characters (Kling's are digits), so that it is safe in
 # every header, path and log line a plugin puts it in.
 TaskId = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
@@ -195,7 +205,7 @@ class _ResultItem(BaseModel):
 class ResultImage(_ResultItem):
     """``task_result.images[i]``: ``{"index": 0, "url": ...}``."""
 
-    index: StrictInt | None = None
+    index: WholeNumber | None = None
 
 
 class ResultVideo(_ResultItem):

@@ -326,7 +326,7 @@ async def test_deliveries_of_a_plugin_no_longer_loaded_are_not_replayed(
         bulk = await r.http.post(
             f"{r.url}/deliveries/redeliver", json={"plugin": "gone"}, headers=AUTH
         )
-        assert assert_error(bulk, 400) == "plugin='gone' is not loaded (loaded: kept)"
+        assert assert_error(bulk, 409) == "plugin='gone' is not loaded (loaded: kept)"
         everything = await r.http.post(f"{r.url}/deliveries/redeliver", json={}, headers=AUTH)
         assert everything.json() == {"ok": True, "redelivered": 0}
         assert [(d["plugin"], d["state"]) for d in await listed(r)] == [("gone", "dead")]

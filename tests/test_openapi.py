@@ -137,7 +137,7 @@ async def test_every_refusal_matches_the_published_schema(live: Any) -> None:
         ("POST", "/tasks", {"content": b"{" + b" " * 5000 + b"}"}, 413),
         ("GET", "/deliveries?state=lost", {}, 400),
         ("POST", "/deliveries/99/redeliver", {}, 404),
-        ("POST", "/deliveries/redeliver", {"json": {"plugin": "absent"}}, 400),
+        ("POST", "/deliveries/redeliver", {"json": {"plugin": "absent"}}, 409),
         ("POST", "/deliveries/redeliver", {"json": {"state": "running"}}, 422),
         ("GET", "/plugins", {"headers": {"Authorization": "Bearer wrong"}}, 401),
         ("GET", "/metrics", {"headers": {"Authorization": "Bearer wrong"}}, 401),

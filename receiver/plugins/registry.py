@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import SecretStr, ValidationError
 
@@ -59,9 +60,27 @@ class LoadedPlugin:
         )
 
 
+MASK = "**********"
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its query string's values and any ``user:password@`` masked (a token
+    often rides there: ``https://host/hook?token=...``); other text is returned unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not (parts.query or "@" in parts.netloc):
+        return url
+    query = "&".join(f"{name}={MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(
+        parts._replace(netloc=netloc if netloc == parts.netloc else f"{MASK}@{netloc}", query=query)
+    )
+
+
 def _masked(value: Any) -> Any:
     if isinstance(value, SecretStr):
-        return "**********" if value.get_secret_value() else ""
+        return MASK if value.get_secret_value() else ""
+    if isinstance(value, str):
+        return masked_url(value)
     if isinstance(value, dict):
         return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

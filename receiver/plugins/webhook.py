@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -136,11 +136,13 @@ class WebhookForwarder(Plugin):
             timeout_s=settings.timeout_s,
             user_agent=f"kling-hooks/{self.version}",
             rules=RULES,
-            # An answer may echo what it was sent: the URL (its query may carry a token) and
-            # the signing secret, with or without its whsec_ prefix.
+            # An answer may echo what it was sent: the URL (its query may carry a token: the
+            # whole query, and each value, encoded or decoded) and the signing secret, with or
+            # without its whsec_ prefix.
             secrets=(
                 settings.url,
                 urlsplit(settings.url).query,
+                *query_values(settings.url),
                 signing_secret,
                 signing_secret.removeprefix("whsec_"),
             ),
@@ -179,6 +181,15 @@ class WebhookForwarder(Plugin):
         answer = await self._endpoint.post(content=body.encode(), headers=headers)
         self._endpoint.raise_for_status(answer)
         return None
+
+
+def query_values(url: str) -> tuple[str, ...]:
+    """Each value of ``url``'s query string, as written and percent-decoded, longest first
+    (so that a value is blanked out whole before any shorter one inside it)."""
+    query = urlsplit(url).query
+    raw = [part.partition("=")[2] for part in query.split("&")]
+    decoded = [value for _, value in parse_qsl(query, keep_blank_values=True)]
+    return tuple(sorted({v for v in raw + decoded if v}, key=len, reverse=True))
 
 
 def payload(event: Event) -> dict[str, Any]:
