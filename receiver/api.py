@@ -365,10 +365,20 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
+def by_method(**handlers: Handler) -> Handler:
+    """One handler for a path that several methods serve: the request's method picks one of
+    ``handlers`` (by method name; the route's ``methods`` are exactly these)."""
+
+    async def run(request: Request) -> Response:
+        return await handlers[request.method if request.method != "HEAD" else "GET"](request)
+
+    return run
+
+
 #: The status API's routes.
 API_ROUTES = [
-    Route("/tasks", guarded(list_tasks), methods=["GET"]),
-    Route("/tasks", guarded(register), methods=["POST"]),
+    # One route per path, so that a 405 lists every method of the path in ``Allow``.
+    Route("/tasks", guarded(by_method(GET=list_tasks, POST=register)), methods=["GET", "POST"]),
     Route("/tasks/{id:path}/reconcile", guarded(reconcile), methods=["POST"]),
     Route("/tasks/{id:path}", guarded(get_task), methods=["GET"]),
     Route("/deliveries", guarded(list_deliveries), methods=["GET"]),

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from submitter.protocol import Millis, Route, TaskId, TaskStatus, WholeNumber
+from submitter.protocol import INTEGRAL, Millis, Route, TaskId, TaskStatus
 
 #: The most ids a path or cursor may name: SQLite's INTEGER is a signed 64-bit number.
 MAX_ROW_ID = 2**63 - 1
@@ -289,7 +289,7 @@ class RedeliveryFilter(BaseModel):
 
     plugin: StrictStr | None = None
     state: ReplayableState = "dead"
-    since: Annotated[WholeNumber, Field(ge=0, le=MAX_ROW_ID)] | None = Field(
+    since: Annotated[StrictInt, Field(ge=0, le=MAX_ROW_ID), INTEGRAL] | None = Field(
         default=None, description="only deliveries created at or after this time, Unix ms"
     )
 
@@ -300,7 +300,7 @@ class PruneRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    older_than_ms: Annotated[WholeNumber, Field(ge=1, le=MAX_ROW_ID)]
+    older_than_ms: Annotated[StrictInt, Field(ge=1, le=MAX_ROW_ID), INTEGRAL]
     dry_run: StrictBool = Field(default=False, description="count only; remove nothing")
     vacuum: StrictBool = Field(default=False, description="then give the free pages back")
 

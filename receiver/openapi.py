@@ -87,7 +87,8 @@ OPERATIONS = (
         "post",
         "Receive a Kling callback (bare task, envelope or old schema)",
         Accepted,
-        (400, 401, 409, 413, 422, 503),
+        # 404: a path no callback URL has (a line break in external_task_id, no token)
+        (400, 401, 404, 409, 413, 422, 503),
         body=TaskObject,
         secured=False,
     ),

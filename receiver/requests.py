@@ -7,7 +7,7 @@ import asyncio
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from receiver.config import Settings
 from receiver.errors import BodyTooLarge, Refused
@@ -22,7 +22,8 @@ async def read_bounded(request: Request, settings: Settings) -> bytes:
 
     Raises:
         BodyTooLarge: ``Content-Length`` or the bytes received exceed the limit.
-        Refused: 408, the body did not arrive in time.
+        Refused: 408, the body did not arrive in time; 400, the client closed the connection
+            before the body ended (a truncated body is not JSON; nobody reads the answer).
     """
     max_bytes = settings.kling_hooks_max_body_bytes
     declared = request.headers.get("content-length", "")
@@ -39,6 +40,8 @@ async def read_bounded(request: Request, settings: Settings) -> bytes:
     except TimeoutError:
         timeout = settings.kling_hooks_body_timeout_s
         raise Refused(f"body not received within {timeout:g} s", 408) from None
+    except ClientDisconnect:
+        raise Refused(f"body cut short: the client went away after {size} bytes", 400) from None
     return b"".join(chunks)
 
 
@@ -46,7 +49,7 @@ async def read_text(request: Request, settings: Settings) -> str:
     """The body as text: bounded as :func:`read_bounded` says, UTF-8.
 
     Raises:
-        Refused: 413 too large; 408 too slow; 400 not UTF-8.
+        Refused: 413 too large; 408 too slow; 400 not UTF-8 or cut short.
     """
     try:
         return (await read_bounded(request, settings)).decode("utf-8")
@@ -62,7 +65,8 @@ async def parse_body(
     """The JSON body validated by ``model``; ``empty`` (when given) stands for an empty body.
 
     Raises:
-        Refused: 413 too large; 408 too slow; 400 not JSON; 422 naming the first bad field.
+        Refused: 413 too large; 408 too slow; 400 not JSON or cut short; 422 naming the first
+            bad field.
     """
     try:
         raw = await read_bounded(request, settings)

@@ -86,12 +86,15 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+#: Put last in an ``Annotated[StrictInt, Field(...), INTEGRAL]`` (after the bounds, so that
+#: the JSON schema keeps ``minimum``/``maximum``): ``5.0`` is taken as ``5``.
+INTEGRAL = BeforeValidator(_integral)
 #: A JSON integer: strict (no strings, no booleans), but ``5.0`` is taken as ``5``.
-WholeNumber = Annotated[StrictInt, BeforeValidator(_integral)]
+WholeNumber = Annotated[StrictInt, INTEGRAL]
 #: The last millisecond of the year 9999: the latest time every plugin can still format.
 MAX_MILLIS = 253_402_300_799_999
 # Unix epoch milliseconds, up to the year 9999 (a date every datetime can hold).
-Millis = Annotated[WholeNumber, Field(ge=0, le=MAX_MILLIS)]
+Millis = Annotated[StrictInt, Field(ge=0, le=MAX_MILLIS), INTEGRAL]
 # A task_id: 1 to 256 printable ASCII characters (Kling's are digits), so that it is safe in
 # every header, path and log line a plugin puts it in.
 TaskId = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
