@@ -150,7 +150,7 @@ def create_app(
             yield {"services": services}
         log.info("receiver_stopped")
 
-    return Starlette(
+    app = Starlette(
         routes=[*CALLBACK_ROUTES, *API_ROUTES],
         middleware=[
             Middleware(RequestIds),
@@ -164,3 +164,6 @@ def create_app(
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
         lifespan=lifespan,
     )
+    # A path with a trailing slash is not ours: 404 as documented, not a 307 to a callback URL.
+    app.router.redirect_slashes = False
+    return app

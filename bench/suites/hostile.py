@@ -84,7 +84,7 @@ _not_whole = st.sampled_from(
 )
 
 
-def _task(task_id: str, ext: str) -> dict[str, Any]:
+def valid_task(task_id: str, ext: str) -> dict[str, Any]:
     """A valid ``succeed`` task with every documented result kind."""
     return {
         "task_id": task_id,
@@ -112,7 +112,7 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         yield from _paths(value, (*prefix, key))
 
 
-_PATHS = list(_paths(_task("1", "x")))
+_PATHS = list(_paths(valid_task("1", "x")))
 
 
 def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
@@ -123,7 +123,7 @@ def _replace(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return copy
 
 
-def _dumps(doc: Any) -> bytes:
+def dumps_raw(doc: Any) -> bytes:
     text = json.dumps(doc)  # ensure_ascii: lone surrogates become \\ud800 escapes
     for marker, raw in _RAW.items():
         text = text.replace(marker, raw)
@@ -140,10 +140,10 @@ def _mutated_task(draw: st.DrawFn) -> Callable[[str, str], bytes]:
     extra = draw(st.none() | st.tuples(_text, _json))
 
     def build(task_id: str, ext: str) -> bytes:
-        doc = _replace(_task(task_id, ext), path, value)
+        doc = _replace(valid_task(task_id, ext), path, value)
         if extra is not None and isinstance(doc, dict):
             doc = {**doc, extra[0]: extra[1]}
-        return _dumps(doc)
+        return dumps_raw(doc)
 
     return build
 
@@ -302,7 +302,7 @@ def _fuzz(fuzzer: Fuzzer, sizes: Sizes, full: bool) -> None:
     @given(
         body=st.one_of(
             st.binary(max_size=200),
-            _json.map(_dumps),
+            _json.map(dumps_raw),
             _mutated_task(),
         ),
         content_type=_CONTENT_TYPES,
@@ -323,7 +323,7 @@ def _fuzz(fuzzer: Fuzzer, sizes: Sizes, full: bool) -> None:
         path=st.sampled_from(_API_PATHS),
         id_=_ids,
         query=st.lists(st.tuples(_QUERY_NAMES, _QUERY_VALUES), max_size=4),
-        body=st.none() | st.binary(max_size=60) | _json.map(_dumps) | _mutated_task(),
+        body=st.none() | st.binary(max_size=60) | _json.map(dumps_raw) | _mutated_task(),
         content_type=_CONTENT_TYPES,
     )
     def api(
@@ -355,7 +355,7 @@ def _truncated(server: Serve, tally: Tally, count: int) -> None:
     rng = random.Random(10)
     for i in range(count):
         ext = f"kh-truncated-{i}"
-        body = _dumps(_task(f"8{i:011d}", ext))
+        body = dumps_raw(valid_task(f"8{i:011d}", ext))
         cut = rng.randrange(len(body))
         head = (
             f"POST {TOKENS.callback_url('', ext)} HTTP/1.1\r\nHost: {host}\r\n"
