@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,101 @@ async def test_junk_query_parameters_get_400_not_500(receiver: Receiver) -> None
         for path in ("/tasks", "/deliveries"):
             answer = await receiver.http.get(f"{receiver.url}{path}?{query}", headers=AUTH)
             assert answer.status_code in (200, 400), (path, query, answer.text)
+
+
+async def test_a_truncated_body_whose_client_went_away_is_refused_not_an_error(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    host, port = receiver.url.removeprefix("http://").split(":")
+    head = (
+        f"POST {receiver.callback_url('kh-1').removeprefix(receiver.url)} HTTP/1.1\r\n"
+        f"Host: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.encode() + BODY.encode()[:20])
+    await writer.drain()
+    writer.write_eof()  # the client is gone before the rest of the body
+    await reader.read()
+    writer.close()
+    metrics = await receiver.http.get(f"{receiver.url}/metrics", headers=AUTH)
+    assert 'kling_hooks_callback_rejections_total{reason="not_json"} 1.0' in metrics.text
+    assert stored(tmp_path) == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "state=junk&state=",  # the last value used to win: 200
+        "state=dead&state=dead",
+        "state=",
+        "plugin=",
+        "cursor=",
+        "limit=",
+        "colour=blue",
+        "cursor=99999999999999999999",
+        "cursor=9223372036854775808",
+        "limit=%D9%A5",  # an Arabic-Indic digit: int() would take it
+        "limit=+5",
+        "limit=1.0",
+    ],
+)
+async def test_unknown_repeated_empty_or_out_of_range_query_parameters_are_400(
+    receiver: Receiver, query: str
+) -> None:
+    answer = await receiver.http.get(f"{receiver.url}/deliveries?{query}", headers=AUTH)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["ok"] is False
+
+
+async def test_transition_before_and_task_queries_are_checked_the_same_way(
+    receiver: Receiver,
+) -> None:
+    for query in ("transition_before=", "task_status=succeed&task_status=", "state=dead"):
+        answer = await receiver.http.get(f"{receiver.url}/tasks?{query}", headers=AUTH)
+        assert answer.status_code == 400, (query, answer.text)
+    ok = await receiver.http.get(f"{receiver.url}/tasks?limit=500&cursor=0", headers=AUTH)
+    assert ok.status_code == 200
+
+
+async def test_a_whole_number_written_5_0_is_an_integer_but_5_5_and_booleans_are_not(
+    receiver: Receiver,
+) -> None:
+    def post(path: str, doc: dict[str, object]) -> Any:
+        return receiver.http.post(f"{receiver.url}{path}", json=doc, headers=AUTH)
+
+    registration = {"route": "images/generations", "task_id": "1", "external_task_id": "kh-1"}
+    assert (await post("/tasks", {**registration, "created_at": 58800.0})).status_code == 200
+    assert (await post("/prune", {"older_than_ms": 82394.0, "dry_run": True})).status_code == 200
+    assert (await post("/deliveries/redeliver", {"since": 5.0})).status_code == 200
+    assert (await post("/prune", {"older_than_ms": 5.5})).status_code == 422
+    assert (await post("/prune", {"older_than_ms": 1, "vacuum": 0})).status_code == 422
+    assert (await post("/prune", {"older_than_ms": True})).status_code == 422
+    body = task_body("1", "succeed", "kh-1", created_at=1774805076166.0)
+    assert (await receiver.post_callback("kh-1", body)).status_code == 200
+    task = (await receiver.get_task("kh-1")).json()
+    assert (task["created_at"], type(task["created_at"])) == (58800, int)  # the registration's
+    assert task["task_status"] == "succeed"
+
+
+async def test_a_registration_task_id_must_be_printable_ascii(receiver: Receiver) -> None:
+    doc = {"route": "images/generations", "task_id": "t\u00e9", "external_task_id": "kh-1"}
+    answer = await receiver.http.post(f"{receiver.url}/tasks", json=doc, headers=AUTH)
+    assert answer.status_code == 422
+    assert "task_id: String should match pattern" in answer.json()["error"]
+
+
+async def test_a_405_on_tasks_lists_both_its_methods_in_allow(receiver: Receiver) -> None:
+    answer = await receiver.http.request("OPTIONS", f"{receiver.url}/tasks", headers=AUTH)
+    assert answer.status_code == 405
+    assert {"GET", "POST"} <= {m.strip() for m in answer.headers["allow"].split(",")}
+
+
+@pytest.mark.parametrize("suffix", ["/", "//"])
+async def test_a_callback_url_with_a_trailing_slash_is_404_not_a_redirect(
+    receiver: Receiver, tmp_path: Path, suffix: str
+) -> None:
+    answer = await receiver.http.post(
+        receiver.callback_url("kh-1") + suffix, json=task_body("1", "succeed", "kh-1")
+    )
+    assert (answer.status_code, answer.json()["ok"]) == (404, False)
+    assert stored(tmp_path) == 0

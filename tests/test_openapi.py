@@ -216,3 +216,23 @@ async def test_replaying_a_running_delivery_matches_the_published_schema(tmp_pat
         busy = await c.call("POST", f"/deliveries/{event.delivery_id}/redeliver")
         gate.set()
     assert busy.status_code == 409
+
+
+def test_every_bound_in_the_document_is_json_schemas_minimum_or_maximum() -> None:
+    def keys(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        return {k for v in node for k in keys(v)} if isinstance(node, list) else set()
+
+    document = openapi_document()
+    assert not keys(document) & {"ge", "le", "gt", "lt"}  # pydantic's names: no bound at all
+    limit = document["components"]["schemas"]["PruneRequest"]["properties"]["older_than_ms"]
+    assert (limit["minimum"], limit["type"]) == (1, "integer")
+
+
+def test_the_query_parameters_are_whole_numbers_with_their_bounds() -> None:
+    parameters = openapi_document()["paths"]["/tasks"]["get"]["parameters"]
+    schemas = {p["name"]: p["schema"] for p in parameters}
+    assert (schemas["limit"]["minimum"], schemas["limit"]["maximum"]) == (1, 500)
+    assert schemas["cursor"]["type"] == schemas["transition_before"]["type"] == "integer"
+    assert schemas["cursor"]["maximum"] == 2**63 - 1

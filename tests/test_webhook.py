@@ -220,3 +220,32 @@ def test_payload_timestamp_falls_back_to_the_receive_time_without_updated_at() -
     message = payload(event)
     assert (message["type"], message["timestamp"]) == ("task.failed", "2026-03-29T17:24:50.123Z")
     assert message["data"] == event.to_json()
+
+
+async def test_an_endpoint_echoing_only_its_query_token_has_it_blanked_out_of_last_error(
+    tmp_path: Path,
+) -> None:
+    async with start_sink() as sink:
+        url = f"{sink.url}/hooks/kling?token=T0%2FSECRET&team=t1"
+        sink.default = Answer(403, b'{"error": "bad token T0/SECRET (also T0%2FSECRET)"}')
+        settings = make_settings(
+            tmp_path, plugins={"webhook": {"url": url, "secret": SECRET, "retry_schedule_s": []}}
+        )
+        async with start_receiver(settings) as r:
+            outcomes = Outcomes(r)
+            await r.post_callback("kh-1", succeed("1", "kh-1"))
+            await outcomes.ended(1)
+    [d] = deliveries(r.services.settings.kling_hooks_db)
+    assert "SECRET" not in d["last_error"]
+    assert d["last_error"].endswith('answered 403: {"error": "bad token *** (also ***)"}')
+
+
+def test_get_plugins_masks_a_query_token_and_credentials_in_a_url() -> None:
+    url = "https://user:pw@example.com/hooks?token=T0SECRET&team=t1"
+    [loaded] = load_plugins({"webhook": {"url": url, "secret": SECRET}})
+    described = loaded.describe(started=True).model_dump(mode="json")
+    assert described["settings"]["url"] == (
+        "https://**********@example.com/hooks?token=**********&team=**********"
+    )
+    [plain] = load_plugins({"webhook": {"url": "https://example.com/hooks", "secret": SECRET}})
+    assert plain.describe(started=True).settings["url"] == "https://example.com/hooks"

@@ -6,9 +6,9 @@ Each forgery starts from a real token (signed with ``new``, for another task or 
 from the retired secret's, and is one of: a bit flip, truncation, an extension, another
 task's token, a case change, a character double-encoded or as overlong UTF-8, a non-ASCII
 character, a trailing or double slash, the ``external_task_id`` changed or percent-encoded
-oddly, a token signed with ``old``, or random text. Before and after, a genuine callback must be accepted (so a refusal is the
-token's fault). Figures that must be 0: accepted forgeries, 5xx answers, callbacks stored by
-forgeries, the genuine callbacks refused.
+oddly, a token signed with ``old``, or random text. Before and after, a genuine callback must
+be accepted (so a refusal is the token's fault). Figures that must be 0: accepted forgeries,
+5xx answers, callbacks stored by forgeries, the genuine callbacks refused.
 """
 
 from __future__ import annotations
