@@ -111,17 +111,23 @@ async def test_past_the_in_flight_limit_the_answer_is_503_with_retry_after(
     assert len(rows(db, "SELECT id FROM callbacks")) == 3  # the refused one stored nothing
 
 
-async def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, kling_hooks_body_timeout_s=0.3)
+async def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_is_closed(
+    tmp_path: Path,
+) -> None:
+    # The connection stayed open after the 408 (keep-alive), for ever if the rest of the body
+    # kept dripping in.
+    settings = make_settings(tmp_path, kling_hooks_body_timeout_s=0.3, kling_hooks_keep_alive_s=60)
     async with start_receiver(settings) as r, connections(r.url) as opened:
         body = json.dumps(task_body("1", "processing", "kh-1")).encode()
         slow, _ = await open_request(opened, r, "kh-1", body, 20)
-        status, _, answer = await answer_of(slow)
+        status, headers, answer = await answer_of(slow)
+        closed = await asyncio.wait_for(slow.read(), 10)
         after = await r.post_callback("kh-2", task_body("2", "processing", "kh-2"))
     assert (status, json.loads(answer)) == (
         408,
         {"ok": False, "error": "body not received within 0.3 s"},
     )
+    assert (headers["connection"], closed) == ("close", b"")
     assert after.status_code == 200
     assert [x[0] for x in rows(tmp_path / "kling-hooks.db", "SELECT task_id FROM tasks")] == ["2"]
 
@@ -189,7 +195,7 @@ async def test_the_header_size_limit_does_not_count_the_body(tmp_path: Path) -> 
     async with start_receiver(settings) as r, connections(r.url) as opened:
         padded = task_body("1", "processing", "kh-1", task_status_msg="y" * 200_000)
         body = json.dumps(padded).encode()
-        reader, writer = await open_request(opened, r, "kh-1", body, len(body))  # one write
+        reader, _ = await open_request(opened, r, "kh-1", body, len(body))  # in one write
         status, _, _ = await answer_of(reader)
     assert status == 200
 
