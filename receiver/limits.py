@@ -102,10 +102,10 @@ _TIMEOUT_ANSWER = _answer("408 Request Timeout", "request headers not received i
 #: dropped for at most this long, seconds, so that the answer is not lost to a TCP reset
 #: (closing with unread bytes resets the connection; nginx's ``lingering_close`` does this).
 LINGER_S = 1.0
-#: File descriptors kept for what is not a client connection (the database and its WAL,
-#: plugins' HTTP connections, the event loop's own): connections past
-#: ``RLIMIT_NOFILE``'s soft limit minus this are warned about (:class:`ConnectionLimits`).
-FD_RESERVE = 64
+#: The share of ``RLIMIT_NOFILE``'s soft limit that client connections may hold before they
+#: are warned about (:class:`ConnectionLimits`); the rest is for the database and its WAL,
+#: plugins' HTTP connections (httpx pools up to 100 each) and the event loop's own.
+FD_BUDGET_SHARE = 7 / 8
 #: At most one ``connections_near_fd_limit`` warning per this many seconds.
 FD_WARNING_INTERVAL_S = 60.0
 
@@ -137,11 +137,11 @@ class ConnectionLimits:
 
     @staticmethod
     def fd_budget() -> int:
-        """The soft ``RLIMIT_NOFILE`` of this process minus :data:`FD_RESERVE` (at least 1);
-        an unlimited soft limit counts as 1,048,576."""
+        """:data:`FD_BUDGET_SHARE` of this process's soft ``RLIMIT_NOFILE`` (at least 1); an
+        unlimited soft limit counts as 1,048,576."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         soft = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-        return max(1, soft - FD_RESERVE)
+        return max(1, int(soft * FD_BUDGET_SHARE))
 
 
 def header_timeout_protocol(
@@ -161,9 +161,9 @@ def header_timeout_protocol(
       within a read of the limit.
     - A connection accepted while more than ``limits.max_connections`` are open (file
       descriptors about to run out): counted, and logged at warning
-      (``connections_near_fd_limit``) at most once a minute. Past the limit, uvloop (libuv)
-      accepts and at once closes each new connection, and asyncio stops accepting for a
-      second; neither says so at warning.
+      (``connections_near_fd_limit``) at most once a minute. Past the limit, uvloop (libuv,
+      the default loop) accepts and at once closes each new connection and logs nothing;
+      asyncio's loop logs an error and stops accepting for a second.
 
     Args:
         limits: The limits.
@@ -178,7 +178,7 @@ def header_timeout_protocol(
         "431 Request Header Fields Too Large",
         f"request line and headers are over {limits.max_header_bytes} bytes",
     )
-    last_warning_s = [-FD_WARNING_INTERVAL_S]
+    last_warning_s = -FD_WARNING_INTERVAL_S  # loop time of the last fd warning
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_deadline: asyncio.TimerHandle | None = None
@@ -268,9 +268,10 @@ def header_timeout_protocol(
             return False
 
         def _warn_near_fd_limit(self) -> None:
+            nonlocal last_warning_s
             now = self.loop.time()
-            if now - last_warning_s[0] >= FD_WARNING_INTERVAL_S:
-                last_warning_s[0] = now
+            if now - last_warning_s >= FD_WARNING_INTERVAL_S:
+                last_warning_s = now
                 log.warning(
                     "connections_near_fd_limit",
                     connections=len(self.connections),

@@ -130,7 +130,7 @@ class Metrics:
         self._near_fd_limit = Counter(
             "kling_hooks_connections_near_fd_limit",
             "Connections accepted while the open connections were past the file "
-            "descriptor budget (RLIMIT_NOFILE's soft limit minus a reserve).",
+            "descriptor budget (7/8 of RLIMIT_NOFILE's soft limit).",
             registry=self.registry,
         )
         self._attempts = Counter(
