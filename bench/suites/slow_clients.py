@@ -19,6 +19,9 @@ acknowledged callbacks missing from the database, the attack connections still o
 deadline (plus :data:`GRACE_S`), the oversized blocks not refused, and the server's RSS before,
 during (the peak of samples every 0.25 s) and after the attack.
 
+Run alone from the repository root: ``python -m bench.suites.slow_clients`` (full size, about
+40 s; ``--reduced``: the test suite's size).
+
 The server runs with its soft ``RLIMIT_NOFILE`` raised to its hard limit, as the systemd unit's
 ``LimitNOFILE=65536`` does. Client and server share the machine: the client's own event loop
 (the attack's writes) is in every latency figure.
