@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     kling_hooks_max_in_flight: int = Field(default=256, ge=1)
     kling_hooks_header_timeout_s: float = Field(default=10.0, gt=0)
     kling_hooks_body_timeout_s: float = Field(default=30.0, gt=0)
+    # ... how large its request line and headers may be (431 past it), and how long an idle
+    # keep-alive connection stays open (seconds).
+    kling_hooks_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    kling_hooks_keep_alive_s: float = Field(default=5.0, gt=0)
     # Observability: the bearer token of GET /metrics (unset: the API token).
     kling_hooks_metrics_token: SecretStr | None = None
     # Retention: what `kling-hooks prune` removes by default (a duration: 90d, 12h, 30m).

@@ -12,6 +12,10 @@ metric                                             type       labels
 ``kling_hooks_callback_duration_seconds``          histogram  (none): every callback, any answer
 ``kling_hooks_header_timeouts_total``              counter    (none): connections closed with
                                                               a 408, headers too slow
+``kling_hooks_headers_too_large_total``            counter    (none): connections closed with
+                                                              a 431, header block too large
+``kling_hooks_connections_near_fd_limit_total``    counter    (none): connections accepted
+                                                              near the fd limit
 ``kling_hooks_delivery_attempts_total``            counter    ``plugin``, ``outcome``: done,
                                                               failed (a retry follows), dead
 ``kling_hooks_deliveries_pending``                 gauge      ``plugin``
@@ -117,6 +121,18 @@ class Metrics:
             "KLING_HOOKS_HEADER_TIMEOUT_S (on any route: the path may not have arrived).",
             registry=self.registry,
         )
+        self._headers_too_large = Counter(
+            "kling_hooks_headers_too_large",
+            "Connections closed (431) whose request line and headers were over "
+            "KLING_HOOKS_MAX_HEADER_BYTES.",
+            registry=self.registry,
+        )
+        self._near_fd_limit = Counter(
+            "kling_hooks_connections_near_fd_limit",
+            "Connections accepted while the open connections were past the file "
+            "descriptor budget (7/8 of RLIMIT_NOFILE's soft limit).",
+            registry=self.registry,
+        )
         self._attempts = Counter(
             "kling_hooks_delivery_attempts",
             "Delivery attempts that ended, by plugin and outcome (done; failed: a retry "
@@ -150,6 +166,14 @@ class Metrics:
     def header_timed_out(self) -> None:
         """Count a connection closed because its headers did not arrive in time."""
         self._header_timeouts.inc()
+
+    def header_too_large(self) -> None:
+        """Count a connection closed because its header block was too large."""
+        self._headers_too_large.inc()
+
+    def near_fd_limit(self) -> None:
+        """Count a connection accepted while connections were past the fd budget."""
+        self._near_fd_limit.inc()
 
     def callback_took(self, seconds: float) -> None:
         """Observe one callback's handling time, seconds (any outcome)."""

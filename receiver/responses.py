@@ -26,7 +26,14 @@ def respond(
 
 
 def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    """``{"ok": false, "error": message}`` with ``status_code``."""
+    """``{"ok": false, "error": message}`` with ``status_code``.
+
+    A 408 (the body did not arrive in time) also says ``Connection: close``, and uvicorn
+    closes the connection after it: the rest of the body may still come, and would otherwise
+    keep the connection open after its deadline (uvicorn's keep-alive timer does not run while
+    bytes arrive)."""
+    if status_code == 408:
+        headers = {**(headers or {}), "Connection": "close"}
     return respond(ErrorAnswer(error=message), status_code, headers)
 
 

@@ -19,7 +19,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from receiver.config import Settings
-from receiver.limits import header_timeout_protocol
+from receiver.limits import ConnectionEvent, ConnectionLimits, header_timeout_protocol
 from receiver.services import Services
 
 log = structlog.get_logger("kling_hooks.serving")
@@ -31,23 +31,34 @@ log = structlog.get_logger("kling_hooks.serving")
 REQUEST_DRAIN_S = 10
 
 
-def _count_header_timeout(app_state: dict[str, object]) -> None:
+def _count(app_state: dict[str, object], event: ConnectionEvent) -> None:
     found = app_state.get("services")
     if isinstance(found, Services):
-        found.metrics.header_timed_out()
+        count = {
+            ConnectionEvent.HEADER_TIMEOUT: found.metrics.header_timed_out,
+            ConnectionEvent.HEADER_TOO_LARGE: found.metrics.header_too_large,
+            ConnectionEvent.NEAR_FD_LIMIT: found.metrics.near_fd_limit,
+        }
+        count[event]()
 
 
 def receiver_options(settings: Settings) -> dict[str, Any]:
     """The ``uvicorn.Config`` arguments of a receiver (``serve``, the demo, tests), as a dict
-    of keyword arguments: the header deadline (``KLING_HOOKS_HEADER_TIMEOUT_S``, counted in
-    the metrics), the proxies whose ``X-Forwarded-For`` is trusted
-    (``KLING_HOOKS_FORWARDED_ALLOW_IPS``), the drain time of a stop
-    (:data:`REQUEST_DRAIN_S`), and no access log (it would print callback URLs, which carry
-    tokens)."""
+    of keyword arguments: the header deadline and size limit (``KLING_HOOKS_HEADER_TIMEOUT_S``,
+    ``KLING_HOOKS_MAX_HEADER_BYTES``) and the warning near the file descriptor limit, all
+    counted in the metrics (:func:`receiver.limits.header_timeout_protocol`); how long an idle
+    keep-alive connection stays open (``KLING_HOOKS_KEEP_ALIVE_S``); the proxies whose
+    ``X-Forwarded-For`` is trusted (``KLING_HOOKS_FORWARDED_ALLOW_IPS``), the drain time of a
+    stop (:data:`REQUEST_DRAIN_S`), and no access log (it would print callback URLs, which
+    carry tokens)."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.kling_hooks_header_timeout_s,
+        max_header_bytes=settings.kling_hooks_max_header_bytes,
+        max_connections=ConnectionLimits.fd_budget(),
+    )
     return {
-        "http": header_timeout_protocol(
-            settings.kling_hooks_header_timeout_s, _count_header_timeout
-        ),
+        "http": header_timeout_protocol(limits, _count),
+        "timeout_keep_alive": settings.kling_hooks_keep_alive_s,
         "timeout_graceful_shutdown": REQUEST_DRAIN_S,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.kling_hooks_forwarded_allow_ips,

@@ -7,11 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.conftest import API_TOKEN, Receiver, make_settings, rows, start_receiver, task_body
+import httpx
+
+from tests.conftest import (
+    API_TOKEN,
+    Receiver,
+    make_settings,
+    rows,
+    serve,
+    start_receiver,
+    task_body,
+)
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -100,17 +111,23 @@ async def test_past_the_in_flight_limit_the_answer_is_503_with_retry_after(
     assert len(rows(db, "SELECT id FROM callbacks")) == 3  # the refused one stored nothing
 
 
-async def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, kling_hooks_body_timeout_s=0.3)
+async def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_is_closed(
+    tmp_path: Path,
+) -> None:
+    # The connection stayed open after the 408 (keep-alive), for ever if the rest of the body
+    # kept dripping in.
+    settings = make_settings(tmp_path, kling_hooks_body_timeout_s=0.3, kling_hooks_keep_alive_s=60)
     async with start_receiver(settings) as r, connections(r.url) as opened:
         body = json.dumps(task_body("1", "processing", "kh-1")).encode()
         slow, _ = await open_request(opened, r, "kh-1", body, 20)
-        status, _, answer = await answer_of(slow)
+        status, headers, answer = await answer_of(slow)
+        closed = await asyncio.wait_for(slow.read(), 10)
         after = await r.post_callback("kh-2", task_body("2", "processing", "kh-2"))
     assert (status, json.loads(answer)) == (
         408,
         {"ok": False, "error": "body not received within 0.3 s"},
     )
+    assert (headers["connection"], closed) == ("close", b"")
     assert after.status_code == 200
     assert [x[0] for x in rows(tmp_path / "kling-hooks.db", "SELECT task_id FROM tasks")] == ["2"]
 
@@ -149,3 +166,105 @@ async def test_a_keep_alive_connection_gets_the_header_deadline_for_each_request
         second = await answer_of(reader)
     assert first[0] == 200
     assert second[0] == 408
+
+
+async def test_a_header_block_over_max_header_bytes_gets_431_and_the_connection_is_closed(
+    tmp_path: Path,
+) -> None:
+    # httptools and uvicorn have no header size limit: a 20 MB header cost 22 MB of memory
+    settings = make_settings(tmp_path, kling_hooks_max_header_bytes=4096)
+    async with start_receiver(settings) as r, connections(r.url) as opened:
+        reader, writer = await connect(opened, r.url)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 8192)  # no end
+        status, headers, body = await answer_of(reader)
+        closed = await asyncio.wait_for(reader.read(), 5)
+        healthy = await r.http.get(f"{r.url}/healthz")
+        scraped = await r.http.get(f"{r.url}/metrics", headers=AUTH)
+    assert (status, headers["connection"]) == (431, "close")
+    assert json.loads(body) == {
+        "ok": False,
+        "error": "request line and headers are over 4096 bytes",
+    }
+    assert closed == b""
+    assert healthy.status_code == 200
+    assert "kling_hooks_headers_too_large_total 1.0" in scraped.text.splitlines()
+
+
+async def test_the_header_size_limit_does_not_count_the_body(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, kling_hooks_max_header_bytes=1024)
+    async with start_receiver(settings) as r, connections(r.url) as opened:
+        padded = task_body("1", "processing", "kh-1", task_status_msg="y" * 200_000)
+        body = json.dumps(padded).encode()
+        reader, _ = await open_request(opened, r, "kh-1", body, len(body))  # in one write
+        status, _, _ = await answer_of(reader)
+    assert status == 200
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path, kling_hooks_keep_alive_s=0.3, kling_hooks_header_timeout_s=60
+    )
+    async with start_receiver(settings) as r, connections(r.url) as opened:
+        reader, writer = await connect(opened, r.url)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = await answer_of(reader)
+        closed = await asyncio.wait_for(reader.read(), 10)  # far less than the header deadline
+    assert first[0] == 200
+    assert closed == b""  # closed without an answer, as HTTP allows for an idle connection
+
+
+async def test_a_stray_crlf_on_a_keep_alive_connection_does_not_hold_it_open(
+    tmp_path: Path,
+) -> None:
+    # A CRLF stopped uvicorn's keep-alive timer but began no request, so no header deadline
+    # either: the connection stayed open for ever.
+    settings = make_settings(
+        tmp_path, kling_hooks_keep_alive_s=60, kling_hooks_header_timeout_s=0.3
+    )
+    async with start_receiver(settings) as r, connections(r.url) as opened:
+        reader, writer = await connect(opened, r.url)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = await answer_of(reader)
+        writer.write(b"\r\n")
+        second = await asyncio.wait_for(answer_of(reader), 10)
+        closed = await asyncio.wait_for(reader.read(), 5)
+    assert first[0] == 200
+    assert second[0] == 408
+    assert closed == b""
+
+
+#: Runs the rest of its command line with RLIMIT_NOFILE set to its first argument.
+WITH_FD_LIMIT = (
+    "import os, resource, sys; n = int(sys.argv[1]);"
+    " resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+async def test_connections_near_the_fd_limit_are_logged_at_warning_and_counted(
+    tmp_path: Path,
+) -> None:
+    # At a 1,024 soft limit, 1,100 idle connections meant 0 of 386 callbacks answered, and
+    # nothing logged: libuv accepts and at once closes each connection past the limit.
+    config = tmp_path / "kling-hooks.toml"
+    config.write_text("kling_hooks_header_timeout_s = 60\n")
+    launcher = (sys.executable, "-c", WITH_FD_LIMIT, "320")  # a budget of 320 * 7/8 = 280
+    async with (
+        serve(config, tmp_path, launcher=launcher) as server,
+        connections(server.url) as opened,
+    ):
+        for _ in range(290):  # past the budget, before the limit: the warning comes first
+            await connect(opened, server.url)
+        warned = await server.until(lambda e: e.get("event") == "connections_near_fd_limit")
+        for _, writer in opened:
+            writer.close()
+        opened.clear()
+        async with httpx.AsyncClient(timeout=10) as http:
+            scraped = await http.get(f"{server.url}/metrics", headers=AUTH)
+    assert warned["level"] == "warning"
+    assert warned["max_connections"] == 280
+    assert warned["fd_soft_limit"] == 320
+    counted = [x for x in scraped.text.splitlines() if x.startswith("kling_hooks_connections_near")]
+    assert len(counted) == 1
+    assert float(counted[0].split()[1]) >= 1
