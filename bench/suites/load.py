@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,16 @@ class Sent:
     ended_s: float
     status: int
     retry_after: bool
+
+
+async def poll_until(pred: Callable[[], bool], timeout_s: float, every_s: float = 0.025) -> bool:
+    """Check ``pred`` every ``every_s`` until it holds (True) or ``timeout_s`` passed (False):
+    for state outside this process (a database file, a subprocess's answers)."""
+    for _ in range(math.ceil(timeout_s / every_s)):
+        if pred():
+            return True
+        await asyncio.sleep(every_s)
+    return pred()
 
 
 def default_body(index: int, external_task_id: str) -> bytes:

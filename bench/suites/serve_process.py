@@ -125,6 +125,17 @@ class ServeProcess:
                     raise RuntimeError("serve exited")
                 await self._changed.wait()
 
+    async def count(
+        self, pred: Callable[[dict[str, Any]], bool], wanted: int, timeout_s: float
+    ) -> None:
+        """Wait until ``wanted`` events (of all runs) satisfy ``pred``.
+
+        Raises:
+            TimeoutError: fewer within ``timeout_s``.
+        """
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: sum(map(pred, self.events)) >= wanted)
+
     async def kill(self) -> None:
         """SIGKILL, and wait until it is gone and its stderr is read."""
         await self._end(signal.SIGKILL)

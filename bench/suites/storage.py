@@ -29,7 +29,7 @@ import httpx
 
 from bench.suites import Report
 from bench.suites.disk_faults import FileSizeLimit, FullDisk, Immutable
-from bench.suites.load import CallbackLoad
+from bench.suites.load import CallbackLoad, poll_until
 from bench.suites.serve_process import SECRET, ServeProcess, free_port
 
 NAME = "storage faults"
@@ -87,15 +87,6 @@ async def poll_ready(url: str, seen: list[tuple[float, int]], stop: asyncio.Even
             await asyncio.sleep(POLL_S)
 
 
-async def wait_for(pred: Callable[[], bool], timeout_s: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            while not pred():
-                await asyncio.sleep(POLL_S / 2)
-            return True
-    return False
-
-
 async def one_fault(
     db: Path, port: int, sizes: Sizes, make_fault: Callable[[ServeProcess], tuple[str, Fault]]
 ) -> Outcome:
@@ -123,12 +114,12 @@ async def one_fault(
                     None,
                 )
 
-            await wait_for(lambda: first_503() is not None, FIRST_503_TIMEOUT_S)
+            await poll_until(lambda: first_503() is not None, FIRST_503_TIMEOUT_S)
             await asyncio.sleep(sizes.hold_s)
         finally:
             cleared_s = time.monotonic()
             fault.clear()
-        recovered = await wait_for(
+        recovered = await poll_until(
             lambda: any(s.status == 200 and s.started_s > cleared_s for s in load.sent),
             RECOVERY_TIMEOUT_S,
         )

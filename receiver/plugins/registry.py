@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import SecretStr, ValidationError
 
@@ -68,7 +69,18 @@ def _masked(value: Any) -> Any:
         return [_masked(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return _masked_query(value)
     return value
+
+
+def _masked_query(url: str) -> str:
+    """``url`` with each query value masked: a webhook URL's query may carry a token."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = urlencode([(k, "**********") for k, _ in parse_qsl(parts.query, True)], safe="*")
+    return parts._replace(query=masked).geturl()
 
 
 def _from_entry_points(wanted: set[str]) -> dict[str, tuple[type[Plugin], str]]:

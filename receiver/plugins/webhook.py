@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -136,11 +136,13 @@ class WebhookForwarder(Plugin):
             timeout_s=settings.timeout_s,
             user_agent=f"kling-hooks/{self.version}",
             rules=RULES,
-            # An answer may echo what it was sent: the URL (its query may carry a token) and
-            # the signing secret, with or without its whsec_ prefix.
+            # An answer may echo what it was sent: the URL (its query may carry a token: the
+            # whole query, and each value alone) and the signing secret, with or without its
+            # whsec_ prefix.
             secrets=(
                 settings.url,
                 urlsplit(settings.url).query,
+                *(value for _, value in parse_qsl(urlsplit(settings.url).query) if value),
                 signing_secret,
                 signing_secret.removeprefix("whsec_"),
             ),
