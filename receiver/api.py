@@ -342,10 +342,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """``GET /readyz``: 200 while the writer runs and the database answers, else 503."""
+    """``GET /readyz``: 200 while the writer runs, the database answers and takes writes,
+    else 503 (with ``Retry-After``). Takes writes: the writer's last commit succeeded, or,
+    after a failed one, its write probe did (at most one probe a second, whoever asks)."""
     svc = services(request)
+    retry = {"Retry-After": str(svc.settings.kling_hooks_retry_after_s)}
     if not svc.writer.running:
         return error(503, "not started")
+    if not await svc.writer.writable():
+        return error(503, "the database takes no writes (the last commit failed)", retry)
     try:
         await svc.reader.ping()
     except StoreUnavailable as exc:

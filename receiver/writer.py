@@ -13,12 +13,23 @@ A ``sqlite3.Error`` never reaches a caller raw: whether the commit failed, one o
 statement failed (its savepoint is undone), or a connection op failed (``VACUUM`` on a full
 disk), the caller gets :class:`~receiver.errors.StoreUnavailable` (the HTTP edge answers 503
 with ``Retry-After``), and the writer goes on with the next operation.
+
+The writer remembers whether its last commit succeeded; :meth:`Writer.writable` is what
+``GET /readyz`` asks. While callbacks keep coming, their own commits are the evidence: no
+probe runs. Only when the last commit failed and the writer has then tried none for
+``probe_interval_s`` does it run one small write probe (:class:`~receiver.store.WriteProbe`),
+shared by everyone asking: an unauthenticated readiness check cannot become a stream of
+writes (one a second at most, and none while the database is healthy), and a receiver nobody
+sends callbacks to still turns ready once the disk can be written again. (A probe is one page;
+on a nearly full disk it can succeed where a batch of callbacks would not. That is why, under
+load, the callbacks' commits decide.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +40,7 @@ import structlog
 
 from receiver import store
 from receiver.errors import StoreUnavailable
-from receiver.store import ConnectionOp, Router, Transaction, WriteOp
+from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe
 from receiver.transitions import TransitionRow
 
 log = structlog.get_logger("kling_hooks.writer")
@@ -81,14 +92,27 @@ class Writer:
         router: Names the plugins that want a new transition; one outbox row is written for
             each, in the transition's transaction. Default: no plugins.
         max_batch: Most operations in one transaction.
+        probe_interval_s: Least time between two write probes of :meth:`writable`, seconds.
+        clock_s: A monotonic clock, seconds (when the last probe ran).
     """
 
     def __init__(
-        self, conn: aiosqlite.Connection, *, router: Router = _no_plugins, max_batch: int = 256
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        router: Router = _no_plugins,
+        max_batch: int = 256,
+        probe_interval_s: float = 1.0,
+        clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conn = conn
         self._router = router
         self._max_batch = max_batch
+        self._probe_interval_s = probe_interval_s
+        self._clock_s = clock_s
+        self._last_commit_ok = True
+        self._probe: asyncio.Future[bool] | None = None
+        self._last_attempt_s = clock_s()
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
@@ -128,6 +152,37 @@ class Writer:
         """Say that the receiver is stopping (the server calls it when a stop begins, before
         it waits for the requests in progress): :attr:`stopping` becomes True. Idempotent."""
         self._stopping = True
+
+    @property
+    def last_commit_ok(self) -> bool:
+        """Whether the last transaction committed (True before the first one)."""
+        return self._last_commit_ok
+
+    async def writable(self) -> bool:
+        """Whether the database takes writes now: True while the last commit succeeded.
+        After a failed one: False, unless no commit was tried for ``probe_interval_s``; then
+        one write probe runs (callers meanwhile share it) and its outcome is the answer.
+
+        Returns:
+            False when the last commit failed and nothing committed since (or the writer is
+            not running); never raises.
+        """
+        if self._last_commit_ok:
+            return self.running
+        if self._probe is None or self._probe.done():
+            now_s = self._clock_s()
+            if now_s - self._last_attempt_s < self._probe_interval_s:
+                return False
+            self._probe = asyncio.ensure_future(self._run_probe(int(now_s * 1000)))
+        # shielded: a readiness request that goes away does not cancel the shared probe
+        return await asyncio.shield(self._probe)
+
+    async def _run_probe(self, at_ms: int) -> bool:
+        try:
+            await self.submit(WriteProbe(at_ms))
+        except StoreUnavailable:
+            return False
+        return True
 
     def add_listener(self, listener: CommitListener) -> None:
         """Call ``listener(new_transitions)`` after every commit that recorded transitions.
@@ -203,6 +258,7 @@ class Writer:
         p.resolve()
 
     async def _commit(self, pending: list[_Pending]) -> None:
+        self._last_attempt_s = self._clock_s()
         try:
             # A batch holds no ConnectionOp (_run ends it before one); zip checks that.
             ops = [cast(WriteOp[Any], p.op) for p in pending if not p.alone]
@@ -218,12 +274,14 @@ class Writer:
                 await tx.rollback()
                 raise
         except Exception as exc:
+            self._last_commit_ok = False
             log.error("commit_failed", error=str(exc), operations=len(pending))
             failure = StoreUnavailable(f"database could not commit: {exc}")
             for p in pending:
                 p.result, p.error = None, failure
                 p.resolve()
             return
+        self._last_commit_ok = True
         for p in pending:
             p.resolve()
         self._notify(tx.batch.transitions)

@@ -9,6 +9,7 @@
 * ``deliveries``: the outbox operations (claim, finish, recover, replay);
 * ``reads``: the status API's read-only queries;
 * ``retention``: pruning old rows in small batches, and giving free pages back (``prune``);
+* ``probe``: the write probe of ``GET /readyz`` while the last commit failed;
 * ``backup``: an online copy with SQLite's backup API (``kling-hooks backup``).
 
 A second backend (Postgres) is a second package behind the same names; nothing outside this
@@ -26,6 +27,7 @@ from receiver.store.database import (
     get_or_create_meta,
     migrate,
 )
+from receiver.store.probe import WriteProbe
 from receiver.store.reads import Reader
 from receiver.store.transaction import ConnectionOp, Transaction, WriteOp
 
@@ -38,6 +40,7 @@ __all__ = [
     "StoreUnavailable",
     "Transaction",
     "WriteOp",
+    "WriteProbe",
     "check_schema",
     "connect",
     "get_or_create_meta",

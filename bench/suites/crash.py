@@ -1,0 +1,174 @@
+"""Suite 1, crash under load: SIGKILL the receiver while callbacks pour in and plugins run.
+
+``kling-hooks serve`` runs with the downloader, Slack and webhook plugins against local sinks
+in this process (``tests.sinks``: a file server, a Slack endpoint, a webhook endpoint). N
+distinct valid ``succeed`` callbacks, one result image each, are sent over C connections;
+a callback with no 200 (a 503, a broken or refused connection) is sent again, as Kling does.
+At random moments (once a random share of the callbacks is acknowledged, plus a random delay)
+the receiver is killed with SIGKILL and started again on the same database and port, at least
+3 times. Once every callback is acknowledged, the suite waits until the outbox is empty.
+
+Figures: acknowledged, stored (acknowledged callbacks whose task is in the database), lost
+(must be 0), deliveries done, deliveries not done at the end (must be 0: not ``done``, or never
+written), and duplicate deliveries per plugin (allowed: at-least-once; counted at the sinks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import random
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.callbacks import succeed_body
+from bench.suites import Report
+from bench.suites.load import CallbackLoad, poll_until
+from bench.suites.serve_process import SECRET, ServeProcess, free_port
+from submitter.media import png_bytes
+from tests.sinks import Sink, start_sink
+
+NAME = "crash under load"
+PLUGINS = ("downloader", "slack", "webhook")
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+TASK = re.compile(rb"crash-\d+")  # an external_task_id in a Slack message
+
+
+@dataclass(frozen=True)
+class Sizes:
+    callbacks: int
+    concurrency: int
+    kills: int
+    drain_timeout_s: float
+
+
+REDUCED = Sizes(callbacks=1_500, concurrency=32, kills=3, drain_timeout_s=120.0)
+FULL = Sizes(callbacks=20_000, concurrency=32, kills=3, drain_timeout_s=900.0)
+
+
+def write_config(workdir: Path, slack: Sink, hook: Sink) -> Path:
+    config = workdir / "kling-hooks.toml"
+    retry = "retry_schedule_s = [0.2, 0.2, 0.5, 0.5, 1, 1, 2, 2, 5, 5]"
+    config.write_text(
+        f"""
+kling_hooks_db = "{workdir / "crash.db"}"
+
+[plugins.downloader]
+directory = "{workdir / "downloads"}"
+allow_private_hosts = true
+concurrency = 8
+{retry}
+
+[plugins.slack]
+webhook_url = "{slack.url}/services/T0/B0/crash"
+concurrency = 8
+{retry}
+
+[plugins.webhook]
+url = "{hook.url}/hook"
+secret = "{WEBHOOK_SECRET}"
+concurrency = 8
+{retry}
+"""
+    )
+    return config
+
+
+def outbox(db: Path) -> tuple[int, int]:
+    """``(deliveries, of which done)`` in ``db``."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        total, done = conn.execute(
+            "SELECT count(*), coalesce(sum(state = 'done'), 0) FROM deliveries"
+        ).fetchone()
+    return int(total), int(done)
+
+
+def stored_ids(db: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return {r[0] for r in conn.execute("SELECT external_task_id FROM tasks")}
+
+
+def duplicates(keys: list[str]) -> int:
+    """How many of ``keys`` repeat an earlier one."""
+    return sum(n - 1 for n in collections.Counter(keys).values())
+
+
+async def killer(server: ServeProcess, load: CallbackLoad, sizes: Sizes, rng: random.Random) -> int:
+    """SIGKILL and restart ``server`` ``sizes.kills`` times at random points; returns how many."""
+    shares = sorted(rng.uniform(0.1, 0.9) for _ in range(sizes.kills))
+    for share in shares:
+        while len(load.acked) < share * sizes.callbacks:
+            load.acked_changed.clear()
+            await load.acked_changed.wait()
+        await asyncio.sleep(rng.uniform(0, 0.3))
+        await server.kill()
+        await asyncio.sleep(rng.uniform(0, 0.3))
+        await server.start()
+    return len(shares)
+
+
+async def run(full: bool, workdir: Path) -> Report:
+    """N callbacks, >= 3 SIGKILLs and restarts, then an empty outbox; see the module doc."""
+    sizes = FULL if full else REDUCED
+    rng = random.Random()
+    image = png_bytes(8, 8)
+    db = workdir / "crash.db"
+    started = time.monotonic()
+    async with start_sink() as slack, start_sink() as hook, start_sink() as files:
+        for i in range(sizes.callbacks):
+            files.serve_file(f"/r/{i}.png", image, "image/png")
+
+        def body_of(index: int, ext: str) -> bytes:
+            doc = json.loads(succeed_body(f"7{index:012d}", ext, 1774805090000))
+            doc["task_result"] = {"images": [{"index": 0, "url": f"{files.url}/r/{index}.png"}]}
+            return json.dumps(doc).encode()
+
+        server = ServeProcess(write_config(workdir, slack, hook), free_port())
+        await server.start()
+        try:
+            load = CallbackLoad(
+                server.url, SECRET, "crash", sizes.callbacks, sizes.concurrency, body_of
+            )
+            kills, _ = await asyncio.gather(killer(server, load, sizes, rng), load.run())
+            expected = len(PLUGINS) * sizes.callbacks
+            await poll_until(lambda: outbox(db) == (expected, expected), sizes.drain_timeout_s, 0.5)
+        finally:
+            await server.stop()
+        total, done = outbox(db)
+        slack_keys = [
+            m.group().decode() if (m := TASK.search(r.body)) else "" for r in slack.requests
+        ]
+        hook_keys = [r.headers.get("webhook-id", "") for r in hook.requests]
+        file_keys = [r.path for r in files.requests if r.method == "GET"]
+    acked = load.acked
+    lost = len(acked - stored_ids(db))
+    report = Report(
+        NAME,
+        {
+            "acknowledged": len(acked),
+            "stored": len(acked) - lost,
+            "lost": lost,
+            "SIGKILLs (each followed by a restart)": kills,
+            "deliveries done": done,
+            "deliveries not done at the end": len(PLUGINS) * sizes.callbacks - done,
+            "duplicate deliveries, downloader": duplicates(file_keys),
+            "duplicate deliveries, slack": duplicates(slack_keys),
+            "duplicate deliveries, webhook": duplicates(hook_keys),
+            "attempts without a 200 (retried)": sum(s.status != 200 for s in load.sent),
+            "wall time (s)": round(time.monotonic() - started, 1),
+        },
+        must_be_zero=("lost", "deliveries not done at the end"),
+    )
+    report.notes.append(
+        f"{sizes.callbacks:,} distinct callbacks at concurrency {sizes.concurrency}; "
+        f"plugins {', '.join(PLUGINS)}; {total:,} outbox rows"
+    )
+    if kills < 3:
+        report.figures["SIGKILLs short of 3"] = 3 - kills
+        report.must_be_zero += ("SIGKILLs short of 3",)
+    return report
