@@ -185,6 +185,7 @@ def header_timeout_protocol(
         _header_bytes = 0
         _headers_done = False  # set by on_headers_complete during one data_received
         _dropping = False  # after a 431: what arrives is dropped until the connection ends
+        _in_message = False  # between a request's first byte and its body's last
 
         @property
         def awaiting_request(self) -> bool:
@@ -201,10 +202,11 @@ def header_timeout_protocol(
             if self._dropping:
                 return
             awaiting = self._header_deadline is not None
-            if self.timeout_keep_alive_task is not None:
+            if self.timeout_keep_alive_task is not None and not self._in_message:
                 # Any byte on an idle keep-alive connection starts the header deadline
                 # (uvicorn's keep-alive timer stops here, and a byte such as the CRLF that
-                # HTTP allows before a request begins no message).
+                # HTTP allows before a request begins no message). Not the rest of a body
+                # answered early (a 413): those bytes are no header, nor the next request's.
                 self._arm()
             self._headers_done = False
             super().data_received(data)
@@ -217,7 +219,12 @@ def header_timeout_protocol(
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._in_message = True
             self._arm()
+
+        def on_message_complete(self) -> None:
+            self._in_message = False
+            super().on_message_complete()
 
         def on_headers_complete(self) -> None:
             self._disarm()

@@ -200,6 +200,25 @@ async def test_the_header_size_limit_does_not_count_the_body(tmp_path: Path) -> 
     assert status == 200
 
 
+async def test_the_rest_of_a_body_answered_early_is_no_header_block(tmp_path: Path) -> None:
+    # A 413 answers before the body has all arrived; the rest of it then came on a kept-alive
+    # connection, was counted as the next request's header bytes, and got a false 431.
+    settings = make_settings(
+        tmp_path, kling_hooks_max_body_bytes=1024, kling_hooks_max_header_bytes=1024
+    )
+    async with start_receiver(settings) as r, connections(r.url) as opened:
+        body = json.dumps(task_body("1", "processing", "kh-1", task_status_msg="y" * 50_000))
+        reader, writer = await open_request(opened, r, "kh-1", body.encode(), 10)
+        too_large = await answer_of(reader)
+        for start in range(10, len(body), 4096):  # the rest, in several reads
+            writer.write(body.encode()[start : start + 4096])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        after = await answer_of(reader)
+    assert (too_large[0], after[0]) == (413, 200)
+
+
 async def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s(
     tmp_path: Path,
 ) -> None:
