@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -81,7 +81,10 @@ class Sink:
         return list(self.requests)
 
     async def _handle(self, request: Request) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the sender went away (a receiver killed mid-request)
+            return Response(status_code=400)
         self.requests.append(
             Recorded(request.method, request.url.path, dict(request.headers), body)
         )
