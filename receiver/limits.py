@@ -226,6 +226,20 @@ def header_timeout_protocol(
             self._in_message = False
             super().on_message_complete()
 
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._in_message and not self.transport.is_closing():
+                # Answered before its body was all read (401, 413): no deadline is left to
+                # close the connection (the body's ended with the handler, and what still
+                # comes is no header), so it closes now, the rest of the body dropped.
+                self._disarm()
+                self._dropping = True
+                if self.timeout_keep_alive_task is not None:
+                    self.timeout_keep_alive_task.cancel()
+                    self.timeout_keep_alive_task = None
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+
         def on_headers_complete(self) -> None:
             self._disarm()
             self._headers_done = True

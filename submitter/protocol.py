@@ -114,18 +114,43 @@ def _finite(text: str) -> float:
     return value
 
 
+#: Deepest nesting accepted: far above any Kling body (about 4), and far below where
+#: serializing a stored value back (pydantic's limit, 255; Python's recursion limit) fails.
+MAX_JSON_DEPTH = 64
+
+
+def _depth(doc: Any) -> int:
+    """How deeply ``doc``'s arrays and objects nest (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_JSON_DEPTH:
+            return level
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def loads_json(raw: str) -> Any:
     """Parse JSON text into what can be stored, read back and forwarded as JSON (RFC 8259).
 
     Raises:
         ValueError: not JSON; ``NaN``/``Infinity``; a number out of a double's range
-            (``1e400``); nested too deeply; a lone UTF-16 surrogate (``"\\ud800"``), which no
+            (``1e400``); nested deeper than :data:`MAX_JSON_DEPTH`; a lone UTF-16 surrogate (``"\\ud800"``), which no
             UTF-8 text (SQLite's, a webhook's) can hold. The message says which.
     """
     try:
         doc = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested too deeply (over {MAX_JSON_DEPTH} levels)")
     if _SURROGATE_ESCAPE.search(raw):  # rare: check the parsed text only then
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
@@ -182,8 +207,9 @@ class TaskObject(BaseModel):
     @field_validator("task_result")
     @classmethod
     def _documented_kinds(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The kinds PROTOCOL.md section 4 documents (``images``, ``videos``, ``audios``) must
-        have the documented types; other kinds are kept as sent. The dict is not changed."""
+        """The kinds PROTOCOL.md section 4 documents (``images``, ``videos``) must have the
+        documented types; other kinds (``audios``...) are kept as sent. The dict is not
+        changed."""
         if value is not None:
             for kind, adapter in _RESULT_KINDS.items():
                 if kind in value:
@@ -219,17 +245,12 @@ class ResultVideo(_ResultItem):
     duration: StrictStr | None = None
 
 
-class ResultAudio(_ResultItem):
-    """``task_result.audios[i]``: like a video's, ``duration`` a string of seconds."""
 
-    id: StrictStr | None = None
-    duration: StrictStr | None = None
-
-
+# The kinds PROTOCOL.md section 4 gives a shape (``audios`` it names without one: kept as
+# sent). ``null`` stands for none.
 _RESULT_KINDS: dict[str, TypeAdapter[Any]] = {
-    "images": TypeAdapter(list[ResultImage]),
-    "videos": TypeAdapter(list[ResultVideo]),
-    "audios": TypeAdapter(list[ResultAudio]),
+    "images": TypeAdapter(list[ResultImage] | None),
+    "videos": TypeAdapter(list[ResultVideo] | None),
 }
 
 

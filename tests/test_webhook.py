@@ -249,3 +249,33 @@ def test_get_plugins_masks_a_query_token_and_credentials_in_a_url() -> None:
     )
     [plain] = load_plugins({"webhook": {"url": "https://example.com/hooks", "secret": SECRET}})
     assert plain.describe(started=True).settings["url"] == "https://example.com/hooks"
+
+
+def test_a_bare_query_token_and_a_broken_url_are_masked_whole() -> None:
+    # "?s3cr3t" parses as a parameter name: it was shown in clear as "?s3cr3t=**********"
+    from receiver.plugins.registry import masked_url
+
+    assert (
+        masked_url("https://example.com/hooks?s3cr3tTOKEN")
+        == "https://example.com/hooks?**********"
+    )
+    assert masked_url("http://[bad") == "**********"  # urlsplit refuses it: no 500
+    assert masked_url("not a url") == "not a url"
+
+
+def test_a_short_secret_inside_a_long_one_does_not_split_its_redaction() -> None:
+    # a query value "en" inside the whsec_ secret was blanked first, and the rest of the
+    # signing secret then printed in clear
+    from receiver.plugins.endpoint import Endpoint, StatusRules
+
+    signing = "whsec_enMfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    endpoint = Endpoint(
+        "https://example.com/h?lang=en",
+        target="the endpoint",
+        error=RuntimeError,
+        timeout_s=1,
+        user_agent="t",
+        rules=StatusRules(),
+        secrets=("en", signing),
+    )
+    assert endpoint._excerpt(f"bad secret {signing}") == "bad secret ***"

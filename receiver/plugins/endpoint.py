@@ -203,7 +203,9 @@ class Endpoint:
 
     def _excerpt(self, text: str) -> str:
         text = " ".join(text.split())
-        for secret in self.secrets:
+        # Longest first: a short secret inside a long one (a query value inside the signing
+        # secret) must not split it, leaving the rest of it in clear.
+        for secret in sorted(self.secrets, key=len, reverse=True):
             if len(secret) > 1:
                 text = text.replace(secret, "***")
         return text[:MAX_ERROR_BODY_CHARS]

@@ -66,10 +66,17 @@ MASK = "**********"
 def masked_url(url: str) -> str:
     """``url`` with its query string's values and any ``user:password@`` masked (a token
     often rides there: ``https://host/hook?token=...``); other text is returned unchanged."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL after all ("http://[bad"): shown masked, whole
+        return MASK if url.startswith(("http://", "https://")) else url
     if parts.scheme not in ("http", "https") or not (parts.query or "@" in parts.netloc):
         return url
-    query = "&".join(f"{name}={MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(not value for _, value in pairs):  # a bare token (?s3cr3t) parses as a name
+        query = MASK
+    else:
+        query = "&".join(f"{name}={MASK}" for name, _ in pairs)
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit(
         parts._replace(netloc=netloc if netloc == parts.netloc else f"{MASK}@{netloc}", query=query)
