@@ -17,13 +17,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.suites.secrets import QUERY_TOKEN, SLACK_PATH, WEBHOOK_SECRET, config_text
 from submitter.tokens import CallbackTokens
 from tests.conftest import API_TOKEN, SECRET, serve, task_body
 from tests.sinks import Answer, start_sink
 from tests.test_cli import closed_port_url
 
-SLACK_PATH = "/services/T0SECRET/B0SECRET/slack-path-secret-0123456789"
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 METRICS_TOKEN = "metrics-token-secret-0123456789"
 
 
@@ -40,27 +39,7 @@ async def test_no_secret_in_any_log_line_while_every_plugin_fails(tmp_path: Path
         hook.answer(Answer(500, WEBHOOK_SECRET.encode()), Answer(410, b"gone"))
         files.answer(Answer(404, b"missing"))
         config = tmp_path / "kling-hooks.toml"
-        config.write_text(
-            f"""
-kling_hooks_db = "{tmp_path / "kling-hooks.db"}"
-
-[plugins.slack]
-webhook_url = "{slack_url}"
-retry_schedule_s = [0.1, 0.1]
-timeout_s = 1
-statuses = ["succeed", "failed"]
-
-[plugins.webhook]
-url = "{hook.url}/hooks?token=query-token-secret-9876"
-secret = "{WEBHOOK_SECRET}"
-retry_schedule_s = [0.1]
-
-[plugins.downloader]
-directory = "{tmp_path / "downloads"}"
-allow_private_hosts = true
-retry_schedule_s = [0.1]
-"""
-        )
+        config.write_text(config_text(tmp_path, slack_url, hook.url))
         env = {"KLING_HOOKS_LOG_LEVEL": "debug", "KLING_HOOKS_METRICS_TOKEN": METRICS_TOKEN}
         tokens = CallbackTokens([SECRET])
         async with serve(config, tmp_path, env=env) as server, httpx.AsyncClient() as http:
@@ -100,7 +79,7 @@ retry_schedule_s = [0.1]
         slack_url,
         SLACK_PATH,
         "slack-path-secret-0123456789",
-        "query-token-secret-9876",
+        QUERY_TOKEN,
         "forged-token-value",
         *(urlsplit(u).path.rsplit("/", 1)[1] for u in urls),
     }
