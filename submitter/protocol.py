@@ -142,8 +142,9 @@ def loads_json(raw: str) -> Any:
 
     Raises:
         ValueError: not JSON; ``NaN``/``Infinity``; a number out of a double's range
-            (``1e400``); nested deeper than :data:`MAX_JSON_DEPTH`; a lone UTF-16 surrogate (``"\\ud800"``), which no
-            UTF-8 text (SQLite's, a webhook's) can hold. The message says which.
+            (``1e400``); nested deeper than :data:`MAX_JSON_DEPTH`; a lone UTF-16 surrogate
+            (``"\\ud800"``), which no UTF-8 text (SQLite's, a webhook's) can hold. The message
+            says which.
     """
     try:
         doc = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
@@ -243,7 +244,6 @@ class ResultVideo(_ResultItem):
 
     id: StrictStr | None = None
     duration: StrictStr | None = None
-
 
 
 # The kinds PROTOCOL.md section 4 gives a shape (``audios`` it names without one: kept as
