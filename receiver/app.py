@@ -77,7 +77,7 @@ async def _started(
     metrics = Metrics(db=db, plugins=[p.name for p in plugins], clock_ms=clock_ms)
     dispatcher.add_listener(metrics.delivery_finished)
     try:
-        creds = await credentials.resolve(settings, writer.connection)
+        creds = await credentials.resolve_from_file(settings)  # migrated: Writer.open
         if creds.api_token_generated:
             log.warning("api_token_generated", how_to_read=f"kling-hooks token --db {db}")
         writer.start()

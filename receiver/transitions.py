@@ -72,7 +72,7 @@ class IncomingCallback:
         """``(task_id, external_task_id)``: the task rows the writer loads for it."""
         return self.task.task_id, self.external_task_id
 
-    async def run(self, tx: HasBatch) -> Verdict:
+    def run(self, tx: HasBatch) -> Verdict:
         """Apply it to the transaction's batch. Raises :class:`TaskConflict`."""
         return tx.batch.apply_callback(self)
 
@@ -95,7 +95,7 @@ class Registration:
         """``(task_id, external_task_id)``: the task rows the writer loads for it."""
         return self.task_id, self.external_task_id
 
-    async def run(self, tx: HasBatch) -> Verdict:
+    def run(self, tx: HasBatch) -> Verdict:
         """Apply it to the transaction's batch. Raises :class:`TaskConflict`."""
         return tx.batch.apply_registration(self)
 

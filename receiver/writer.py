@@ -4,7 +4,9 @@ Every request that changes state (a callback, a registration, a delivery's claim
 puts a :class:`~receiver.store.WriteOp` on the queue and awaits it. The writer takes
 everything queued at that moment (no fixed wait window: a lone request is committed at once),
 runs the whole batch in one transaction, commits, and only then resolves each request's
-future. If the commit fails, every request of the batch gets
+future. The transaction (begin, load, apply, write, commit) is one call on the writer's own
+thread, with a plain ``sqlite3`` connection: one thread hop per batch, not one per statement
+(bench/README.md has the figures). If the commit fails, every request of the batch gets
 :class:`~receiver.errors.StoreUnavailable` and nothing of it was recorded, so nothing is
 acknowledged that is not on disk. DESIGN.md gives the measurements behind this. A
 :class:`~receiver.store.ConnectionOp` (``VACUUM``) ends the batch before it and runs alone.
@@ -30,12 +32,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import aiosqlite
 import structlog
 
 from receiver import store
@@ -87,8 +89,12 @@ class _Pending:
 class Writer:
     """Owns the write connection and commits queued operations in groups.
 
+    Build it with :meth:`open`.
+
     Args:
-        conn: A connection from :func:`receiver.store.connect`, migrated.
+        conn: A connection from :func:`receiver.store.connect_writer`, migrated, opened on
+            ``thread``'s one thread (every statement runs there).
+        thread: A one-thread executor that owns ``conn``; the writer shuts it down.
         router: Names the plugins that want a new transition; one outbox row is written for
             each, in the transition's transaction. Default: no plugins.
         max_batch: Most operations in one transaction.
@@ -98,7 +104,8 @@ class Writer:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
+        thread: ThreadPoolExecutor,
         *,
         router: Router = _no_plugins,
         max_batch: int = 256,
@@ -106,6 +113,7 @@ class Writer:
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conn = conn
+        self._thread = thread
         self._router = router
         self._max_batch = max_batch
         self._probe_interval_s = probe_interval_s
@@ -120,21 +128,34 @@ class Writer:
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout_ms: int = 5000, router: Router = _no_plugins
+        cls,
+        path: Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        router: Router = _no_plugins,
+        probe_interval_s: float = 1.0,
+        clock_s: Callable[[], float] = time.monotonic,
     ) -> Writer:
-        """Connect to ``path``, apply migrations, and return a writer (not yet started)."""
-        conn = await store.connect(path, busy_timeout_ms=busy_timeout_ms)
-        try:
-            await store.migrate(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn, router=router)
+        """Apply migrations to ``path``, open the writer's connection on its own thread, and
+        return a writer (not yet started). Arguments as the class's.
 
-    @property
-    def connection(self) -> aiosqlite.Connection:
-        """The write connection (for start-up work such as reading ``meta``)."""
-        return self._conn
+        Raises:
+            SchemaTooNew, sqlite3.Error: from the migrations or the connection.
+        """
+        migrating = await store.connect(path, busy_timeout_ms=busy_timeout_ms)
+        try:
+            await store.migrate(migrating)
+        finally:
+            await migrating.close()
+        thread = ThreadPoolExecutor(1, thread_name_prefix="kling-hooks-writer")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(
+                thread, lambda: store.connect_writer(path, busy_timeout_ms=busy_timeout_ms)
+            )
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(conn, thread, router=router, probe_interval_s=probe_interval_s, clock_s=clock_s)
 
     @property
     def running(self) -> bool:
@@ -200,9 +221,10 @@ class Writer:
         """Commit everything already queued, stop, and close the connection."""
         self._stopping = True
         if self._task is not None:
-            await self._queue.put(None)
+            self._queue.put_nowait(None)
             await self._task
-        await self._conn.close()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
+        self._thread.shutdown(wait=False)
 
     async def submit(self, op: WriteOp[T] | ConnectionOp[T]) -> T:
         """Queue one operation and wait until its transaction has committed (a
@@ -222,7 +244,7 @@ class Writer:
         if not self.running:
             raise StoreUnavailable("the writer is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(op, future))
+        self._queue.put_nowait(_Pending(op, future))  # unbounded: never waits
         return await future
 
     async def _run(self) -> None:
@@ -251,7 +273,9 @@ class Writer:
     async def _run_alone(self, p: _Pending) -> None:
         op = cast(ConnectionOp[Any], p.op)
         try:
-            p.result = await op.run_alone(self._conn)
+            p.result = await asyncio.get_running_loop().run_in_executor(
+                self._thread, op.run_alone, self._conn
+            )
         except Exception as exc:
             log.error("connection_op_failed", error=str(exc), op=type(p.op).__name__)
             p.error = _unavailable(exc)
@@ -259,20 +283,12 @@ class Writer:
 
     async def _commit(self, pending: list[_Pending]) -> None:
         self._last_attempt_s = self._clock_s()
+        # A batch holds no ConnectionOp (_run ends it before one); zip checks that.
+        ops = [cast(WriteOp[Any], p.op) for p in pending if not p.alone]
         try:
-            # A batch holds no ConnectionOp (_run ends it before one); zip checks that.
-            ops = [cast(WriteOp[Any], p.op) for p in pending if not p.alone]
-            tx = await Transaction.begin(self._conn, ops, self._router)
-            try:
-                for p, op in zip(pending, ops, strict=True):
-                    try:
-                        p.result = await tx.run(op)
-                    except Exception as exc:  # this operation's own failure
-                        p.error = _unavailable(exc)
-                await tx.commit()
-            except BaseException:
-                await tx.rollback()
-                raise
+            outcomes, transitions = await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._transaction, ops
+            )
         except Exception as exc:
             self._last_commit_ok = False
             log.error("commit_failed", error=str(exc), operations=len(pending))
@@ -282,9 +298,30 @@ class Writer:
                 p.resolve()
             return
         self._last_commit_ok = True
-        for p in pending:
+        for p, (result, error) in zip(pending, outcomes, strict=True):
+            p.result, p.error = result, error
             p.resolve()
-        self._notify(tx.batch.transitions)
+        self._notify(transitions)
+
+    def _transaction(
+        self, ops: Sequence[WriteOp[Any]]
+    ) -> tuple[list[tuple[Any, Exception | None]], list[TransitionRow]]:
+        """One batch's whole transaction, on the writer's thread: ``(result, error)`` of each
+        operation in order, and the new transitions. Raises when the batch did not commit
+        (it was rolled back)."""
+        tx = Transaction.begin(self._conn, ops, self._router)
+        outcomes: list[tuple[Any, Exception | None]] = []
+        try:
+            for op in ops:
+                try:
+                    outcomes.append((tx.run(op), None))
+                except Exception as exc:  # this operation's own failure
+                    outcomes.append((None, _unavailable(exc)))
+            tx.commit()
+        except BaseException:
+            tx.rollback()
+            raise
+        return outcomes, tx.batch.transitions
 
     def _notify(self, transitions: list[TransitionRow]) -> None:
         if not transitions:

@@ -9,7 +9,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 
 from receiver.models import DeliveryState, Verdict
@@ -407,8 +406,8 @@ async def test_a_plugin_whose_start_hangs_is_left_out_after_its_timeout(tmp_path
 
 async def test_a_failing_outbox_operation_undoes_only_its_own_writes(tmp_path: Path) -> None:
     class Poison(DeliveryOp[None]):
-        async def apply(self, conn: aiosqlite.Connection) -> None:
-            await conn.execute("INSERT INTO meta (key, value) VALUES ('poison', 'x')")
+        def apply(self, conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('poison', 'x')")
             raise ValueError("a bad value, after a write")
 
     db = tmp_path / "kling-hooks.db"

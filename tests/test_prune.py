@@ -9,6 +9,7 @@ import contextlib
 import signal
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -279,6 +280,17 @@ async def test_checkpoints_and_a_full_vacuum_do_not_wait_for_a_reader_holding_a_
     assert rows(db, "PRAGMA auto_vacuum")[0][0] == 2
 
 
+@dataclass(frozen=True)
+class Pragma:
+    """A ConnectionOp: ``PRAGMA {statement}`` on the writer's own connection; its value."""
+
+    statement: str
+
+    def run_alone(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute(f"PRAGMA {self.statement}").fetchone()
+        return int(row[0]) if row else 0
+
+
 async def test_a_full_disk_during_the_vacuum_answers_503_and_the_receiver_keeps_serving(
     tmp_path: Path,
 ) -> None:
@@ -290,15 +302,14 @@ async def test_a_full_disk_during_the_vacuum_answers_503_and_the_receiver_keeps_
     with sqlite3.connect(db) as conn:  # schema 2, auto_vacuum none
         conn.executescript((Path(__file__).parent / "fixtures" / "schema2.sql").read_text())
     async with start_receiver(make_settings(tmp_path)) as r:
-        conn = r.services.writer.connection
-        async with conn.execute("PRAGMA page_count") as cur:
-            (pages,) = await cur.fetchone() or (0,)
-        await conn.execute(f"PRAGMA max_page_count = {pages}")
+        writer = r.services.writer
+        pages = await writer.submit(Pragma("page_count"))
+        await writer.submit(Pragma(f"max_page_count = {pages}"))
         keep = 100 * 365 * DAY_MS  # removes nothing: the vacuum alone needs more pages
         full = await r.http.post(
             f"{r.url}/prune", json={"older_than_ms": keep, "vacuum": True}, headers=AUTH
         )
-        await conn.execute("PRAGMA max_page_count = 1073741823")  # room again
+        await writer.submit(Pragma("max_page_count = 1073741823"))  # room again
         after = await r.post_callback("ext-after", task_body("after", "succeed"))
         done = await post_prune(r, older_than_ms=keep, vacuum=True)
         fixture_task = (await r.get_task("fx-task-1")).json()

@@ -54,8 +54,7 @@ async def test_readiness_probes_write_at_most_once_per_interval_however_many_ask
 ) -> None:
     now_s = [100.0]
     db = tmp_path / "kling-hooks.db"
-    opened = await Writer.open(db)
-    writer = Writer(opened.connection, probe_interval_s=1.0, clock_s=lambda: now_s[0])
+    writer = await Writer.open(db, probe_interval_s=1.0, clock_s=lambda: now_s[0])
     writer.start()
     try:
         assert await writer.writable()

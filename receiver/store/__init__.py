@@ -24,6 +24,7 @@ from receiver.store.database import (
     DatabaseLock,
     check_schema,
     connect,
+    connect_writer,
     get_or_create_meta,
     migrate,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "WriteProbe",
     "check_schema",
     "connect",
+    "connect_writer",
     "get_or_create_meta",
     "migrate",
 ]

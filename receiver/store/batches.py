@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from operator import attrgetter
 
-import aiosqlite
+import sqlite3
 
 from receiver.models import DeliveryState
 from receiver.store.rows import marks
@@ -47,7 +47,7 @@ _INSERT_TRANSITION = _insert("transitions", TransitionRow)
 _INSERT_CALLBACK = _insert("callbacks", CallbackRow)
 
 
-async def load_batch(conn: aiosqlite.Connection, keys: Iterable[tuple[str, str]]) -> Batch:
+def load_batch(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> Batch:
     """Load the rows a batch touches (inside the writer's open transaction).
 
     Args:
@@ -62,41 +62,38 @@ async def load_batch(conn: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
         f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE task_id IN ({marks(len(ids))})"
         f" OR external_task_id IN ({marks(len(exts))})"
     )
-    async with conn.execute(sql, [*ids, *exts]) as cur:
-        tasks = {r["task_id"]: _task_row(r) for r in await cur.fetchall()}
+    tasks = {r["task_id"]: _task_row(r) for r in conn.execute(sql, [*ids, *exts])}
     seen: set[tuple[str, TaskStatus]] = set()
     if tasks:
         names = list(tasks)
         sql = f"SELECT task_id, task_status FROM transitions WHERE task_id IN ({marks(len(names))})"
-        async with conn.execute(sql, names) as cur:
-            seen = {(r[0], TaskStatus(r[1])) for r in await cur.fetchall()}
-    async with conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM transitions") as cur:
-        row = await cur.fetchone()
+        seen = {(r[0], TaskStatus(r[1])) for r in conn.execute(sql, names)}
+    row = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM transitions").fetchone()
     return Batch(tasks=tasks, seen=seen, next_transition_id=int(row[0]) if row else 1)
 
 
-def _task_row(r: aiosqlite.Row) -> TaskRow:
+def _task_row(r: sqlite3.Row) -> TaskRow:
     row = TaskRow(**dict(r))
     row.task_status = TaskStatus(row.task_status)
     return row
 
 
-async def write_batch(conn: aiosqlite.Connection, batch: Batch, router: Router) -> None:
+def write_batch(conn: sqlite3.Connection, batch: Batch, router: Router) -> None:
     """Write what a batch produced: task rows, new transitions, the raw callbacks, and one
     ``pending`` delivery per (new transition, plugin that ``router`` names), due at once."""
     if batch.changed:
-        await conn.executemany(_UPSERT_TASK, [_task_values(t) for t in batch.changed.values()])
+        conn.executemany(_UPSERT_TASK, [_task_values(t) for t in batch.changed.values()])
     if batch.transitions:
-        await conn.executemany(
+        conn.executemany(
             _INSERT_TRANSITION, [_transition_values(t) for t in batch.transitions]
         )
-        await _insert_deliveries(conn, batch.transitions, batch.tasks, router)
+        _insert_deliveries(conn, batch.transitions, batch.tasks, router)
     if batch.callbacks:
-        await conn.executemany(_INSERT_CALLBACK, [_callback_values(c) for c in batch.callbacks])
+        conn.executemany(_INSERT_CALLBACK, [_callback_values(c) for c in batch.callbacks])
 
 
-async def _insert_deliveries(
-    conn: aiosqlite.Connection,
+def _insert_deliveries(
+    conn: sqlite3.Connection,
     transitions: Sequence[TransitionRow],
     tasks: dict[str, TaskRow],
     router: Router,
@@ -107,7 +104,7 @@ async def _insert_deliveries(
         for name in router(t.task_status, tasks[t.task_id].route)
     ]
     if rows:
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO deliveries (transition_id, plugin, state, next_attempt_at, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
             rows,

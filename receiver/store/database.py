@@ -89,6 +89,17 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _pragmas(busy_timeout_ms: int, read_only: bool) -> list[str]:
+    """The statements every connection starts with (:func:`connect`, :func:`connect_writer`)."""
+    statements = [f"PRAGMA busy_timeout = {int(busy_timeout_ms)}"]
+    if not read_only:
+        statements.append("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
+    statements += ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL"]
+    if read_only:
+        statements.append("PRAGMA query_only = 1")
+    return statements
+
+
 async def connect(
     path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
 ) -> aiosqlite.Connection:
@@ -106,13 +117,21 @@ async def connect(
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
-    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    if not read_only:
-        await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
-    await conn.execute("PRAGMA journal_mode = WAL")
-    await conn.execute("PRAGMA synchronous = FULL")
-    if read_only:
-        await conn.execute("PRAGMA query_only = 1")
+    for statement in _pragmas(busy_timeout_ms, read_only):
+        await conn.execute(statement)
+    return conn
+
+
+def connect_writer(path: Path, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """The writer's connection: like :func:`connect` (autocommit, WAL, ``synchronous=FULL``,
+    rows as ``sqlite3.Row``), but a plain ``sqlite3`` connection, to be used only on the
+    thread that opened it (``receiver.writer`` runs each whole batch there: one thread hop
+    per transaction instead of one per statement)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for statement in _pragmas(busy_timeout_ms, read_only=False):
+        conn.execute(statement)
     return conn
 
 

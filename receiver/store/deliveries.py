@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-import aiosqlite
+import sqlite3
 
 from receiver.errors import DeliveryNotFound, DeliveryRunning, PluginNotLoaded
 from receiver.models import DeliveryState, Event, SavedFile
@@ -37,12 +37,12 @@ class DeliveryOp(Generic[T]):
 
     task_keys: ClassVar[None] = None
 
-    async def run(self, tx: Transaction) -> T:
+    def run(self, tx: Transaction) -> T:
         """Run :meth:`apply` on the transaction's connection."""
-        return await self.apply(tx.conn)
+        return self.apply(tx.conn)
 
-    async def apply(self, conn: aiosqlite.Connection) -> T:
-        """The operation's statements."""
+    def apply(self, conn: sqlite3.Connection) -> T:
+        """The operation's statements (on the writer's thread)."""
         raise NotImplementedError
 
 
@@ -108,42 +108,40 @@ class Claim(DeliveryOp[Claimed]):
     slots: dict[str, int]
     now_ms: int
 
-    async def apply(self, conn: aiosqlite.Connection) -> Claimed:
+    def apply(self, conn: sqlite3.Connection) -> Claimed:
         ids: list[int] = []
         left: list[str] = []
         for plugin, free in self.slots.items():
             if free <= 0:
                 continue
-            async with conn.execute(
+            cur = conn.execute(
                 "UPDATE deliveries SET state = 'running', attempts = attempts + 1,"
                 " next_attempt_at = NULL, updated_at = ?"
                 " WHERE id IN (SELECT id FROM deliveries WHERE plugin = ?"
                 " AND state IN ('pending', 'failed') AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, id LIMIT ?) RETURNING id",
                 (self.now_ms, plugin, self.now_ms, free),
-            ) as cur:
-                got = [int(r[0]) for r in await cur.fetchall()]
+            )
+            got = [int(r[0]) for r in cur.fetchall()]
             ids += got
             if len(got) < free:
                 left.append(plugin)
-        jobs = await _load_jobs(conn, ids) if ids else []
-        return Claimed(jobs, await _next_due(conn, left) if left else None)
+        jobs = _load_jobs(conn, ids) if ids else []
+        return Claimed(jobs, _next_due(conn, left) if left else None)
 
 
-async def _next_due(conn: aiosqlite.Connection, plugins: list[str]) -> int | None:
-    async with conn.execute(
+def _next_due(conn: sqlite3.Connection, plugins: list[str]) -> int | None:
+    row = conn.execute(
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'failed')"
         f" AND plugin IN ({marks(len(plugins))})",
         plugins,
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
-async def _load_jobs(conn: aiosqlite.Connection, ids: list[int]) -> list[Job]:
-    async with conn.execute(_EVENT_SQL.format(marks=marks(len(ids))), ids) as cur:
-        rows = [decode(r) for r in await cur.fetchall()]
-    files = await saved_files(conn, sorted({r["task_id"] for r in rows}))
+def _load_jobs(conn: sqlite3.Connection, ids: list[int]) -> list[Job]:
+    rows = [decode(r) for r in conn.execute(_EVENT_SQL.format(marks=marks(len(ids))), ids)]
+    files = saved_files(conn, sorted({r["task_id"] for r in rows}))
     jobs = []
     for r in rows:
         plugin = r.pop("plugin")
@@ -153,18 +151,15 @@ async def _load_jobs(conn: aiosqlite.Connection, ids: list[int]) -> list[Job]:
     return jobs
 
 
-async def saved_files(
-    conn: aiosqlite.Connection, task_ids: list[str]
-) -> dict[str, list[SavedFile]]:
+def saved_files(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[SavedFile]]:
     """The files recorded for each of ``task_ids``, by id: ``{task_id: [SavedFile]}``."""
     names = ", ".join(SavedFile.__dataclass_fields__)
-    async with conn.execute(
+    found: dict[str, list[SavedFile]] = {}
+    for r in conn.execute(
         f"SELECT task_id, {names} FROM files WHERE task_id IN ({marks(len(task_ids))}) ORDER BY id",
         task_ids,
-    ) as cur:
-        found: dict[str, list[SavedFile]] = {}
-        for r in await cur.fetchall():
-            found.setdefault(r[0], []).append(SavedFile(*tuple(r)[1:]))
+    ):
+        found.setdefault(r[0], []).append(SavedFile(*tuple(r)[1:]))
     return found
 
 
@@ -185,9 +180,9 @@ class Finish(DeliveryOp[None]):
     outcome: Outcome
     now_ms: int
 
-    async def apply(self, conn: aiosqlite.Connection) -> None:
+    def apply(self, conn: sqlite3.Connection) -> None:
         o = self.outcome
-        await conn.execute(
+        conn.execute(
             "UPDATE deliveries SET state = ?, next_attempt_at = ?, last_error = ?, updated_at = ?"
             " WHERE id = ? AND state = 'running'",
             (
@@ -199,7 +194,7 @@ class Finish(DeliveryOp[None]):
             ),
         )
         if o.files:
-            await conn.executemany(
+            conn.executemany(
                 _UPSERT_FILE,
                 [(self.task_id, self.delivery_id, *astuple(f), self.now_ms) for f in o.files],
             )
@@ -224,21 +219,22 @@ class Recover(DeliveryOp[int]):
     attempts_allowed: dict[str, int] = field(default_factory=dict)
     reason: str = "interrupted: the receiver stopped during this attempt"
 
-    async def apply(self, conn: aiosqlite.Connection) -> int:
+    def apply(self, conn: sqlite3.Connection) -> int:
         dead = 0
         for plugin, allowed in self.attempts_allowed.items():
-            async with conn.execute(
+            dead += conn.execute(
                 "UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, last_error = ?,"
                 " updated_at = ? WHERE state = 'running' AND plugin = ? AND attempts >= ?",
                 (f"{self.reason} (its last attempt)", self.now_ms, plugin, allowed),
-            ) as cur:
-                dead += cur.rowcount
-        async with conn.execute(
-            "UPDATE deliveries SET state = 'failed', next_attempt_at = ?, last_error = ?,"
-            " updated_at = ? WHERE state = 'running'",
-            (self.now_ms, self.reason, self.now_ms),
-        ) as cur:
-            return dead + cur.rowcount
+            ).rowcount
+        return (
+            dead
+            + conn.execute(
+                "UPDATE deliveries SET state = 'failed', next_attempt_at = ?, last_error = ?,"
+                " updated_at = ? WHERE state = 'running'",
+                (self.now_ms, self.reason, self.now_ms),
+            ).rowcount
+        )
 
 
 @dataclass(frozen=True)
@@ -264,9 +260,9 @@ class Redeliver(DeliveryOp[int]):
     since_ms: int | None = None
     loaded: frozenset[str] | None = None
 
-    async def apply(self, conn: aiosqlite.Connection) -> int:
+    def apply(self, conn: sqlite3.Connection) -> int:
         if self.delivery_id is not None:
-            await self._check_one(conn, self.delivery_id)
+            self._check_one(conn, self.delivery_id)
         where, args = ["state != 'running'"], list[Any]()
         if self.loaded is not None:
             where.append(f"plugin IN ({marks(len(self.loaded))})")
@@ -280,18 +276,16 @@ class Redeliver(DeliveryOp[int]):
             if value is not None:
                 where.append(column)
                 args.append(value)
-        async with conn.execute(
+        return conn.execute(
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
             f" updated_at = ? WHERE {' AND '.join(where)}",
             [self.now_ms, self.now_ms, *args],
-        ) as cur:
-            return cur.rowcount
+        ).rowcount
 
-    async def _check_one(self, conn: aiosqlite.Connection, delivery_id: int) -> None:
-        async with conn.execute(
+    def _check_one(self, conn: sqlite3.Connection, delivery_id: int) -> None:
+        row = conn.execute(
             "SELECT state, plugin FROM deliveries WHERE id = ?", (delivery_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
         if row is None:
             raise DeliveryNotFound(f"no delivery with id {delivery_id}")
         if row[0] == DeliveryState.RUNNING:

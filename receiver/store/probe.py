@@ -26,9 +26,9 @@ class WriteProbe:
     def __init__(self, at_ms: int) -> None:
         self.at_ms = at_ms
 
-    async def run(self, tx: Transaction) -> None:
+    def run(self, tx: Transaction) -> None:
         """Upsert the ``meta`` row; returns nothing."""
-        await tx.conn.execute(
+        tx.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (PROBE_KEY, str(self.at_ms)),

@@ -34,6 +34,7 @@ is in the way, and leaves the rest for a later checkpoint.
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -85,22 +86,20 @@ class PruneWindow:
     after_id: int
     window: int
 
-    async def run(self, tx: Transaction) -> Windowed:
+    def run(self, tx: Transaction) -> Windowed:
         """Runs in a savepoint of the writer's transaction."""
         time_column, qualifies = _SCAN[self.table]
-        async with tx.conn.execute(
+        seen = tx.conn.execute(
             f"SELECT id, {time_column} FROM {self.table} WHERE id > ? ORDER BY id LIMIT ?",
             (self.after_id, self.window),
-        ) as cur:
-            seen = list(await cur.fetchall())
+        ).fetchall()
         if not seen:
             return Windowed(0, self.after_id, True)
         last_id, last_time = int(seen[-1][0]), int(seen[-1][1])
-        async with tx.conn.execute(
+        deleted = tx.conn.execute(
             f"DELETE FROM {self.table} WHERE id > :after AND id <= :last AND {qualifies}",
             {"after": self.after_id, "last": last_id, "cutoff": self.cutoff_ms},
-        ) as cur:
-            deleted = cur.rowcount
+        ).rowcount
         finished = len(seen) < self.window or last_time >= self.cutoff_ms
         return Windowed(deleted, last_id, finished)
 
@@ -118,11 +117,11 @@ class IncrementalVacuum:
 
     pages: int
 
-    async def run(self, tx: Transaction) -> int:
+    def run(self, tx: Transaction) -> int:
         """Runs in a savepoint of the writer's transaction."""
         # One page per step of the statement; executemany steps each execution once.
-        await tx.conn.executemany("PRAGMA incremental_vacuum(1)", itertools.repeat((), self.pages))
-        return await _pragma(tx.conn, "freelist_count")
+        tx.conn.executemany("PRAGMA incremental_vacuum(1)", itertools.repeat((), self.pages))
+        return _pragma_now(tx.conn, "freelist_count")
 
 
 @dataclass(frozen=True)
@@ -131,12 +130,12 @@ class FullVacuum:
     database into one that :class:`IncrementalVacuum` can shrink), then checkpoint the WAL.
     A :class:`~receiver.store.transaction.ConnectionOp`: it runs alone."""
 
-    async def run_alone(self, conn: aiosqlite.Connection) -> None:
+    def run_alone(self, conn: sqlite3.Connection) -> None:
         """Raises ``sqlite3.Error`` when the file cannot be rewritten (e.g. the disk is full:
         VACUUM needs room for a second copy)."""
-        await conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
-        await conn.execute("VACUUM")
-        await checkpoint(conn)
+        conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
+        conn.execute("VACUUM")
+        checkpoint(conn)
 
 
 @dataclass(frozen=True)
@@ -146,13 +145,13 @@ class Checkpoint:
     reader holding a snapshot leaves part of the WAL for the next checkpoint, and is never
     waited for."""
 
-    async def run_alone(self, conn: aiosqlite.Connection) -> bool:
+    def run_alone(self, conn: sqlite3.Connection) -> bool:
         """Runs on the writer's connection, outside any transaction; returns
         :func:`checkpoint`'s answer."""
-        return await checkpoint(conn)
+        return checkpoint(conn)
 
 
-async def checkpoint(conn: aiosqlite.Connection) -> bool:
+def checkpoint(conn: sqlite3.Connection) -> bool:
     """``PRAGMA wal_checkpoint(TRUNCATE)`` on ``conn`` with its busy handler off for that
     statement (``busy_timeout = 0``, then restored), so it never waits for a reader.
 
@@ -161,13 +160,12 @@ async def checkpoint(conn: aiosqlite.Connection) -> bool:
         connection's checkpoint) was in the way, and SQLite did as much as a ``PASSIVE``
         checkpoint could (see https://sqlite.org/pragma.html#pragma_wal_checkpoint).
     """
-    busy_timeout_ms = await _pragma(conn, "busy_timeout")
-    await conn.execute("PRAGMA busy_timeout = 0")
+    busy_timeout_ms = _pragma_now(conn, "busy_timeout")
+    conn.execute("PRAGMA busy_timeout = 0")
     try:
-        async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-            row = await cur.fetchone()
+        row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     finally:
-        await conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return row is not None and int(row[0]) == 0
 
 
@@ -233,6 +231,12 @@ async def prunable(conn: aiosqlite.Connection, cutoff_ms: int) -> Prunable:
 async def _count(conn: aiosqlite.Connection, sql: str, cutoff_ms: int) -> int:
     async with conn.execute(sql, {"cutoff": cutoff_ms}) as cur:
         row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _pragma_now(conn: sqlite3.Connection, name: str) -> int:
+    """``PRAGMA name`` on the writer's own connection (on its thread)."""
+    row = conn.execute(f"PRAGMA {name}").fetchone()
     return int(row[0]) if row else 0
 
 
