@@ -8,11 +8,10 @@ callbacks and the outbox rows with one ``executemany`` each, inside the same tra
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from operator import attrgetter
-
-import sqlite3
 
 from receiver.models import DeliveryState
 from receiver.store.rows import marks
@@ -84,9 +83,7 @@ def write_batch(conn: sqlite3.Connection, batch: Batch, router: Router) -> None:
     if batch.changed:
         conn.executemany(_UPSERT_TASK, [_task_values(t) for t in batch.changed.values()])
     if batch.transitions:
-        conn.executemany(
-            _INSERT_TRANSITION, [_transition_values(t) for t in batch.transitions]
-        )
+        conn.executemany(_INSERT_TRANSITION, [_transition_values(t) for t in batch.transitions])
         _insert_deliveries(conn, batch.transitions, batch.tasks, router)
     if batch.callbacks:
         conn.executemany(_INSERT_CALLBACK, [_callback_values(c) for c in batch.callbacks])

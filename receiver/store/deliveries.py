@@ -19,10 +19,9 @@ Times are Unix ms.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
-
-import sqlite3
 
 from receiver.errors import DeliveryNotFound, DeliveryRunning, PluginNotLoaded
 from receiver.models import DeliveryState, Event, SavedFile
