@@ -222,7 +222,7 @@ async def reconcile(request: Request) -> Response:
     known = await svc.reader.get_task(request.path_params["id"])
     if known is None:
         return error(404, "no task with that task_id or external_task_id")
-    raw = await read_text(request, svc.settings)
+    raw = await read_text(request.scope, request.receive, svc.settings)
     task = parse_callback(raw)
     if task.task_id != known.task_id:
         return error(409, f"body is task {task.task_id}, not {known.task_id}")

@@ -13,14 +13,14 @@ from starlette.types import Scope
 
 from receiver import credentials, store
 from receiver.api import API_ROUTES
-from receiver.callbacks import CALLBACK_ROUTES
+from receiver.callbacks import CALLBACK_ROUTES, CallbackFastPath
 from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
 from receiver.fanout import make_router
 from receiver.limits import InFlightLimit
 from receiver.metrics import Metrics, Rejection
 from receiver.plugins.registry import LoadedPlugin, load_plugins
-from receiver.request_ids import RequestIds
+from receiver.request_ids import RequestIds, choose_request_id
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
 from receiver.writer import Writer
@@ -153,13 +153,15 @@ def create_app(
     app = Starlette(
         routes=[*CALLBACK_ROUTES, *API_ROUTES],
         middleware=[
-            Middleware(RequestIds),
             Middleware(
                 InFlightLimit,
                 limit=settings.kling_hooks_max_in_flight,
                 retry_after_s=settings.kling_hooks_retry_after_s,
                 on_refused=_count_overload,
+                request_id=choose_request_id,
             ),
+            Middleware(CallbackFastPath),  # a callback skips the layers below
+            Middleware(RequestIds),
         ],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
         lifespan=lifespan,

@@ -21,27 +21,33 @@ database cannot commit                    503     nothing; ``Retry-After``      
 ========================================  ======  ============================  =================
 
 The settings named are ``KLING_HOOKS_*`` (``KLING_HOOKS_MAX_BODY_BYTES``...).
+
+Every answer carries ``X-Request-ID`` (``receiver.request_ids``). An accepted callback is
+logged only at debug level (``KLING_HOOKS_LOG_LEVEL=debug``: one ``callback`` line each);
+rejections are logged at warning level.
+
+The endpoint is a pure ASGI app, and :class:`CallbackFastPath` hands it a callback before
+Starlette's routing and request objects: this is the path every Kling callback takes, and the
+one the benchmarks measure (bench/README.md). Other methods on the same path (405) and
+everything else go through Starlette as usual.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-from structlog.typing import FilteringBoundLogger as BoundLogger
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.config import Settings
 from receiver.errors import Refused, StoreUnavailable, TaskConflict
 from receiver.metrics import Rejection
-from receiver.models import Accepted
+from receiver.models import Accepted, ErrorAnswer, Verdict
 from receiver.parsing import parse_callback
-from receiver.request_ids import request_log
+from receiver.request_ids import choose_request_id
 from receiver.requests import read_text
-from receiver.responses import error, respond
-from receiver.services import services
+from receiver.services import Services, services_of
 from receiver.transitions import IncomingCallback
 from submitter.protocol import TaskObject
 from submitter.tokens import CALLBACK_PATH
@@ -58,93 +64,127 @@ _REASONS = {
     413: Rejection.TOO_LARGE,
     422: Rejection.NOT_A_TASK,
 }
-
-
-def _reject(
-    request: Request,
-    clog: BoundLogger,
-    status: int,
-    message: str,
-    reason: Rejection,
-    detail: str,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """Count and log a refused callback with its reason, and answer it in the error shape.
-
-    Args:
-        clog: The request's logger (its ``external_task_id``, and ``task_id`` once known).
-        reason: The ``reason`` label of ``kling_hooks_callback_rejections_total``, also logged.
-        detail: What exactly was wrong, for the log only (free text).
-    """
-    services(request).metrics.rejected(reason)
-    clog.warning(
-        "callback_rejected",
-        status=status,
-        reason=reason.value,
-        detail=detail,
-        client=request.client.host if request.client else None,
-    )
-    return error(status, message, headers)
-
-
 _OTHER_TASK = "body belongs to another task than the URL"
+#: The answer to an accepted callback, by verdict: built once from the answer's model.
+_ACCEPTED = {v: Accepted(verdict=v).model_dump_json().encode() for v in Verdict}
+_JSON = (b"content-type", b"application/json")
+
+#: An answer: status, body, and headers beyond content type, length and request id.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 
-async def _read_task(request: Request, ext: str, settings: Settings) -> tuple[TaskObject, str]:
+class _Call:
+    """One callback request: what its log lines and its answer need."""
+
+    __slots__ = ("client", "external_task_id", "request_id", "svc", "task_id")
+
+    def __init__(self, scope: Scope, svc: Services, external_task_id: str) -> None:
+        self.svc = svc
+        self.request_id = choose_request_id(scope)
+        self.external_task_id = external_task_id
+        self.task_id: str | None = None
+        client = scope.get("client")
+        self.client = client[0] if client else None
+
+    def fields(self) -> dict[str, Any]:
+        found = {"request_id": self.request_id, "external_task_id": self.external_task_id[:80]}
+        if self.task_id is not None:
+            found["task_id"] = self.task_id
+        return found
+
+    def reject(
+        self,
+        status: int,
+        message: str,
+        reason: Rejection,
+        detail: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> Answer:
+        """Count and log a refused callback with its reason; its answer in the error shape.
+
+        Args:
+            reason: The ``reason`` label of ``kling_hooks_callback_rejections_total``, also
+                logged.
+            detail: What exactly was wrong, for the log only (free text).
+        """
+        self.svc.metrics.rejected(reason)
+        log.warning(
+            "callback_rejected",
+            status=status,
+            reason=reason.value,
+            detail=detail,
+            client=self.client,
+            **self.fields(),
+        )
+        extra = list(headers or [])
+        if status == 408:  # as receiver.responses.error: the rest of the body may still come
+            extra.append((b"connection", b"close"))
+        return status, ErrorAnswer(error=message).model_dump_json().encode(), extra
+
+
+async def _read_task(
+    scope: Scope, receive: Receive, ext: str, svc: Services
+) -> tuple[TaskObject, str]:
     """The callback's task and raw body.
 
     Raises:
-        Refused: 413, 400 or 422 as the module docstring's table says, or 409 when the body
-            names another external_task_id than the URL.
+        Refused: 413, 408, 400 or 422 as the module docstring's table says, or 409 when the
+            body names another external_task_id than the URL.
     """
-    raw = await read_text(request, settings)
+    raw = await read_text(scope, receive, svc.settings)
     task = parse_callback(raw)
     if task.external_task_id is not None and task.external_task_id != ext:
         raise Refused(_OTHER_TASK, 409)
     return task, raw
 
 
-async def receive_callback(request: Request) -> Response:
-    """``POST /callbacks/{external_task_id}/{token}``: see the module docstring's table.
+class CallbackEndpoint:
+    """``POST /callbacks/{external_task_id}/{token}`` as an ASGI app: see the module
+    docstring's table.
 
     Every call is timed (``kling_hooks_callback_duration_seconds``) and counted by verdict or
     rejection reason (``receiver.metrics``).
     """
-    started_s = time.perf_counter()
-    try:
-        return await _receive(request)
-    finally:
-        services(request).metrics.callback_took(time.perf_counter() - started_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started_s = time.perf_counter()
+        svc = services_of(scope)
+        params = scope["path_params"]
+        call = _Call(scope, svc, params["external_task_id"])
+        try:
+            status, body, headers = await _receive(scope, receive, call, params["token"])
+        finally:
+            svc.metrics.callback_took(time.perf_counter() - started_s)
+        headers += [
+            _JSON,
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", call.request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
-async def _receive(request: Request) -> Response:
-    svc = services(request)
-    ext = request.path_params["external_task_id"]
-    clog = request_log(request, log, external_task_id=ext[:80])
-    if not svc.credentials.tokens.verify(ext, request.path_params["token"]):
+async def _receive(scope: Scope, receive: Receive, call: _Call, token: str) -> Answer:
+    svc, ext = call.svc, call.external_task_id
+    if not svc.credentials.tokens.verify(ext, token):
         # With more path segments than ours, the real token may sit inside "ext": log its
         # first segment only.
-        clog = request_log(request, log, external_task_id=ext.split("/", 1)[0][:80])
-        return _reject(
-            request, clog, 401, "invalid callback URL", Rejection.TOKEN, "token does not verify"
-        )
+        call.external_task_id = ext.split("/", 1)[0]
+        return call.reject(401, "invalid callback URL", Rejection.TOKEN, "token does not verify")
     try:
-        task, raw = await _read_task(request, ext, svc.settings)
+        task, raw = await _read_task(scope, receive, ext, svc)
     except Refused as exc:
-        reason = _REASONS[exc.status]
-        return _reject(request, clog, exc.status, exc.message, reason, exc.message)
-    clog = clog.bind(task_id=task.task_id)
+        return call.reject(exc.status, exc.message, _REASONS[exc.status], exc.message)
+    call.task_id = task.task_id
     try:
         verdict = await svc.writer.submit(IncomingCallback(ext, task, raw, svc.clock_ms()))
     except TaskConflict as exc:
-        return _reject(request, clog, 409, _OTHER_TASK, Rejection.OTHER_TASK, str(exc))
+        return call.reject(409, _OTHER_TASK, Rejection.OTHER_TASK, str(exc))
     except Exception as exc:  # StoreUnavailable, or anything else: never a 500
         if not isinstance(exc, StoreUnavailable):
-            clog.exception("callback_store_error")
-        retry = {"Retry-After": str(svc.settings.kling_hooks_retry_after_s)}
-        return _reject(
-            request,
-            clog,
+            log.exception("callback_store_error", **call.fields())
+        retry = [(b"retry-after", str(svc.settings.kling_hooks_retry_after_s).encode())]
+        return call.reject(
             503,
             "database unavailable, retry later",
             Rejection.STORE_UNAVAILABLE,
@@ -152,11 +192,36 @@ async def _receive(request: Request) -> Response:
             retry,
         )
     svc.metrics.callback(verdict)
-    clog.info("callback", verdict=verdict.value, task_status=task.task_status.value)
-    return respond(Accepted(verdict=verdict))
+    log.debug(
+        "callback", verdict=verdict.value, task_status=task.task_status.value, **call.fields()
+    )
+    return 200, _ACCEPTED[verdict], []
 
 
 #: The callback route; ``external_task_id`` may contain ``/`` (it is URL-quoted).
-CALLBACK_ROUTES = [
-    Route(CALLBACK_PATH + "/{external_task_id:path}/{token}", receive_callback, methods=["POST"]),
-]
+CALLBACK_ROUTE = Route(
+    CALLBACK_PATH + "/{external_task_id:path}/{token}", CallbackEndpoint(), methods=["POST"]
+)
+CALLBACK_ROUTES = [CALLBACK_ROUTE]
+
+
+class CallbackFastPath:
+    """ASGI middleware: a request that :data:`CALLBACK_ROUTE` matches fully (the path and
+    ``POST``) goes straight to its endpoint; everything else to ``app``.
+
+    It sits inside the in-flight limit (``receiver.limits.InFlightLimit``) and outside
+    Starlette's routing; the endpoint sets its own ``X-Request-ID``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._prefix = CALLBACK_PATH + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self._prefix):
+            match, child = CALLBACK_ROUTE.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)
+                await CALLBACK_ROUTE.app(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -46,6 +46,8 @@ class InFlightLimit:
         limit: Most requests handled at once (>= 1).
         retry_after_s: The ``Retry-After`` of the 503, seconds.
         on_refused: Called with the scope of each request refused (the metrics count it).
+        request_id: The request id of a refused request's scope, sent as ``X-Request-ID``
+            (``receiver.request_ids.choose_request_id``).
     """
 
     def __init__(
@@ -55,8 +57,10 @@ class InFlightLimit:
         limit: int,
         retry_after_s: int,
         on_refused: Callable[[Scope], None] = lambda scope: None,
+        request_id: Callable[[Scope], str] = lambda scope: "-",
     ) -> None:
         self.app = app
+        self.request_id = request_id
         self.limit = limit
         self.on_refused = on_refused
         self.in_flight = 0
@@ -74,7 +78,8 @@ class InFlightLimit:
             return
         if self.in_flight >= self.limit:
             self.on_refused(scope)
-            await send({"type": "http.response.start", "status": 503, "headers": self._headers})
+            headers = [*self._headers, (b"x-request-id", self.request_id(scope).encode())]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
             await send({"type": "http.response.body", "body": self._body})
             return
         self.in_flight += 1

@@ -22,9 +22,18 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import FilteringBoundLogger
 
-__all__ = ["RequestIds", "request_log"]
+__all__ = ["RequestIds", "choose_request_id", "request_log"]
 
 _GIVEN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def choose_request_id(scope: Scope) -> str:
+    """The request id of an HTTP scope: its ``X-Request-ID`` when that is a plain token (1 to
+    64 of ``A-Z a-z 0-9 - _ .``), else 16 new hex digits."""
+    given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+    text = given.decode("latin-1")
+    # Not a secret: an id to join log lines by, so the cheap generator does.
+    return text if _GIVEN.match(text) else f"{random.getrandbits(64):016x}"
 
 
 class RequestIds:
@@ -37,10 +46,7 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        text = given.decode("latin-1")
-        # Not a secret: an id to join log lines by, so the cheap generator does.
-        request_id = text if _GIVEN.match(text) else f"{random.getrandbits(64):016x}"
+        request_id = choose_request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode("latin-1"))
 

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope
 
 from receiver.config import Settings
 from receiver.errors import BodyTooLarge, Refused
@@ -17,8 +18,14 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 async def read_bounded(request: Request, settings: Settings) -> bytes:
-    """Read the body, stopping as soon as it exceeds ``KLING_HOOKS_MAX_BODY_BYTES`` (the rest
-    is never read), or when it has not all arrived within ``KLING_HOOKS_BODY_TIMEOUT_S``.
+    """:func:`read_body` of ``request``."""
+    return await read_body(request.scope, request.receive, settings)
+
+
+async def read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes:
+    """Read an ASGI request's body, stopping as soon as it exceeds
+    ``KLING_HOOKS_MAX_BODY_BYTES`` (the rest is never read), or when it has not all arrived
+    within ``KLING_HOOKS_BODY_TIMEOUT_S``.
 
     Raises:
         BodyTooLarge: ``Content-Length`` or the bytes received exceed the limit.
@@ -26,33 +33,39 @@ async def read_bounded(request: Request, settings: Settings) -> bytes:
             before the body ended (a truncated body is not JSON; nobody reads the answer).
     """
     max_bytes = settings.kling_hooks_max_body_bytes
-    declared = request.headers.get("content-length", "")
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge
     chunks, size = [], 0
     try:
         async with asyncio.timeout(settings.kling_hooks_body_timeout_s):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > max_bytes:
                     raise BodyTooLarge
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         timeout = settings.kling_hooks_body_timeout_s
         raise Refused(f"body not received within {timeout:g} s", 408) from None
     except ClientDisconnect:
         raise Refused(f"body cut short: the client went away after {size} bytes", 400) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_text(request: Request, settings: Settings) -> str:
-    """The body as text: bounded as :func:`read_bounded` says, UTF-8.
+async def read_text(scope: Scope, receive: Receive, settings: Settings) -> str:
+    """An ASGI request's body as text: bounded as :func:`read_body` says, UTF-8.
 
     Raises:
         Refused: 413 too large; 408 too slow; 400 not UTF-8 or cut short.
     """
     try:
-        return (await read_bounded(request, settings)).decode("utf-8")
+        return (await read_body(scope, receive, settings)).decode("utf-8")
     except BodyTooLarge:
         raise Refused(f"body is over {settings.kling_hooks_max_body_bytes} bytes", 413) from None
     except UnicodeDecodeError:

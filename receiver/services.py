@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from receiver.config import Settings
 from receiver.credentials import Credentials
@@ -50,7 +51,17 @@ def services(request: Request) -> Services:
     Raises:
         RuntimeError: the app was built without ``receiver.app.create_app``'s lifespan.
     """
-    found = getattr(request.state, "services", None)
+    return services_of(request.scope)
+
+
+def services_of(scope: Scope) -> Services:
+    """The :class:`Services` in an HTTP scope's lifespan state (what :func:`services` reads;
+    for pure ASGI handlers, which have no ``Request``).
+
+    Raises:
+        RuntimeError: the app was built without ``receiver.app.create_app``'s lifespan.
+    """
+    found = scope.get("state", {}).get("services")
     if not isinstance(found, Services):
         raise RuntimeError("no Services in the lifespan state: build the app with create_app")
     return found

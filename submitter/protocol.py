@@ -150,7 +150,10 @@ def loads_json(raw: str) -> Any:
         doc = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    if _depth(doc) > MAX_JSON_DEPTH:
+    # Fewer brackets than levels allowed cannot nest too deeply (a Kling body has about 20):
+    # the walk over the parsed document runs only when the count leaves the question open.
+    brackets = raw.count("[") + raw.count("{")
+    if brackets > MAX_JSON_DEPTH and _depth(doc) > MAX_JSON_DEPTH:
         raise ValueError(f"nested too deeply (over {MAX_JSON_DEPTH} levels)")
     if _SURROGATE_ESCAPE.search(raw):  # rare: check the parsed text only then
         try:
