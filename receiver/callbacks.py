@@ -192,9 +192,10 @@ async def _receive(scope: Scope, receive: Receive, call: _Call, token: str) -> A
             retry,
         )
     svc.metrics.callback(verdict)
-    log.debug(
-        "callback", verdict=verdict.value, task_status=task.task_status.value, **call.fields()
-    )
+    if svc.settings.kling_hooks_log_level == "debug":  # asking the logger costs µs per call
+        log.debug(
+            "callback", verdict=verdict.value, task_status=task.task_status.value, **call.fields()
+        )
     return 200, _ACCEPTED[verdict], []
 
 

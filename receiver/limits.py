@@ -152,6 +152,8 @@ class ConnectionLimits:
 def header_timeout_protocol(
     limits: ConnectionLimits,
     on_event: Callable[[dict[str, object], ConnectionEvent], None] = lambda state, event: None,
+    *,
+    body_received: str | None = None,
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with limits on request headers; pass it as uvicorn's
     ``http=``.
@@ -174,6 +176,8 @@ def header_timeout_protocol(
         limits: The limits.
         on_event: Called with the app's lifespan state (``{"services": ...}``) and the event,
             for each connection closed or reported so (the metrics count them).
+        body_received: A scope key set to True once the request's whole body has arrived
+            (``receiver.requests.BODY_RECEIVED``: reading it then needs no deadline).
 
     The protocol's ``awaiting_request`` says whether a request has begun (or the connection
     is new) and its headers are not all in: a graceful stop waits for those
@@ -229,6 +233,8 @@ def header_timeout_protocol(
 
         def on_message_complete(self) -> None:
             self._in_message = False
+            if body_received is not None:
+                self.scope[body_received] = True  # type: ignore[literal-required]
             super().on_message_complete()
 
         def on_response_complete(self) -> None:

@@ -16,6 +16,10 @@ from submitter.protocol import first_error, loads_json
 
 Body = TypeVar("Body", bound=BaseModel)
 
+#: The scope key that says the whole body has arrived (set by the HTTP protocol,
+#: ``receiver.limits.header_timeout_protocol``): reading it needs no deadline then.
+BODY_RECEIVED = "kling_hooks.body_received"
+
 
 async def read_bounded(request: Request, settings: Settings) -> bytes:
     """:func:`read_body` of ``request``."""
@@ -25,7 +29,8 @@ async def read_bounded(request: Request, settings: Settings) -> bytes:
 async def read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes:
     """Read an ASGI request's body, stopping as soon as it exceeds
     ``KLING_HOOKS_MAX_BODY_BYTES`` (the rest is never read), or when it has not all arrived
-    within ``KLING_HOOKS_BODY_TIMEOUT_S``.
+    within ``KLING_HOOKS_BODY_TIMEOUT_S``. A body that had all arrived when the handler began
+    (``BODY_RECEIVED``, a callback's usual case) is read without arming that deadline.
 
     Raises:
         BodyTooLarge: ``Content-Length`` or the bytes received exceed the limit.
@@ -36,26 +41,37 @@ async def read_body(scope: Scope, receive: Receive, settings: Settings) -> bytes
     declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge
-    chunks, size = [], 0
+    chunks: list[bytes] = []
     try:
-        async with asyncio.timeout(settings.kling_hooks_body_timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
+        if scope.get(BODY_RECEIVED):
+            await _read_chunks(receive, chunks, max_bytes)
+        else:
+            async with asyncio.timeout(settings.kling_hooks_body_timeout_s):
+                await _read_chunks(receive, chunks, max_bytes)
     except TimeoutError:
         timeout = settings.kling_hooks_body_timeout_s
         raise Refused(f"body not received within {timeout:g} s", 408) from None
     except ClientDisconnect:
+        size = sum(map(len, chunks))
         raise Refused(f"body cut short: the client went away after {size} bytes", 400) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_chunks(receive: Receive, chunks: list[bytes], max_bytes: int) -> None:
+    """Append the body's chunks to ``chunks`` until the last. Raises BodyTooLarge past
+    ``max_bytes``, ClientDisconnect when the client went away first."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return
 
 
 async def read_text(scope: Scope, receive: Receive, settings: Settings) -> str:

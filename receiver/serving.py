@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from receiver.config import Settings
 from receiver.limits import ConnectionEvent, ConnectionLimits, header_timeout_protocol
+from receiver.requests import BODY_RECEIVED
 from receiver.services import Services
 
 log = structlog.get_logger("kling_hooks.serving")
@@ -57,7 +58,7 @@ def receiver_options(settings: Settings) -> dict[str, Any]:
         max_connections=ConnectionLimits.fd_budget(),
     )
     return {
-        "http": header_timeout_protocol(limits, _count),
+        "http": header_timeout_protocol(limits, _count, body_received=BODY_RECEIVED),
         "timeout_keep_alive": settings.kling_hooks_keep_alive_s,
         "timeout_graceful_shutdown": REQUEST_DRAIN_S,
         "proxy_headers": True,

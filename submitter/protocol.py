@@ -23,7 +23,7 @@ import math
 import re
 import time
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -32,10 +32,11 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
-    TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
+from typing_extensions import TypedDict
 
 
 class TaskStatus(StrEnum):
@@ -206,18 +207,14 @@ class TaskObject(BaseModel):
     updated_at: Millis | None = None
     final_unit_deduction: StrictStr | None = None
     task_info: TaskInfo | None = None
-    task_result: dict[str, Any] | None = None
+    task_result: TaskResult | None = None
 
-    @field_validator("task_result")
+    @field_validator("task_result", mode="wrap")
     @classmethod
-    def _documented_kinds(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The kinds PROTOCOL.md section 4 documents (``images``, ``videos``) must have the
-        documented types; other kinds (``audios``...) are kept as sent. The dict is not
-        changed."""
-        if value is not None:
-            for kind, adapter in _RESULT_KINDS.items():
-                if kind in value:
-                    _validate_kind(kind, adapter, value[kind])
+    def _as_sent(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Checked against :class:`TaskResult` (a refusal names ``task_result.images.0.url``),
+        but kept as it came: the same dict, in its own key order."""
+        handler(value)
         return value
 
     @property
@@ -226,45 +223,38 @@ class TaskObject(BaseModel):
         return self.task_info.external_task_id if self.task_info else None
 
 
-class _ResultItem(BaseModel):
-    """One file of ``task_result``: its ``url`` (and ``watermark_url``) must be strings."""
+class ResultImage(TypedDict):
+    """``task_result.images[i]``: ``{"index": 0, "url": ...}``; ``url`` (and
+    ``watermark_url``) must be strings; other keys are kept."""
 
-    model_config = ConfigDict(extra="allow")
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
 
     url: StrictStr
-    watermark_url: StrictStr | None = None
+    watermark_url: NotRequired[StrictStr | None]
+    index: NotRequired[WholeNumber | None]
 
 
-class ResultImage(_ResultItem):
-    """``task_result.images[i]``: ``{"index": 0, "url": ...}``."""
-
-    index: WholeNumber | None = None
-
-
-class ResultVideo(_ResultItem):
+class ResultVideo(TypedDict):
     """``task_result.videos[i]``: ``{"id": ..., "url": ..., "duration": "5.1"}`` (seconds, a
-    string)."""
+    string); other keys are kept."""
 
-    id: StrictStr | None = None
-    duration: StrictStr | None = None
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
 
-
-# The kinds PROTOCOL.md section 4 gives a shape (``audios`` it names without one: kept as
-# sent). ``null`` stands for none.
-_RESULT_KINDS: dict[str, TypeAdapter[Any]] = {
-    "images": TypeAdapter(list[ResultImage] | None),
-    "videos": TypeAdapter(list[ResultVideo] | None),
-}
+    url: StrictStr
+    watermark_url: NotRequired[StrictStr | None]
+    id: NotRequired[StrictStr | None]
+    duration: NotRequired[StrictStr | None]
 
 
-def _validate_kind(kind: str, adapter: TypeAdapter[Any], items: Any) -> None:
-    """Raise ValueError naming ``task_result.KIND.i.field`` when ``items`` are not as
-    documented."""
-    try:
-        adapter.validate_python(items)
-    except ValidationError as exc:
-        field, message = field_errors(exc, root="")[0]
-        raise ValueError(f"{kind}{'.' if field else ''}{field}: {message}") from None
+class TaskResult(TypedDict, total=False):
+    """``task_result``: the kinds PROTOCOL.md section 4 gives a shape (``images``,
+    ``videos``; ``null`` stands for none) must have it; other kinds (``audios``, which it
+    names without one) are kept as sent."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    images: list[ResultImage] | None
+    videos: list[ResultVideo] | None
 
 
 class Envelope(BaseModel):
