@@ -30,6 +30,7 @@ load, the callbacks' commits decide.)
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,10 @@ def _unavailable(exc: Exception) -> Exception:
     if isinstance(exc, sqlite3.Error):
         return StoreUnavailable(f"database error: {exc}")
     return exc
+
+
+def _log_alone_failed(exc: Exception, op: str) -> None:
+    log.error("connection_op_failed", error=str(exc), op=op)
 
 
 def _no_plugins(task_status: str, route: str | None) -> list[str]:
@@ -121,8 +126,11 @@ class Writer:
         self._last_commit_ok = True
         self._probe: asyncio.Future[bool] | None = None
         self._last_attempt_s = clock_s()
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        # Filled on the event loop, emptied on the writer's thread (which blocks on it when
+        # there is nothing to do: no polling); None asks the thread to stop.
+        self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Future[None] | None = None
         self._listeners: list[CommitListener] = []
         self._stopping = False
 
@@ -214,14 +222,15 @@ class Writer:
         self._listeners.append(listener)
 
     def start(self) -> None:
-        """Start the writer task on the running event loop."""
-        self._task = asyncio.create_task(self._run(), name="kling-hooks-writer")
+        """Start the writer's thread; its results come back to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.run_in_executor(self._thread, self._serve)
 
     async def close(self) -> None:
         """Commit everything already queued, stop, and close the connection."""
         self._stopping = True
         if self._task is not None:
-            self._queue.put_nowait(None)
+            self._inbox.put(None)
             await self._task
         await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
         self._thread.shutdown(wait=False)
@@ -244,23 +253,29 @@ class Writer:
         if not self.running:
             raise StoreUnavailable("the writer is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(op, future))  # unbounded: never waits
+        self._inbox.put(_Pending(op, future))  # unbounded: never waits
         return await future
 
-    async def _run(self) -> None:
+    def _serve(self) -> None:
+        """The writer's thread: take everything queued, run it as one transaction, hand the
+        outcome back to the event loop, and start on what came meanwhile at once (the next
+        transaction never waits for the loop to deliver the last one's answers)."""
         stopping = False
         held: _Pending | None = None  # a ConnectionOp that ended the last batch
         while not stopping:
-            first = held or await self._queue.get()
+            first = held or self._inbox.get()
             held = None
             if first is None:
                 break
             if first.alone:
-                await self._run_alone(first)
+                self._run_alone(first)
                 continue
             pending = [first]
-            while len(pending) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
+            while len(pending) < self._max_batch:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
                 if item is None:
                     stopping = True
                     break
@@ -268,40 +283,50 @@ class Writer:
                     held = item
                     break
                 pending.append(item)
-            await self._commit(pending)
+            self._commit(pending)
 
-    async def _run_alone(self, p: _Pending) -> None:
+    def _answer(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the event loop (from the writer's thread)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run_alone(self, p: _Pending) -> None:
         op = cast(ConnectionOp[Any], p.op)
         try:
-            p.result = await asyncio.get_running_loop().run_in_executor(
-                self._thread, op.run_alone, self._conn
-            )
+            p.result = op.run_alone(self._conn)
         except Exception as exc:
-            log.error("connection_op_failed", error=str(exc), op=type(p.op).__name__)
             p.error = _unavailable(exc)
-        p.resolve()
+            self._answer(_log_alone_failed, exc, type(op).__name__)
+        self._answer(p.resolve)
 
-    async def _commit(self, pending: list[_Pending]) -> None:
+    def _commit(self, pending: list[_Pending]) -> None:
         self._last_attempt_s = self._clock_s()
-        # A batch holds no ConnectionOp (_run ends it before one); zip checks that.
+        # A batch holds no ConnectionOp (_serve ends it before one); zip checks that.
         ops = [cast(WriteOp[Any], p.op) for p in pending if not p.alone]
         try:
-            outcomes, transitions = await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._transaction, ops
-            )
+            outcomes, transitions = self._transaction(ops)
         except Exception as exc:
-            self._last_commit_ok = False
-            log.error("commit_failed", error=str(exc), operations=len(pending))
-            failure = StoreUnavailable(f"database could not commit: {exc}")
-            for p in pending:
-                p.result, p.error = None, failure
-                p.resolve()
+            self._answer(self._failed, pending, exc)
             return
-        self._last_commit_ok = True
         for p, (result, error) in zip(pending, outcomes, strict=True):
             p.result, p.error = result, error
+        self._answer(self._committed, pending, transitions)
+
+    def _committed(self, pending: list[_Pending], transitions: list[TransitionRow]) -> None:
+        """On the event loop: a batch committed; answer its callers, then the listeners."""
+        self._last_commit_ok = True
+        for p in pending:
             p.resolve()
         self._notify(transitions)
+
+    def _failed(self, pending: list[_Pending], exc: Exception) -> None:
+        """On the event loop: a batch did not commit; nothing of it was stored."""
+        self._last_commit_ok = False
+        log.error("commit_failed", error=str(exc), operations=len(pending))
+        failure = StoreUnavailable(f"database could not commit: {exc}")
+        for p in pending:
+            p.result, p.error = None, failure
+            p.resolve()
 
     def _transaction(
         self, ops: Sequence[WriteOp[Any]]

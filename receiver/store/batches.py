@@ -28,8 +28,28 @@ def _columns(row_type: type) -> list[str]:
 
 
 def _insert(table: str, row_type: type) -> str:
-    names = _columns(row_type)
-    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks(len(names))})"
+    """``INSERT INTO table (columns) VALUES``: :func:`_insert_rows` adds the rows."""
+    return f"INSERT INTO {table} ({', '.join(_columns(row_type))}) VALUES"
+
+
+#: Most rows in one INSERT statement (SQLite allows 32,766 parameters; a task row has 13).
+ROWS_PER_STATEMENT = 500
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[object, ...]], tail: str = ""
+) -> None:
+    """Insert ``rows`` with one multi-row ``INSERT ... VALUES (...), (...)`` statement per
+    :data:`ROWS_PER_STATEMENT`: one step of SQLite each, where ``executemany`` steps once per
+    row and hands the GIL back and forth every time (the event loop's thread holds it most of
+    the time, so each hand-over waits)."""
+    if not rows:
+        return
+    one = f"({marks(len(rows[0]))})"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        values = [v for row in chunk for v in row]
+        conn.execute(f"{insert} {','.join([one] * len(chunk))}{tail}", values)
 
 
 _TASK_COLUMNS = _columns(TaskRow)
@@ -37,10 +57,9 @@ _TASK_COLUMNS = _columns(TaskRow)
 _task_values = attrgetter(*_TASK_COLUMNS)
 _transition_values = attrgetter(*_columns(TransitionRow))
 _callback_values = attrgetter(*_columns(CallbackRow))
-_UPSERT_TASK = (
-    _insert("tasks", TaskRow)
-    + " ON CONFLICT (task_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS if c != "task_id")
+_INSERT_TASK = _insert("tasks", TaskRow)
+_ON_TASK_CONFLICT = " ON CONFLICT (task_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _TASK_COLUMNS if c != "task_id"
 )
 _INSERT_TRANSITION = _insert("transitions", TransitionRow)
 _INSERT_CALLBACK = _insert("callbacks", CallbackRow)
@@ -80,13 +99,12 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
 def write_batch(conn: sqlite3.Connection, batch: Batch, router: Router) -> None:
     """Write what a batch produced: task rows, new transitions, the raw callbacks, and one
     ``pending`` delivery per (new transition, plugin that ``router`` names), due at once."""
-    if batch.changed:
-        conn.executemany(_UPSERT_TASK, [_task_values(t) for t in batch.changed.values()])
-    if batch.transitions:
-        conn.executemany(_INSERT_TRANSITION, [_transition_values(t) for t in batch.transitions])
-        _insert_deliveries(conn, batch.transitions, batch.tasks, router)
-    if batch.callbacks:
-        conn.executemany(_INSERT_CALLBACK, [_callback_values(c) for c in batch.callbacks])
+    # A task appears once in ``changed``: no row of one statement conflicts with another.
+    tasks = [_task_values(t) for t in batch.changed.values()]
+    _insert_rows(conn, _INSERT_TASK, tasks, _ON_TASK_CONFLICT)
+    _insert_rows(conn, _INSERT_TRANSITION, [_transition_values(t) for t in batch.transitions])
+    _insert_deliveries(conn, batch.transitions, batch.tasks, router)
+    _insert_rows(conn, _INSERT_CALLBACK, [_callback_values(c) for c in batch.callbacks])
 
 
 def _insert_deliveries(
@@ -100,9 +118,9 @@ def _insert_deliveries(
         for t in transitions
         for name in router(t.task_status, tasks[t.task_id].route)
     ]
-    if rows:
-        conn.executemany(
-            "INSERT INTO deliveries (transition_id, plugin, state, next_attempt_at, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+    _insert_rows(
+        conn,
+        "INSERT INTO deliveries (transition_id, plugin, state, next_attempt_at, created_at,"
+        " updated_at) VALUES",
+        rows,
+    )
