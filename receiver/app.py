@@ -9,7 +9,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 
 from receiver import credentials, store
 from receiver.api import API_ROUTES
@@ -113,8 +113,10 @@ def create_app(
     clock_ms: Callable[[], int] = now_ms,
     on_started: StartedHook | None = None,
     database_locked: bool = False,
-) -> Starlette:
-    """The receiver's ASGI app. The database is opened (and migrated) by its lifespan.
+) -> ASGIApp:
+    """The receiver's ASGI app: Starlette's, behind the in-flight limit and the callback
+    fast path (``receiver.callbacks.CallbackFastPath``). The database is opened (and
+    migrated) by its lifespan.
 
     Args:
         settings: The settings (``receiver.config.load_settings``).
@@ -152,20 +154,18 @@ def create_app(
 
     app = Starlette(
         routes=[*CALLBACK_ROUTES, *API_ROUTES],
-        middleware=[
-            Middleware(
-                InFlightLimit,
-                limit=settings.kling_hooks_max_in_flight,
-                retry_after_s=settings.kling_hooks_retry_after_s,
-                on_refused=_count_overload,
-                request_id=choose_request_id,
-            ),
-            Middleware(CallbackFastPath),  # a callback skips the layers below
-            Middleware(RequestIds),
-        ],
+        middleware=[Middleware(RequestIds)],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
         lifespan=lifespan,
     )
     # A path with a trailing slash is not ours: 404 as documented, not a 307 to a callback URL.
     app.router.redirect_slashes = False
-    return app
+    # A callback is handed to its endpoint before any of Starlette's layers; the limit on
+    # requests in flight covers both.
+    return InFlightLimit(
+        CallbackFastPath(app),
+        limit=settings.kling_hooks_max_in_flight,
+        retry_after_s=settings.kling_hooks_retry_after_s,
+        on_refused=_count_overload,
+        request_id=choose_request_id,
+    )

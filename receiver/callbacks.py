@@ -68,6 +68,7 @@ _OTHER_TASK = "body belongs to another task than the URL"
 #: The answer to an accepted callback, by verdict: built once from the answer's model.
 _ACCEPTED = {v: Accepted(verdict=v).model_dump_json().encode() for v in Verdict}
 _JSON = (b"content-type", b"application/json")
+_INTERNAL_ERROR = ErrorAnswer(error="internal error").model_dump_json().encode()
 
 #: An answer: status, body, and headers beyond content type, length and request id.
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -153,6 +154,9 @@ class CallbackEndpoint:
         call = _Call(scope, svc, params["external_task_id"])
         try:
             status, body, headers = await _receive(scope, receive, call, params["token"])
+        except Exception:  # a bug: still the one JSON shape (no Starlette layer is around)
+            log.exception("callback_failed", **call.fields())
+            status, body, headers = 500, _INTERNAL_ERROR, []
         finally:
             svc.metrics.callback_took(time.perf_counter() - started_s)
         headers += [
@@ -211,7 +215,8 @@ class CallbackFastPath:
     ``POST``) goes straight to its endpoint; everything else to ``app``.
 
     It sits inside the in-flight limit (``receiver.limits.InFlightLimit``) and outside
-    Starlette's routing; the endpoint sets its own ``X-Request-ID``.
+    Starlette's app; the endpoint sets its own ``X-Request-ID`` and answers a bug with the
+    error shape's 500, as Starlette's handler would.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -252,5 +252,10 @@ class Batch:
         return verdict
 
 
+#: Compact JSON; one encoder for every call (``json.dumps`` with ``separators`` builds one
+#: each time).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dump(value: object) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else _ENCODER.encode(value)

@@ -67,7 +67,11 @@ def _no_plugins(task_status: str, route: str | None) -> list[str]:
     return []
 
 
-@dataclass
+#: Per operation type: whether it is a ConnectionOp.
+_ALONE: dict[type, bool] = {}
+
+
+@dataclass(slots=True)
 class _Pending:
     """A queued operation, its caller's future, and what it gave (set before the commit)."""
 
@@ -75,12 +79,16 @@ class _Pending:
     future: asyncio.Future[Any]
     result: Any = None
     error: Exception | None = field(default=None)
-    #: A ConnectionOp, run alone. Found once, by the method it has: ``isinstance`` with a
-    #: runtime-checkable Protocol costs about 8 µs, and this is the callback path.
+    #: A ConnectionOp, run alone. Found once per type, by the method it has: ``isinstance``
+    #: with a runtime-checkable Protocol costs about 8 µs, and this is the callback path.
     alone: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.alone = callable(getattr(self.op, "run_alone", None))
+        kind = type(self.op)
+        alone = _ALONE.get(kind)
+        if alone is None:
+            alone = _ALONE[kind] = callable(getattr(self.op, "run_alone", None))
+        self.alone = alone
 
     def resolve(self) -> None:
         if self.future.done():

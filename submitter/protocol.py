@@ -138,6 +138,10 @@ def _depth(doc: Any) -> int:
     return deepest
 
 
+#: One decoder for every call (``json.loads`` with hooks would build one each time).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+
+
 def loads_json(raw: str) -> Any:
     """Parse JSON text into what can be stored, read back and forwarded as JSON (RFC 8259).
 
@@ -148,7 +152,7 @@ def loads_json(raw: str) -> Any:
             says which.
     """
     try:
-        doc = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
+        doc = _DECODER.decode(raw)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     # Fewer brackets than levels allowed cannot nest too deeply (a Kling body has about 20):

@@ -8,6 +8,7 @@ callbacks and the outbox rows with one ``executemany`` each, inside the same tra
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
@@ -48,7 +49,7 @@ def _insert_rows(
     one = f"({marks(len(rows[0]))})"
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        values = [v for row in chunk for v in row]
+        values = list(itertools.chain.from_iterable(chunk))
         conn.execute(f"{insert} {','.join([one] * len(chunk))}{tail}", values)
 
 
