@@ -30,6 +30,7 @@ load, the callbacks' commits decide.)
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import sqlite3
 import time
@@ -136,7 +137,9 @@ class Writer:
         self._last_attempt_s = clock_s()
         # Filled on the event loop, emptied on the writer's thread (which blocks on it when
         # there is nothing to do: no polling); None asks the thread to stop.
-        self._inbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
+        # What this turn of the event loop submitted: handed over as one list at its end.
+        self._outgoing: list[_Pending] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Future[None] | None = None
         self._listeners: list[CommitListener] = []
@@ -238,6 +241,7 @@ class Writer:
         """Commit everything already queued, stop, and close the connection."""
         self._stopping = True
         if self._task is not None:
+            self._hand_over()
             self._inbox.put(None)
             await self._task
         await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
@@ -260,37 +264,49 @@ class Writer:
         """
         if not self.running:
             raise StoreUnavailable("the writer is not running")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._inbox.put(_Pending(op, future))  # unbounded: never waits
+        assert self._loop is not None
+        future: asyncio.Future[T] = self._loop.create_future()
+        if not self._outgoing:  # the first of this turn: hand them all over after it
+            self._loop.call_soon(self._hand_over)
+        self._outgoing.append(_Pending(op, future))
         return await future
 
+    def _hand_over(self) -> None:
+        """Give the writer's thread what was submitted since the last hand-over, as one list
+        (called once per turn of the event loop that submitted anything: the requests that
+        the loop handled together reach the thread together)."""
+        if self._outgoing:
+            self._inbox.put(self._outgoing)
+            self._outgoing = []
+
     def _serve(self) -> None:
-        """The writer's thread: take everything queued, run it as one transaction, hand the
-        outcome back to the event loop, and start on what came meanwhile at once (the next
-        transaction never waits for the loop to deliver the last one's answers)."""
+        """The writer's thread: take everything handed over, run it as one transaction (at
+        most ``max_batch`` operations), hand the outcome back to the event loop, and start on
+        what came meanwhile at once (the next transaction never waits for the loop to deliver
+        the last one's answers). A ConnectionOp ends the batch before it and runs alone."""
+        backlog: collections.deque[_Pending] = collections.deque()
         stopping = False
-        held: _Pending | None = None  # a ConnectionOp that ended the last batch
-        while not stopping:
-            first = held or self._inbox.get()
-            held = None
-            if first is None:
-                break
-            if first.alone:
-                self._run_alone(first)
-                continue
-            pending = [first]
-            while len(pending) < self._max_batch:
+        while backlog or not stopping:
+            if not backlog:
+                got = self._inbox.get()  # blocks: nothing to do
+                if got is None:
+                    break
+                backlog.extend(got)
+            while not stopping:  # and whatever else is there
                 try:
-                    item = self._inbox.get_nowait()
+                    more = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     stopping = True
-                    break
-                if item.alone:
-                    held = item
-                    break
-                pending.append(item)
+                else:
+                    backlog.extend(more)
+            if backlog[0].alone:
+                self._run_alone(backlog.popleft())
+                continue
+            pending: list[_Pending] = []
+            while backlog and not backlog[0].alone and len(pending) < self._max_batch:
+                pending.append(backlog.popleft())
             self._commit(pending)
 
     def _answer(self, callback: Callable[..., None], *args: Any) -> None:
