@@ -196,7 +196,7 @@ async def run(tasks: int, seed: int) -> int:
         KLING_HOOKS_SECRET=secret,
         KLING_HOOKS_API_TOKEN=api_token,
         KLING_HOOKS_LOG_FORMAT="json",
-        KLING_HOOKS_LOG_LEVEL="info",
+        KLING_HOOKS_LOG_LEVEL="debug",  # delivery_done is a debug line
     )
     simulator = Simulator(
         faults=Faults(failure_rate=0.2, duplicate_rate=0.5, reorder_rate=0.5),

@@ -283,7 +283,7 @@ class Dispatcher:
             "state": outcome.state.value,
         }
         if outcome.state is DeliveryState.DONE:
-            log.info("delivery_done", **fields)
+            log.debug("delivery_done", **fields)  # one per event: a debug option
         elif outcome.state is DeliveryState.DEAD:
             log.error("delivery_dead", error=outcome.last_error, **fields)
         else:

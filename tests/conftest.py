@@ -233,6 +233,10 @@ class Server:
         await self._reader
 
 
+#: ``serve(..., env=DEBUG)``: log at debug level, where each delivery's ``delivery_done`` line is.
+DEBUG = {"KLING_HOOKS_LOG_LEVEL": "debug"}
+
+
 @contextlib.asynccontextmanager
 async def serve(
     config: Path,

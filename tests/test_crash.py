@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from submitter.media import mp4_bytes, png_bytes
-from tests.conftest import API_TOKEN, SECRET, serve, task_body
+from tests.conftest import API_TOKEN, DEBUG, SECRET, serve, task_body
 from tests.sinks import Answer, Sink, start_sink
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
@@ -93,7 +93,7 @@ async def test_sigkill_during_deliveries_then_restart_completes_every_delivery(
         unfinished = {i for i, state in before.items() if state != "done"}
         assert unfinished
 
-        async with serve(config, tmp_path) as server:
+        async with serve(config, tmp_path, env=DEBUG) as server:
             done: set[int] = set()
             # Logged during start-up, before uvicorn's "running" line that serve() waited for.
             assert any(e.get("event") == "deliveries_recovered" for e in server.events)

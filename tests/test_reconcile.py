@@ -34,6 +34,7 @@ from submitter.simulator import Simulator
 from submitter.tokens import CallbackTokens
 from tests.conftest import (
     API_TOKEN,
+    DEBUG,
     SECRET,
     Outcomes,
     Receiver,
@@ -154,7 +155,7 @@ async def test_reconcile_recovers_a_task_whose_terminal_callback_was_lost_and_sa
             [(stored,)] = conn.execute("SELECT task_status FROM tasks")
         assert stored == "processing"  # and, without reconcile, it would stay so
 
-        async with serve(config, tmp_path) as up:
+        async with serve(config, tmp_path, env=DEBUG) as up:
             env = cli_env(
                 kling_api_base=sim_url, kling_api_key="any-key", kling_hooks_api_token=API_TOKEN
             )

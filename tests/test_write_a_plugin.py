@@ -17,6 +17,7 @@ import httpx
 from submitter.tokens import CallbackTokens
 from tests.conftest import (
     API_TOKEN,
+    DEBUG,
     SECRET,
     make_settings,
     serve,
@@ -101,7 +102,7 @@ async def test_readme_plugin_installs_with_pip_and_runs_under_serve(tmp_path: Pa
         + example("kling-hooks.toml").replace("/var/lib/kling-hooks/archive", str(archive))
     )
     async with (
-        serve(config, tmp_path, env={"PYTHONPATH": str(site)}) as server,
+        serve(config, tmp_path, env={"PYTHONPATH": str(site), **DEBUG}) as server,
         httpx.AsyncClient(base_url=server.url) as http,
     ):
         [started] = [e for e in server.events if e.get("event") == "receiver_started"]

@@ -179,6 +179,11 @@ class Finish(DeliveryOp[None]):
     outcome: Outcome
     now_ms: int
 
+    @property
+    def one_statement(self) -> bool:
+        """Without files it is one UPDATE: it needs no savepoint of its own."""
+        return not self.outcome.files
+
     def apply(self, conn: sqlite3.Connection) -> None:
         o = self.outcome
         conn.execute(

@@ -88,10 +88,11 @@ class Transaction:
     def run(self, op: WriteOp[T]) -> T:
         """Run one operation of the batch; what it raises is raised again for it alone.
 
-        A task operation only changes :attr:`batch` (in memory, checked before any change); any
-        other runs in a savepoint, so that its writes are undone if it raises.
+        A task operation only changes :attr:`batch` (in memory, checked before any change); so
+        does an operation whose ``one_statement`` is true (SQLite undoes a failing statement by
+        itself); any other runs in a savepoint, so that its writes are undone if it raises.
         """
-        if op.task_keys is not None:
+        if op.task_keys is not None or getattr(op, "one_statement", False):
             return op.run(self)
         with self._savepoint():
             return op.run(self)
