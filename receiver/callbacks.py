@@ -111,11 +111,11 @@ class _Call:
         self.svc.metrics.rejected(reason)
         log.warning(
             "callback_rejected",
+            **self.fields(),  # first, as a bound logger's fields would be
             status=status,
             reason=reason.value,
             detail=detail,
             client=self.client,
-            **self.fields(),
         )
         extra = list(headers or [])
         if status == 408:  # as receiver.responses.error: the rest of the body may still come

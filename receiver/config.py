@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     kling_hooks_retry_after_s: int = Field(default=5, ge=1)
     kling_hooks_log_format: Literal["auto", "json", "console"] = "auto"
     kling_hooks_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # uvicorn's access log, one line per request (callback tokens masked): off by default.
+    kling_hooks_access_log: bool = False
     kling_hooks_plugins_dir: Path | None = None
     kling_hooks_shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Server: where `serve` listens, and whose X-Forwarded-For / X-Forwarded-Proto it trusts.

@@ -4,8 +4,13 @@
 journal, containers). uvicorn's own (stdlib) log records go through the same renderer, so a
 production log is JSON from end to end. Secrets are never passed to the logger by our code:
 callback tokens, bearer tokens, Kling keys and plugin secrets (a Slack webhook URL) stay out of
-every event; uvicorn's access log (which would print callback URLs) is off, and httpx's and
-httpcore's loggers (which would print request URLs) pass only warnings and errors.
+every event; uvicorn's access log is off unless ``KLING_HOOKS_ACCESS_LOG`` turns it on, and
+then a callback URL's token is masked in it (``/callbacks/EXT/***``); httpx's and httpcore's
+loggers (which would print request URLs) pass only warnings and errors.
+
+Volume: an accepted callback and a done delivery are one line each at debug level only; info
+carries lifecycle events and warnings carry every refusal (bench/README.md measures what a line
+per callback costs).
 """
 
 from __future__ import annotations
@@ -15,6 +20,28 @@ import sys
 from typing import Literal
 
 import structlog
+
+from submitter.tokens import CALLBACK_PATH
+
+
+class MaskCallbackTokens(logging.Filter):
+    """On uvicorn's access log: a callback path's last segment (its token) becomes ``***``.
+
+    uvicorn's access records carry ``(client, method, path, http_version, status)`` as
+    ``args``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path = args[2]
+            if path.startswith(CALLBACK_PATH + "/"):
+                record.args = (
+                    *args[:2],
+                    path.split("?", 1)[0].rsplit("/", 1)[0] + "/***",
+                    *args[3:],
+                )
+        return True
 
 
 def configure_logging(
@@ -65,6 +92,9 @@ def configure_logging(
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, MaskCallbackTokens) for f in access.filters):
+        access.addFilter(MaskCallbackTokens())
     # httpx logs every request ("HTTP Request: POST <url> ...") at INFO, and httpcore traces
     # at DEBUG: request URLs can be secrets (a Slack webhook URL), so only warnings pass.
     # aiosqlite logs every statement with its parameters at DEBUG (callback bodies, and the

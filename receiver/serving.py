@@ -50,8 +50,8 @@ def receiver_options(settings: Settings) -> dict[str, Any]:
     counted in the metrics (:func:`receiver.limits.header_timeout_protocol`); how long an idle
     keep-alive connection stays open (``KLING_HOOKS_KEEP_ALIVE_S``); the proxies whose
     ``X-Forwarded-For`` is trusted (``KLING_HOOKS_FORWARDED_ALLOW_IPS``), the drain time of a
-    stop (:data:`REQUEST_DRAIN_S`), and no access log (it would print callback URLs, which
-    carry tokens)."""
+    stop (:data:`REQUEST_DRAIN_S`), and uvicorn's access log only with
+    ``KLING_HOOKS_ACCESS_LOG`` (callback tokens masked: ``receiver.logging``)."""
     limits = ConnectionLimits(
         header_timeout_s=settings.kling_hooks_header_timeout_s,
         max_header_bytes=settings.kling_hooks_max_header_bytes,
@@ -63,7 +63,7 @@ def receiver_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": REQUEST_DRAIN_S,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.kling_hooks_forwarded_allow_ips,
-        "access_log": False,
+        "access_log": settings.kling_hooks_access_log,
         "log_config": None,
     }
 
