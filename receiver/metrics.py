@@ -25,15 +25,17 @@ metric                                             type       labels
 ``kling_hooks_build_info``                         gauge      ``version``, ``python``, ``sqlite``
 =================================================  =========  =================================
 
-The counters and the histogram are updated in memory as things happen (a lock and an add: no
-database work on the callback path). The gauges are computed at scrape time: the outbox
-figures by one query on the read connection (:meth:`receiver.store.Reader.backlog`), the size
-from the files. Every label set is bounded: verdicts, rejection reasons and delivery outcomes
-are enums, plugins are the configured ones.
+The counters and the histogram are updated in memory as things happen (no database work on the
+callback path; the callback path's own counts are plain numbers, exported at scrape). The
+gauges are computed at scrape time: the outbox figures by one query on the read connection
+(:meth:`receiver.store.Reader.backlog`), the size from the files. Every label set is bounded:
+verdicts, rejection reasons and delivery outcomes are enums, plugins are the configured ones.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import platform
 import sqlite3
@@ -41,9 +43,15 @@ from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Info
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from receiver import __version__
 from receiver.models import Backlog, DeliveryState, Verdict
@@ -95,13 +103,12 @@ class Metrics:
         self._plugins = tuple(plugins)
         self._clock_ms = clock_ms
         self.registry = CollectorRegistry()
-        callbacks = Counter(
-            "kling_hooks_callbacks",
-            "Callbacks stored, by verdict (new transition, duplicate, stale).",
-            ["verdict"],
-            registry=self.registry,
-        )
-        self._verdicts = {v: callbacks.labels(v.value) for v in Verdict}
+        # The callback path's own counts: plain numbers, changed on the event loop only, and
+        # turned into their families at scrape (a Counter's or a Histogram's lock and method
+        # calls cost several µs per callback: bench/README.md).
+        self._verdicts = dict.fromkeys(Verdict, 0)
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last: over every bound
+        self._latency_sum_s = 0.0
         rejections = Counter(
             "kling_hooks_callback_rejections",
             "Callbacks refused (nothing stored), by reason.",
@@ -109,12 +116,6 @@ class Metrics:
             registry=self.registry,
         )
         self._rejections = {r: rejections.labels(r.value) for r in Rejection}
-        self._latency = Histogram(
-            "kling_hooks_callback_duration_seconds",
-            "Time from the callback handler's start to its answer, every outcome, seconds.",
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
         self._header_timeouts = Counter(
             "kling_hooks_header_timeouts",
             "Connections closed (408) whose request line and headers took longer than "
@@ -156,8 +157,8 @@ class Metrics:
         )
 
     def callback(self, verdict: Verdict) -> None:
-        """Count a stored callback by its verdict."""
-        self._verdicts[verdict].inc()
+        """Count a stored callback by its verdict (on the event loop)."""
+        self._verdicts[verdict] += 1
 
     def rejected(self, reason: Rejection) -> None:
         """Count a refused callback by its reason."""
@@ -176,8 +177,9 @@ class Metrics:
         self._near_fd_limit.inc()
 
     def callback_took(self, seconds: float) -> None:
-        """Observe one callback's handling time, seconds (any outcome)."""
-        self._latency.observe(seconds)
+        """Observe one callback's handling time, seconds (any outcome; on the event loop)."""
+        self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self._latency_sum_s += seconds
 
     def delivery_finished(self, job: Job, outcome: Outcome) -> None:
         """Count an attempt's committed outcome: a ``receiver.dispatcher.DeliveryListener``."""
@@ -193,7 +195,26 @@ class Metrics:
             StoreUnavailable: the database did not answer that query.
         """
         outbox = _outbox_families(await reader.backlog(), self._plugins, self._clock_ms())
-        return generate_latest(_Scrape(self.registry, [*outbox, self._database_size()]))
+        computed = [*self._callback_families(), *outbox, self._database_size()]
+        return generate_latest(_Scrape(self.registry, computed))
+
+    def _callback_families(self) -> list[Metric]:
+        callbacks = CounterMetricFamily(
+            "kling_hooks_callbacks",
+            "Callbacks stored, by verdict (new transition, duplicate, stale).",
+            labels=["verdict"],
+        )
+        for verdict, count in self._verdicts.items():
+            callbacks.add_metric([verdict.value], count)
+        cumulative = list(itertools.accumulate(self._latency_counts))
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
+        latency = HistogramMetricFamily(
+            "kling_hooks_callback_duration_seconds",
+            "Time from the callback handler's start to its answer, every outcome, seconds.",
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=self._latency_sum_s,
+        )
+        return [callbacks, latency]
 
     def _database_size(self) -> Metric:
         size = 0
