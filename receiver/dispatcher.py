@@ -153,10 +153,14 @@ class Dispatcher:
                 timeout_s = STORE_RETRY_S
             if self._stopping:
                 break
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout_s)
-            except TimeoutError:
-                pass
+            # Until woken, or until the next retry is due (a timer sets the same event:
+            # wait_for would make a task of every wait).
+            timer = None
+            if timeout_s is not None:
+                timer = asyncio.get_running_loop().call_later(timeout_s, self._wake.set)
+            await self._wake.wait()
+            if timer is not None:
+                timer.cancel()
 
     async def _dispatch_due(self) -> float | None:
         """Claim and start what is due; returns how long to sleep unless woken (None: until

@@ -141,9 +141,11 @@ class Metrics:
             ["plugin", "outcome"],
             registry=self.registry,
         )
-        for name in self._plugins:
-            for state in _OUTCOMES:
-                self._attempts.labels(name, state.value)
+        self._attempt_series = {
+            (name, state): self._attempts.labels(name, state.value)
+            for name in self._plugins
+            for state in _OUTCOMES
+        }
         Info(
             "kling_hooks_build",
             "Versions of kling-hooks and what it runs on.",
@@ -183,7 +185,10 @@ class Metrics:
 
     def delivery_finished(self, job: Job, outcome: Outcome) -> None:
         """Count an attempt's committed outcome: a ``receiver.dispatcher.DeliveryListener``."""
-        self._attempts.labels(job.plugin, outcome.state.value).inc()
+        series = self._attempt_series.get((job.plugin, outcome.state))
+        if series is None:  # a plugin not named at start-up
+            series = self._attempts.labels(job.plugin, outcome.state.value)
+        series.inc()
 
     async def scrape(self, reader: Reader) -> bytes:
         """Every metric in Prometheus' text format (:data:`CONTENT_TYPE`), UTF-8.
