@@ -1,15 +1,19 @@
-"""The single writer: one connection, one queue, group commit.
+"""The single writer: one connection, one thread, group commit.
 
 Every request that changes state (a callback, a registration, a delivery's claim or outcome)
-puts a :class:`~receiver.store.WriteOp` on the queue and awaits it. The writer takes
-everything queued at that moment (no fixed wait window: a lone request is committed at once),
-runs the whole batch in one transaction, commits, and only then resolves each request's
-future. The transaction (begin, load, apply, write, commit) is one call on the writer's own
-thread, with a plain ``sqlite3`` connection: one thread hop per batch, not one per statement
-(bench/README.md has the figures). If the commit fails, every request of the batch gets
-:class:`~receiver.errors.StoreUnavailable` and nothing of it was recorded, so nothing is
-acknowledged that is not on disk. DESIGN.md gives the measurements behind this. A
-:class:`~receiver.store.ConnectionOp` (``VACUUM``) ends the batch before it and runs alone.
+submits a :class:`~receiver.store.WriteOp` and awaits it. What one turn of the event loop
+submitted is handed to the writer's own thread as one list, at the end of that turn. The
+thread owns a plain ``sqlite3`` connection; it takes everything handed over so far (no fixed
+wait window: a lone request is committed at once), runs the whole batch as one transaction
+(begin, load, apply, write, commit) in one call, hands the outcome back to the event loop,
+and starts on what arrived meanwhile at once. The loop resolves each request's future only
+after the commit. So a batch is what arrived during the last commit; there is one thread hop
+per batch, not one per statement, and the next commit never waits for the loop to deliver the
+last one's answers (bench/README.md has the figures). If the commit fails, every request of
+the batch gets :class:`~receiver.errors.StoreUnavailable` and nothing of it was recorded, so
+nothing is acknowledged that is not on disk. DESIGN.md gives the measurements behind group
+commit. A :class:`~receiver.store.ConnectionOp` (``VACUUM``) ends the batch before it and
+runs alone.
 
 A ``sqlite3.Error`` never reaches a caller raw: whether the commit failed, one operation's own
 statement failed (its savepoint is undone), or a connection op failed (``VACUUM`` on a full
