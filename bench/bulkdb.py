@@ -480,6 +480,21 @@ ORDER BY d.id, i.i
 """
 
 
+def survey(path: Path, *, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The :attr:`Built.task_ids` and :attr:`Built.filters` of a database :func:`build` made
+    earlier (read-only; the sample is the same for the same ``seed`` and task count).
+
+    Raises:
+        sqlite3.Error: ``path`` is not such a database.
+    """
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        (tasks,) = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()
+        return _sample(conn, tasks, seed), _filters(conn, tasks)
+    finally:
+        conn.close()
+
+
 def _sample(conn: sqlite3.Connection, tasks: int, seed: int) -> list[str]:
     """Up to :data:`SAMPLE` task_ids, a random sample in random order."""
     ids = random.Random(seed + 1).sample(range(1, tasks + 1), min(SAMPLE, tasks))
