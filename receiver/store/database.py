@@ -20,7 +20,7 @@ import aiosqlite
 from receiver.errors import DatabaseLocked, NotADatabase, SchemaTooNew
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class DatabaseLock:

@@ -1,18 +1,23 @@
-"""Read-only queries of the status API, on their own connection.
+"""Read-only queries of the status API, on the read connections of
+:class:`receiver.store.pool.ReadPool`: one pool hop per answer, all of its statements inside.
 
-Every answer is a model of ``receiver.models``, built through the one row mapping of
+The two reads the status API serves most, ``GET /tasks/{id}`` and ``GET /tasks``, are
+rendered as JSON by SQLite itself (:func:`receiver.store.rows.json_object`), field by field
+in the order of the models of ``receiver.models`` (:class:`Task`, :class:`TaskSummary`,
+:class:`TaskPage`), so that no row becomes a Python object on the way: the text is what
+``model_dump_json`` of the validated model would say (``tests/test_reads.py`` checks that
+against the models). The other reads build their models through the one row mapping of
 ``receiver.store.rows``; the SELECT lists come from the models' fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import json
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any
 
-import aiosqlite
-
-from receiver.errors import StoreUnavailable
 from receiver.models import (
     Backlog,
     Delivery,
@@ -20,86 +25,92 @@ from receiver.models import (
     ListedDelivery,
     SavedFile,
     Task,
+    TaskPage,
     TaskSummary,
     Transition,
 )
 from receiver.store import retention
-from receiver.store.rows import decode, select_list
+from receiver.store.pool import ReadPool
+from receiver.store.rows import json_object, select_list
 from submitter.protocol import Route, TaskStatus
 
-_NESTED = ("transitions", "callbacks", "deliveries", "files")  # read from other tables
-_SUMMARY = select_list(TaskSummary.model_fields)
-_TASK = select_list(n for n in Task.model_fields if n not in _NESTED)
-_TRANSITION = select_list(Transition.model_fields)
+#: Task fields read from other tables, in the model's order: each is the last of its fields.
+_NESTED = ("transitions", "callbacks", "deliveries", "files")
+if tuple(Task.model_fields)[-len(_NESTED) :] != _NESTED:
+    raise RuntimeError(f"receiver.models.Task must end with {_NESTED} (store/reads.py)")
+if tuple(TaskPage.model_fields) != ("tasks", "next_cursor"):
+    raise RuntimeError("receiver.models.TaskPage changed: update store/reads.py")
+_TASK_JSON = json_object(n for n in Task.model_fields if n not in _NESTED)
+_SUMMARY_JSON = json_object(TaskSummary.model_fields)
+_TRANSITION_JSON = json_object(Transition.model_fields, default="t")
 #: A delivery's fields come from ``d`` (deliveries) but for these.
 _DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"}
-_DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
+_DELIVERY_JSON = json_object(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
-_FILE = select_list(SavedFile.__dataclass_fields__)
+_FILE_JSON = json_object(SavedFile.__dataclass_fields__, default="f")
 #: The states of a delivery that is not over yet (``Backlog.pending``).
 _UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
 
-T = TypeVar("T")
 _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
 )
+
+#: ``GET /tasks/{id}`` in one statement (one snapshot), for the task whose task_id
+#: (preferred) or external_task_id is the argument: ``(0, 0, its JSON without the nested
+#: fields)``, then its parts as ``(part, order, JSON)``: 1 transitions, 2 callback counts
+#: (``"verdict":n``), 3 deliveries (of every transition), 4 saved files, each by id (by
+#: verdict for the counts) once sorted; unordered here (the caller sorts a dozen rows for
+#: less than SQLite's temporary B-tree costs). No row when the task is unknown.
+_TASK_ANSWER = f"""
+WITH k (task_id) AS (
+    SELECT COALESCE((SELECT task_id FROM tasks WHERE task_id = ?1),
+                    (SELECT task_id FROM tasks WHERE external_task_id = ?1))
+)
+SELECT 0, 0, {_TASK_JSON} FROM tasks WHERE task_id = (SELECT task_id FROM k)
+UNION ALL
+SELECT 1, t.id, {_TRANSITION_JSON} FROM transitions t WHERE t.task_id = (SELECT task_id FROM k)
+UNION ALL
+SELECT 2, verdict, json_quote(verdict) || ':' || COUNT(*) FROM callbacks
+WHERE task_id = (SELECT task_id FROM k) GROUP BY verdict
+UNION ALL
+SELECT 3, d.id, {_DELIVERY_JSON} FROM deliveries d JOIN transitions t ON t.id = d.transition_id
+WHERE t.task_id = (SELECT task_id FROM k)
+UNION ALL
+SELECT 4, f.id, {_FILE_JSON} FROM files f WHERE f.task_id = (SELECT task_id FROM k)
+"""
 
 
 class Reader:
     """Read-only queries for the status API.
 
     Args:
-        conn: A connection from :func:`receiver.store.connect` with ``read_only=True``.
+        pool: The read connections (:class:`receiver.store.pool.ReadPool`).
 
     Every method raises :class:`StoreUnavailable` when the database does not answer.
     """
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, pool: ReadPool) -> None:
+        self._pool = pool
 
     async def ping(self) -> None:
         """Raises :class:`StoreUnavailable` unless ``SELECT 1`` succeeds."""
-        await self._fetch("SELECT 1", ())
+        await self._pool.run(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    async def task_answer(self, id_: str) -> str | None:
+        """``GET /tasks/{id}``'s answer: the :class:`Task` whose task_id (preferred) or
+        external_task_id is ``id_``, as JSON text, or None when there is none.
+
+        Transitions come oldest first; deliveries (those of every transition) and files by
+        id. The whole answer is read from one committed snapshot.
+        """
+        return await self._pool.run(lambda conn: _task_answer(conn, id_))
 
     async def get_task(self, id_: str) -> Task | None:
-        """The task whose task_id (preferred) or external_task_id is ``id_``, or None.
+        """:meth:`task_answer` as a validated :class:`Task`, or None."""
+        answer = await self.task_answer(id_)
+        return None if answer is None else Task.model_validate_json(answer)
 
-        Transitions come oldest first; deliveries (those of every transition) and files by id.
-        """
-        rows = await self._fetch(
-            f"SELECT {_TASK} FROM tasks WHERE task_id = ? OR external_task_id = ? "
-            "ORDER BY task_id = ? DESC LIMIT 1",
-            (id_, id_, id_),
-        )
-        if not rows:
-            return None
-        task_id = rows[0]["task_id"]
-        transitions = await self._fetch(
-            f"SELECT {_TRANSITION} FROM transitions WHERE task_id = ? ORDER BY id", (task_id,)
-        )
-        callbacks = await self._fetch(
-            "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict",
-            (task_id,),
-        )
-        deliveries = await self._fetch(
-            f"SELECT {_DELIVERY} FROM deliveries d JOIN transitions t ON t.id = d.transition_id"
-            " WHERE t.task_id = ? ORDER BY d.id",
-            (task_id,),
-        )
-        files = await self._fetch(
-            f"SELECT {_FILE} FROM files WHERE task_id = ? ORDER BY id", (task_id,)
-        )
-        return Task.model_validate(
-            {
-                **decode(rows[0]),
-                "transitions": [dict(r) for r in transitions],
-                "callbacks": {r[0]: r[1] for r in callbacks},
-                "deliveries": [dict(r) for r in deliveries],
-                "files": [dict(r) for r in files],
-            }
-        )
-
-    async def list_tasks(
+    async def task_page(
         self,
         *,
         task_status: TaskStatus | None,
@@ -107,15 +118,15 @@ class Reader:
         limit: int,
         before_id: int | None,
         transition_before: int | None = None,
-    ) -> tuple[list[TaskSummary], int | None]:
-        """Tasks newest first (by first-seen order), filtered, at most ``limit``.
+    ) -> str:
+        """``GET /tasks``' answer, a :class:`TaskPage` as JSON text: tasks newest first (by
+        first-seen order), filtered, at most ``limit``; ``next_cursor`` is null on the last
+        page.
 
         Args:
+            before_id: The cursor: only tasks with a smaller row id.
             transition_before: Only tasks whose latest transition was received before this
                 time, Unix ms (``kling-hooks reconcile`` looks for overdue tasks so).
-
-        Returns:
-            ``(tasks, next_cursor)``; ``next_cursor`` is None on the last page.
         """
         where, args = _filters(
             ("task_status = ?", task_status),
@@ -123,12 +134,11 @@ class Reader:
             ("id < ?", before_id),
             (_LATEST_TRANSITION_BEFORE, transition_before),
         )
-        rows = await self._fetch(
-            f"SELECT id, {_SUMMARY} FROM tasks WHERE {where} ORDER BY id DESC LIMIT ?",
-            [*args, limit + 1],
-        )
-        page, cursor = _paged(rows, limit)
-        return [TaskSummary.model_validate(_without_id(r)) for r in page], cursor
+        sql = f"SELECT id, {_SUMMARY_JSON} FROM tasks WHERE {where} ORDER BY id DESC LIMIT ?"
+        rows = await self._pool.run(lambda conn: _tuples(conn, sql, [*args, limit + 1]))
+        page = rows[:limit]
+        cursor = json.dumps(str(page[-1][0])) if len(rows) > limit else "null"
+        return f'{{"tasks":[{",".join(r[1] for r in page)}],"next_cursor":{cursor}}}'
 
     async def list_deliveries(
         self,
@@ -189,25 +199,38 @@ class Reader:
     async def prunable(self, cutoff_ms: int) -> retention.Prunable:
         """What ``prune`` would remove before ``cutoff_ms`` (Unix ms), counted, and the old
         deliveries it keeps (:func:`receiver.store.retention.prunable`)."""
-        return await self._guarded(retention.prunable(self._conn, cutoff_ms))
+        return await self._pool.run(lambda conn: retention.prunable(conn, cutoff_ms))
 
     async def space(self) -> retention.Space:
         """The file's size, its free bytes and its ``auto_vacuum`` mode, as committed."""
-        return await self._guarded(retention.space(self._conn))
+        return await self._pool.run(retention.space)
 
-    async def _guarded(self, query: Awaitable[T]) -> T:
-        try:
-            return await query
-        except Exception as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def _fetch(self, sql: str, args: Sequence[object]) -> list[aiosqlite.Row]:
+    async def _fetch(self, sql: str, args: Sequence[object]) -> list[sqlite3.Row]:
         """All rows of one query; raises :class:`StoreUnavailable` when it fails."""
-        try:
-            async with self._conn.execute(sql, args) as cur:
-                return list(await cur.fetchall())
-        except Exception as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return await self._pool.run(lambda conn: conn.execute(sql, args).fetchall())
+
+
+def _tuples(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+    """All rows of one query as plain tuples (no ``sqlite3.Row``)."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    return cur.execute(sql, args).fetchall()
+
+
+def _task_answer(conn: sqlite3.Connection, id_: str) -> str | None:
+    """Runs :data:`_TASK_ANSWER` and joins its parts into the :class:`Task`'s JSON."""
+    rows = _tuples(conn, _TASK_ANSWER, (id_,))
+    if not rows:
+        return None
+    rows.sort()  # (part, order): the task first, then each part in its order
+    parts: list[list[str]] = [[] for _ in _NESTED]
+    for part, _, text in rows[1:]:
+        parts[part - 1].append(text)
+    transitions, callbacks, deliveries, files = (",".join(p) for p in parts)
+    return (
+        f'{rows[0][2][:-1]},"transitions":[{transitions}],"callbacks":{{{callbacks}}}'
+        f',"deliveries":[{deliveries}],"files":[{files}]}}'
+    )
 
 
 def _filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:
@@ -216,13 +239,7 @@ def _filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:
     return " AND ".join(["1 = 1", *(c for c, _ in given)]), [v for _, v in given]
 
 
-def _paged(rows: list[aiosqlite.Row], limit: int) -> tuple[list[aiosqlite.Row], int | None]:
+def _paged(rows: list[sqlite3.Row], limit: int) -> tuple[list[sqlite3.Row], int | None]:
     """The first ``limit`` rows, and the cursor of the next page (the last row's ``id``)."""
     page = rows[:limit]
     return page, (int(page[-1]["id"]) if len(rows) > limit else None)
-
-
-def _without_id(row: aiosqlite.Row) -> dict[str, object]:
-    values = decode(row)
-    del values["id"]
-    return values
