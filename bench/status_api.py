@@ -212,10 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kh-status-api-"))
     (tmp / "task.txt").write_text("".join(f"/tasks/{t}\n" for t in task_ids))
     (tmp / "list.txt").write_text("".join(f"/tasks?{q}\n" for q in filters))
-    servers = [receiver("after", KLING_HOOKS, args.db)]
-    if args.baseline:
-        servers.append(receiver("before", Path(args.baseline[0]), Path(args.baseline[1])))
+    servers: list[Server] = []
     try:
+        servers.append(receiver("after", KLING_HOOKS, args.db))
+        if args.baseline:
+            servers.append(receiver("before", Path(args.baseline[0]), Path(args.baseline[1])))
         bodies = []
         for task_id in task_ids[:21]:  # the ceiling answers the median size of these
             probe = urllib.request.Request(

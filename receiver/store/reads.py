@@ -12,9 +12,8 @@ against the models). The other reads build their models through the one row mapp
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -34,20 +33,41 @@ from receiver.store.pool import ReadPool
 from receiver.store.rows import json_object, select_list
 from submitter.protocol import Route, TaskStatus
 
-#: Task fields read from other tables, in the model's order: each is the last of its fields.
-_NESTED = ("transitions", "callbacks", "deliveries", "files")
-if tuple(Task.model_fields)[-len(_NESTED) :] != _NESTED:
-    raise RuntimeError(f"receiver.models.Task must end with {_NESTED} (store/reads.py)")
-if tuple(TaskPage.model_fields) != ("tasks", "next_cursor"):
-    raise RuntimeError("receiver.models.TaskPage changed: update store/reads.py")
-_TASK_JSON = json_object(n for n in Task.model_fields if n not in _NESTED)
-_SUMMARY_JSON = json_object(TaskSummary.model_fields)
-_TRANSITION_JSON = json_object(Transition.model_fields, default="t")
+#: Task fields read from other tables, each a JSON value made by a subquery. An aggregate
+#: takes its rows in the order of the subquery it reads (SQLite never flattens an ordered
+#: subquery into an aggregate), hence the nested SELECT ... ORDER BY.
 #: A delivery's fields come from ``d`` (deliveries) but for these.
 _DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"}
-_DELIVERY_JSON = json_object(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
+_DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
-_FILE_JSON = json_object(SavedFile.__dataclass_fields__, default="f")
+
+
+def _json_list(fields: Iterable[str], select: str, rest: str) -> str:
+    """SQL: the JSON array of one object of ``fields`` per row of ``SELECT {select} {rest}``,
+    in its order."""
+    return f"SELECT json_group_array({json_object(fields)}) FROM (SELECT {select} {rest})"
+
+
+_NESTED = {
+    "transitions": _json_list(
+        Transition.model_fields,
+        select_list(Transition.model_fields),
+        "FROM transitions WHERE task_id = tasks.task_id ORDER BY id",
+    ),
+    "callbacks": "SELECT json_group_object(verdict, n) FROM (SELECT verdict, COUNT(*) AS n"
+    " FROM callbacks WHERE task_id = tasks.task_id GROUP BY verdict ORDER BY verdict)",
+    "deliveries": _json_list(
+        Delivery.model_fields,
+        _DELIVERY,
+        "FROM deliveries d JOIN transitions t ON t.id = d.transition_id"
+        " WHERE t.task_id = tasks.task_id ORDER BY d.id",
+    ),
+    "files": _json_list(
+        SavedFile.__dataclass_fields__,
+        select_list(SavedFile.__dataclass_fields__),
+        "FROM files WHERE task_id = tasks.task_id ORDER BY id",
+    ),
+}
 #: The states of a delivery that is not over yet (``Backlog.pending``).
 _UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
 
@@ -55,29 +75,40 @@ _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
 )
 
-#: ``GET /tasks/{id}`` in one statement (one snapshot), for the task whose task_id
-#: (preferred) or external_task_id is the argument: ``(0, 0, its JSON without the nested
-#: fields)``, then its parts as ``(part, order, JSON)``: 1 transitions, 2 callback counts
-#: (``"verdict":n``), 3 deliveries (of every transition), 4 saved files, each by id (by
-#: verdict for the counts) once sorted; unordered here (the caller sorts a dozen rows for
-#: less than SQLite's temporary B-tree costs). No row when the task is unknown.
+#: ``GET /tasks/{id}`` in one statement (one snapshot) and one row: the :class:`Task`
+#: whose task_id (preferred) or external_task_id is the argument, as its JSON; no row when
+#: there is none.
 _TASK_ANSWER = f"""
-WITH k (task_id) AS (
-    SELECT COALESCE((SELECT task_id FROM tasks WHERE task_id = ?1),
-                    (SELECT task_id FROM tasks WHERE external_task_id = ?1))
+SELECT {json_object(Task.model_fields, values={n: f"json(({q}))" for n, q in _NESTED.items()})}
+FROM tasks WHERE task_id = COALESCE(
+    (SELECT task_id FROM tasks WHERE task_id = ?1),
+    (SELECT task_id FROM tasks WHERE external_task_id = ?1)
 )
-SELECT 0, 0, {_TASK_JSON} FROM tasks WHERE task_id = (SELECT task_id FROM k)
-UNION ALL
-SELECT 1, t.id, {_TRANSITION_JSON} FROM transitions t WHERE t.task_id = (SELECT task_id FROM k)
-UNION ALL
-SELECT 2, verdict, json_quote(verdict) || ':' || COUNT(*) FROM callbacks
-WHERE task_id = (SELECT task_id FROM k) GROUP BY verdict
-UNION ALL
-SELECT 3, d.id, {_DELIVERY_JSON} FROM deliveries d JOIN transitions t ON t.id = d.transition_id
-WHERE t.task_id = (SELECT task_id FROM k)
-UNION ALL
-SELECT 4, f.id, {_FILE_JSON} FROM files f WHERE f.task_id = (SELECT task_id FROM k)
 """
+
+
+#: ``GET /tasks`` in one statement and one row, the :class:`TaskPage`'s JSON; ``{where}``
+#: is filled in, and its arguments are followed by ``limit + 1, limit, limit``. The page's
+#: ids come from an index alone (``limit + 1`` of them: one more tells that a next page
+#: exists); only the ``limit`` shown are read from the table, and aggregated in their order
+#: (as for :data:`_NESTED`). ``next_cursor`` is the last shown id, as a string, when there
+#: is more.
+_TASK_PAGE = """
+WITH page (id) AS (SELECT id FROM tasks WHERE {{where}} ORDER BY id DESC LIMIT ?)
+SELECT {}
+FROM (SELECT s.id, {} FROM (SELECT id FROM page ORDER BY id DESC LIMIT ?) s
+      JOIN tasks t ON t.id = s.id ORDER BY s.id DESC)
+""".format(
+    json_object(
+        TaskPage.model_fields,
+        values={
+            "tasks": f"json_group_array({json_object(TaskSummary.model_fields)})",
+            "next_cursor": "CASE WHEN (SELECT COUNT(*) FROM page) > ? THEN CAST(MIN(id) AS TEXT)"
+            " END",
+        },
+    ),
+    select_list(TaskSummary.model_fields, default="t"),
+)
 
 
 class Reader:
@@ -134,11 +165,9 @@ class Reader:
             ("id < ?", before_id),
             (_LATEST_TRANSITION_BEFORE, transition_before),
         )
-        sql = f"SELECT id, {_SUMMARY_JSON} FROM tasks WHERE {where} ORDER BY id DESC LIMIT ?"
-        rows = await self._pool.run(lambda conn: _tuples(conn, sql, [*args, limit + 1]))
-        page = rows[:limit]
-        cursor = json.dumps(str(page[-1][0])) if len(rows) > limit else "null"
-        return f'{{"tasks":[{",".join(r[1] for r in page)}],"next_cursor":{cursor}}}'
+        sql = _TASK_PAGE.format(where=where)
+        args = [*args, limit + 1, limit, limit]
+        return await self._pool.run(lambda conn: str(conn.execute(sql, args).fetchone()[0]))
 
     async def list_deliveries(
         self,
@@ -218,19 +247,8 @@ def _tuples(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[
 
 
 def _task_answer(conn: sqlite3.Connection, id_: str) -> str | None:
-    """Runs :data:`_TASK_ANSWER` and joins its parts into the :class:`Task`'s JSON."""
-    rows = _tuples(conn, _TASK_ANSWER, (id_,))
-    if not rows:
-        return None
-    rows.sort()  # (part, order): the task first, then each part in its order
-    parts: list[list[str]] = [[] for _ in _NESTED]
-    for part, _, text in rows[1:]:
-        parts[part - 1].append(text)
-    transitions, callbacks, deliveries, files = (",".join(p) for p in parts)
-    return (
-        f'{rows[0][2][:-1]},"transitions":[{transitions}],"callbacks":{{{callbacks}}}'
-        f',"deliveries":[{deliveries}],"files":[{files}]}}'
-    )
+    row = conn.execute(_TASK_ANSWER, (id_,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:

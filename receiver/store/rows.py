@@ -50,7 +50,11 @@ def select_list(
 
 
 def json_object(
-    names: Iterable[str], *, tables: Mapping[str, str] | None = None, default: str = ""
+    names: Iterable[str],
+    *,
+    tables: Mapping[str, str] | None = None,
+    default: str = "",
+    values: Mapping[str, str] | None = None,
 ) -> str:
     """SQL: ``json_object('task_id', t.task_id, 'task_result', json(t.task_result_json), ...)``,
     an expression whose value is the JSON object of the given fields, in their order, as a
@@ -61,9 +65,16 @@ def json_object(
         names: The fields, in order.
         tables: As for :func:`select_list`.
         default: As for :func:`select_list`.
+        values: SQL giving a field's value when it is not a column, by field name: a JSON
+            function's result (``json_group_array(...)``, ``json(...)``) is embedded as
+            JSON, any other value as a JSON string, number or null. (A scalar subquery's
+            value is not a function's result: wrap it in ``json()``.)
     """
     pairs = []
     for name in names:
+        if values and name in values:
+            pairs.append(f"'{name}', {values[name]}")
+            continue
         source = _source(name, tables or {}, default)
         pairs.append(f"'{name}', " + (f"json({source})" if name in JSON_FIELDS else source))
     return f"json_object({', '.join(pairs)})"
