@@ -1,8 +1,9 @@
 """Connections and schema migrations of the SQLite database.
 
 One process owns the database. Writes go through :class:`receiver.writer.Writer` on its own
-connection; the status API reads on a second, read-only connection, which WAL lets run beside
-the writer. ``synchronous=FULL``: a transition acknowledged with 200 survives a power cut.
+connection; the status API reads on a few read-only connections of its own
+(:class:`receiver.store.pool.ReadPool`), which WAL lets run beside the writer.
+``synchronous=FULL``: a transition acknowledged with 200 survives a power cut.
 """
 
 from __future__ import annotations
@@ -89,9 +90,7 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-async def connect(
-    path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
-) -> aiosqlite.Connection:
+async def connect(path: Path, *, busy_timeout_ms: int = 5000) -> aiosqlite.Connection:
     """Open a connection to ``path`` in autocommit mode with WAL and ``synchronous=FULL``.
 
     A new database is made with ``auto_vacuum = INCREMENTAL``, so that ``kling-hooks prune
@@ -101,18 +100,17 @@ async def connect(
     Args:
         path: The SQLite file; its folder is created if missing.
         busy_timeout_ms: How long a statement waits for another process's lock.
-        read_only: Refuse every write on this connection (``PRAGMA query_only``).
+
+    The status API's read connections are plain ``sqlite3`` ones
+    (:func:`receiver.store.pool.connect_reader`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    if not read_only:
-        await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
+    await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = FULL")
-    if read_only:
-        await conn.execute("PRAGMA query_only = 1")
     return conn
 
 
