@@ -77,12 +77,12 @@ _LATEST_TRANSITION_BEFORE = (
 
 #: ``GET /tasks/{id}`` in one statement (one snapshot) and one row: the :class:`Task`
 #: whose task_id (preferred) or external_task_id is the argument, as its JSON; no row when
-#: there is none.
+#: there is none. The row id comes from a UNIQUE index alone, then the row by its id.
 _TASK_ANSWER = f"""
 SELECT {json_object(Task.model_fields, values={n: f"json(({q}))" for n, q in _NESTED.items()})}
-FROM tasks WHERE task_id = COALESCE(
-    (SELECT task_id FROM tasks WHERE task_id = ?1),
-    (SELECT task_id FROM tasks WHERE external_task_id = ?1)
+FROM tasks WHERE id = COALESCE(
+    (SELECT id FROM tasks WHERE task_id = ?1),
+    (SELECT id FROM tasks WHERE external_task_id = ?1)
 )
 """
 
