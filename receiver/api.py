@@ -44,7 +44,6 @@ from receiver.models import (
     RedeliveryFilter,
     Registered,
     RegistrationBody,
-    TaskPage,
     TransitionSource,
 )
 from receiver.openapi import openapi_document, query_names
@@ -52,7 +51,7 @@ from receiver.parsing import parse_callback
 from receiver.pruning import prune
 from receiver.request_ids import request_log
 from receiver.requests import parse_body, read_text
-from receiver.responses import error, respond
+from receiver.responses import error, respond, respond_json
 from receiver.services import Services, services
 from receiver.store.deliveries import Redeliver
 from receiver.transitions import IncomingCallback, Registration
@@ -173,24 +172,24 @@ def _cursor(value: int | None) -> str | None:
 
 async def get_task(request: Request) -> Response:
     """``GET /tasks/{id}``: one task by task_id or external_task_id (404 when unknown)."""
-    task = await services(request).reader.get_task(request.path_params["id"])
-    if task is None:
+    answer = await services(request).reader.task_answer(request.path_params["id"])
+    if answer is None:
         return error(404, "no task with that task_id or external_task_id")
-    return respond(task)
+    return respond_json(answer)
 
 
 async def list_tasks(request: Request) -> Response:
     """``GET /tasks?task_status=&route=&limit=&cursor=``: tasks, newest first."""
     query = _query(request, "/tasks")
     limit, before = _page(query)
-    tasks, cursor = await services(request).reader.list_tasks(
+    page = await services(request).reader.task_page(
         task_status=_choice(query, "task_status", protocol.TaskStatus),
         route=_choice(query, "route", protocol.Route),
         limit=limit,
         before_id=before,
         transition_before=_whole(query, "transition_before", 0, MAX_ROW_ID),
     )
-    return respond(TaskPage(tasks=tasks, next_cursor=_cursor(cursor)))
+    return respond_json(page)
 
 
 async def register(request: Request) -> Response:

@@ -70,7 +70,7 @@ async def _started(
     writer = await Writer.open(
         db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms, router=make_router(plugins)
     )
-    reader_conn = await store.connect(db, read_only=True)
+    readers = store.ReadPool(db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms)
     dispatcher = Dispatcher(
         writer, plugins, clock_ms=clock_ms, grace_s=settings.kling_hooks_shutdown_grace_s
     )
@@ -88,7 +88,7 @@ async def _started(
             plugins=tuple(plugins),
             credentials=creds,
             writer=writer,
-            reader=store.Reader(reader_conn),
+            reader=store.Reader(readers),
             dispatcher=dispatcher,
             clock_ms=clock_ms,
             metrics=metrics,
@@ -96,7 +96,7 @@ async def _started(
     finally:
         await dispatcher.close()
         await writer.close()
-        await reader_conn.close()
+        await readers.close()
 
 
 def _count_overload(scope: Scope) -> None:

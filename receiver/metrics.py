@@ -27,7 +27,7 @@ metric                                             type       labels
 
 The counters and the histogram are updated in memory as things happen (no database work on the
 callback path; the callback path's own counts are plain numbers, exported at scrape). The
-gauges are computed at scrape time: the outbox figures by one query on the read connection
+gauges are computed at scrape time: the outbox figures by one query on a read connection
 (:meth:`receiver.store.Reader.backlog`), the size from the files. Every label set is bounded:
 verdicts, rejection reasons and delivery outcomes are enums, plugins are the configured ones.
 """
@@ -194,7 +194,7 @@ class Metrics:
         """Every metric in Prometheus' text format (:data:`CONTENT_TYPE`), UTF-8.
 
         Args:
-            reader: The read connection; the outbox gauges are one query on it.
+            reader: The status API's reads; the outbox gauges are one query.
 
         Raises:
             StoreUnavailable: the database did not answer that query.

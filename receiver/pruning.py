@@ -89,7 +89,7 @@ async def prune(
 
     Args:
         writer: The running writer; every change goes through it, one batch at a time.
-        reader: The read-only connection's queries (counts, sizes).
+        reader: The read-only queries (counts, sizes), on the read connections.
         dry_run: Count what would go (on the reader); change nothing.
         logger: Where ``prune_started`` and ``pruned`` go (the API passes the request's,
             bound to its ``request_id``); default this module's.

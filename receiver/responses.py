@@ -1,5 +1,8 @@
 """The one JSON shape of every answer: a model of ``receiver.models`` (``{"ok": true, ...}``
-or a page), or :class:`~receiver.models.ErrorAnswer` (``{"ok": false, "error": str}``)."""
+or a page), or :class:`~receiver.models.ErrorAnswer` (``{"ok": false, "error": str}``).
+
+The status API's two hottest reads come as JSON text already, rendered by the store from the
+same models' fields (``receiver.store.reads``); :func:`respond_json` sends such text."""
 
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ def respond(
         headers=headers,
         media_type="application/json",
     )
+
+
+def respond_json(text: str) -> Response:
+    """200 with ``text``, the JSON of a model of ``receiver.models`` rendered by the store."""
+    return Response(text, media_type="application/json")
 
 
 def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

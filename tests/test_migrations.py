@@ -1,4 +1,4 @@
-"""Upgrades in place: databases made by the releases of schema 1 and 2 (tests/fixtures/) are
+"""Upgrades in place: databases made by the releases of schema 1, 2 and 4 (tests/fixtures/) are
 migrated by the current ``serve``, keep every row, and read through the status API; a database
 newer than this program is refused with one line."""
 
@@ -35,7 +35,7 @@ def table_rows(db: Path) -> dict[str, list[dict[str, Any]]]:
     return {t: [dict(r) for r in rows(db, f"SELECT * FROM {t} ORDER BY rowid")] for t in tables}
 
 
-@pytest.mark.parametrize("schema", [1, 2])
+@pytest.mark.parametrize("schema", [1, 2, 4])
 async def test_a_database_of_an_old_schema_is_upgraded_in_place_keeping_every_row(
     schema: int, tmp_path: Path
 ) -> None:
@@ -99,3 +99,35 @@ async def test_serve_refuses_a_file_that_is_not_a_database_with_one_line(tmp_pat
     assert run.code == 1
     assert run.err == "error: notdb.db is not a kling-hooks database: file is not a database\n"
     assert notdb.read_bytes() == text  # untouched
+
+
+async def test_schema_5_lets_the_status_reads_find_their_rows_in_an_index_alone(
+    tmp_path: Path,
+) -> None:
+    db, config = load_dump(4, tmp_path)
+    async with serve(config, tmp_path):
+        pass  # migrated by serve
+    with sqlite3.connect(db) as conn:
+        indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+
+        def plan(sql: str, *args: object) -> str:
+            return " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+        both = plan(
+            "SELECT id FROM tasks WHERE task_status = ? AND route = ? ORDER BY id DESC LIMIT 51",
+            "failed",
+            "images/generations",
+        )
+        counts = plan(
+            "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict", "x"
+        )
+    assert indexes["tasks_by_route_status"] == (
+        "CREATE INDEX tasks_by_route_status ON tasks (route, task_status, id)"
+    )
+    assert indexes["callbacks_by_task"] == (
+        "CREATE INDEX callbacks_by_task ON callbacks (task_id, verdict)"
+    )
+    assert "COVERING INDEX tasks_by_route_status (route=? AND task_status=?)" in both
+    assert "TEMP B-TREE" not in both  # newest first straight from the index
+    assert "COVERING INDEX callbacks_by_task (task_id=?)" in counts
+    assert "TEMP B-TREE" not in counts

@@ -7,6 +7,7 @@
   outbox rows);
 * ``transaction``: the transaction a batch runs in, and the protocol of write operations;
 * ``deliveries``: the outbox operations (claim, finish, recover, replay);
+* ``pool``: the status API's read connections (a few, each on a thread of its own);
 * ``reads``: the status API's read-only queries;
 * ``retention``: pruning old rows in small batches, and giving free pages back (``prune``);
 * ``probe``: the write probe of ``GET /readyz`` while the last commit failed;
@@ -28,6 +29,7 @@ from receiver.store.database import (
     get_or_create_meta,
     migrate,
 )
+from receiver.store.pool import ReadPool
 from receiver.store.probe import WriteProbe
 from receiver.store.reads import Reader
 from receiver.store.transaction import ConnectionOp, Transaction, WriteOp
@@ -36,6 +38,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ConnectionOp",
     "DatabaseLock",
+    "ReadPool",
     "Reader",
     "Router",
     "StoreUnavailable",

@@ -1,8 +1,9 @@
 """Connections and schema migrations of the SQLite database.
 
 One process owns the database. Writes go through :class:`receiver.writer.Writer` on its own
-connection; the status API reads on a second, read-only connection, which WAL lets run beside
-the writer. ``synchronous=FULL``: a transition acknowledged with 200 survives a power cut.
+connection; the status API reads on a few read-only connections of its own
+(:class:`receiver.store.pool.ReadPool`), which WAL lets run beside the writer.
+``synchronous=FULL``: a transition acknowledged with 200 survives a power cut.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import aiosqlite
 from receiver.errors import DatabaseLocked, NotADatabase, SchemaTooNew
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class DatabaseLock:
@@ -89,20 +90,18 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _pragmas(busy_timeout_ms: int, read_only: bool) -> list[str]:
-    """The statements every connection starts with (:func:`connect`, :func:`connect_writer`)."""
-    statements = [f"PRAGMA busy_timeout = {int(busy_timeout_ms)}"]
-    if not read_only:
-        statements.append("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
-    statements += ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL"]
-    if read_only:
-        statements.append("PRAGMA query_only = 1")
-    return statements
+def _pragmas(busy_timeout_ms: int) -> list[str]:
+    """The statements a connection that writes starts with (:func:`connect`,
+    :func:`connect_writer`)."""
+    return [
+        f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+        "PRAGMA auto_vacuum = INCREMENTAL",  # before the first table
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+    ]
 
 
-async def connect(
-    path: Path, *, busy_timeout_ms: int = 5000, read_only: bool = False
-) -> aiosqlite.Connection:
+async def connect(path: Path, *, busy_timeout_ms: int = 5000) -> aiosqlite.Connection:
     """Open a connection to ``path`` in autocommit mode with WAL and ``synchronous=FULL``.
 
     A new database is made with ``auto_vacuum = INCREMENTAL``, so that ``kling-hooks prune
@@ -112,12 +111,14 @@ async def connect(
     Args:
         path: The SQLite file; its folder is created if missing.
         busy_timeout_ms: How long a statement waits for another process's lock.
-        read_only: Refuse every write on this connection (``PRAGMA query_only``).
+
+    The status API's read connections are plain ``sqlite3`` ones
+    (:func:`receiver.store.pool.connect_reader`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = aiosqlite.Row
-    for statement in _pragmas(busy_timeout_ms, read_only):
+    for statement in _pragmas(busy_timeout_ms):
         await conn.execute(statement)
     return conn
 
@@ -130,7 +131,7 @@ def connect_writer(path: Path, *, busy_timeout_ms: int = 5000) -> sqlite3.Connec
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    for statement in _pragmas(busy_timeout_ms, read_only=False):
+    for statement in _pragmas(busy_timeout_ms):
         conn.execute(statement)
     return conn
 

@@ -1,18 +1,22 @@
-"""Read-only queries of the status API, on their own connection.
+"""Read-only queries of the status API, on the read connections of
+:class:`receiver.store.pool.ReadPool`: one pool hop per answer, all of its statements inside.
 
-Every answer is a model of ``receiver.models``, built through the one row mapping of
+The two reads the status API serves most, ``GET /tasks/{id}`` and ``GET /tasks``, are
+rendered as JSON by SQLite itself (:func:`receiver.store.rows.json_object`), field by field
+in the order of the models of ``receiver.models`` (:class:`Task`, :class:`TaskSummary`,
+:class:`TaskPage`), so that no row becomes a Python object on the way: the text is what
+``model_dump_json`` of the validated model would say (``tests/test_reads.py`` checks that
+against the models). The other reads build their models through the one row mapping of
 ``receiver.store.rows``; the SELECT lists come from the models' fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any
 
-import aiosqlite
-
-from receiver.errors import StoreUnavailable
 from receiver.models import (
     Backlog,
     Delivery,
@@ -20,28 +24,90 @@ from receiver.models import (
     ListedDelivery,
     SavedFile,
     Task,
+    TaskPage,
     TaskSummary,
     Transition,
 )
 from receiver.store import retention
-from receiver.store.rows import decode, select_list
+from receiver.store.pool import ReadPool
+from receiver.store.rows import json_object, select_list
 from submitter.protocol import Route, TaskStatus
 
-_NESTED = ("transitions", "callbacks", "deliveries", "files")  # read from other tables
-_SUMMARY = select_list(TaskSummary.model_fields)
-_TASK = select_list(n for n in Task.model_fields if n not in _NESTED)
-_TRANSITION = select_list(Transition.model_fields)
+#: Task fields read from other tables, each a JSON value made by a subquery. An aggregate
+#: takes its rows in the order of the subquery it reads (SQLite never flattens an ordered
+#: subquery into an aggregate), hence the nested SELECT ... ORDER BY.
 #: A delivery's fields come from ``d`` (deliveries) but for these.
 _DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"}
 _DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
 _LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
-_FILE = select_list(SavedFile.__dataclass_fields__)
+
+
+def _json_list(fields: Iterable[str], select: str, rest: str) -> str:
+    """SQL: the JSON array of one object of ``fields`` per row of ``SELECT {select} {rest}``,
+    in its order."""
+    return f"SELECT json_group_array({json_object(fields)}) FROM (SELECT {select} {rest})"
+
+
+_NESTED = {
+    "transitions": _json_list(
+        Transition.model_fields,
+        select_list(Transition.model_fields),
+        "FROM transitions WHERE task_id = tasks.task_id ORDER BY id",
+    ),
+    "callbacks": "SELECT json_group_object(verdict, n) FROM (SELECT verdict, COUNT(*) AS n"
+    " FROM callbacks WHERE task_id = tasks.task_id GROUP BY verdict ORDER BY verdict)",
+    "deliveries": _json_list(
+        Delivery.model_fields,
+        _DELIVERY,
+        "FROM deliveries d JOIN transitions t ON t.id = d.transition_id"
+        " WHERE t.task_id = tasks.task_id ORDER BY d.id",
+    ),
+    "files": _json_list(
+        SavedFile.__dataclass_fields__,
+        select_list(SavedFile.__dataclass_fields__),
+        "FROM files WHERE task_id = tasks.task_id ORDER BY id",
+    ),
+}
 #: The states of a delivery that is not over yet (``Backlog.pending``).
 _UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
 
-T = TypeVar("T")
 _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
+)
+
+#: ``GET /tasks/{id}`` in one statement (one snapshot) and one row: the :class:`Task`
+#: whose task_id (preferred) or external_task_id is the argument, as its JSON; no row when
+#: there is none. The row id comes from a UNIQUE index alone, then the row by its id.
+_TASK_ANSWER = f"""
+SELECT {json_object(Task.model_fields, values={n: f"json(({q}))" for n, q in _NESTED.items()})}
+FROM tasks WHERE id = COALESCE(
+    (SELECT id FROM tasks WHERE task_id = ?1),
+    (SELECT id FROM tasks WHERE external_task_id = ?1)
+)
+"""
+
+
+#: ``GET /tasks`` in one statement and one row, the :class:`TaskPage`'s JSON; ``{where}``
+#: is filled in, and its arguments are followed by ``limit + 1, limit, limit``. The page's
+#: ids come from an index alone (``limit + 1`` of them: one more tells that a next page
+#: exists); only the ``limit`` shown are read from the table, and aggregated in their order
+#: (as for :data:`_NESTED`). ``next_cursor`` is the last shown id, as a string, when there
+#: is more.
+_TASK_PAGE = """
+WITH page (id) AS (SELECT id FROM tasks WHERE {{where}} ORDER BY id DESC LIMIT ?)
+SELECT {}
+FROM (SELECT s.id, {} FROM (SELECT id FROM page ORDER BY id DESC LIMIT ?) s
+      JOIN tasks t ON t.id = s.id ORDER BY s.id DESC)
+""".format(
+    json_object(
+        TaskPage.model_fields,
+        values={
+            "tasks": f"json_group_array({json_object(TaskSummary.model_fields)})",
+            "next_cursor": "CASE WHEN (SELECT COUNT(*) FROM page) > ? THEN CAST(MIN(id) AS TEXT)"
+            " END",
+        },
+    ),
+    select_list(TaskSummary.model_fields, default="t"),
 )
 
 
@@ -49,57 +115,33 @@ class Reader:
     """Read-only queries for the status API.
 
     Args:
-        conn: A connection from :func:`receiver.store.connect` with ``read_only=True``.
+        pool: The read connections (:class:`receiver.store.pool.ReadPool`).
 
     Every method raises :class:`StoreUnavailable` when the database does not answer.
     """
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, pool: ReadPool) -> None:
+        self._pool = pool
 
     async def ping(self) -> None:
         """Raises :class:`StoreUnavailable` unless ``SELECT 1`` succeeds."""
-        await self._fetch("SELECT 1", ())
+        await self._pool.run(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    async def task_answer(self, id_: str) -> str | None:
+        """``GET /tasks/{id}``'s answer: the :class:`Task` whose task_id (preferred) or
+        external_task_id is ``id_``, as JSON text, or None when there is none.
+
+        Transitions come oldest first; deliveries (those of every transition) and files by
+        id. The whole answer is read from one committed snapshot.
+        """
+        return await self._pool.run(lambda conn: _task_answer(conn, id_))
 
     async def get_task(self, id_: str) -> Task | None:
-        """The task whose task_id (preferred) or external_task_id is ``id_``, or None.
+        """:meth:`task_answer` as a validated :class:`Task`, or None."""
+        answer = await self.task_answer(id_)
+        return None if answer is None else Task.model_validate_json(answer)
 
-        Transitions come oldest first; deliveries (those of every transition) and files by id.
-        """
-        rows = await self._fetch(
-            f"SELECT {_TASK} FROM tasks WHERE task_id = ? OR external_task_id = ? "
-            "ORDER BY task_id = ? DESC LIMIT 1",
-            (id_, id_, id_),
-        )
-        if not rows:
-            return None
-        task_id = rows[0]["task_id"]
-        transitions = await self._fetch(
-            f"SELECT {_TRANSITION} FROM transitions WHERE task_id = ? ORDER BY id", (task_id,)
-        )
-        callbacks = await self._fetch(
-            "SELECT verdict, COUNT(*) FROM callbacks WHERE task_id = ? GROUP BY verdict",
-            (task_id,),
-        )
-        deliveries = await self._fetch(
-            f"SELECT {_DELIVERY} FROM deliveries d JOIN transitions t ON t.id = d.transition_id"
-            " WHERE t.task_id = ? ORDER BY d.id",
-            (task_id,),
-        )
-        files = await self._fetch(
-            f"SELECT {_FILE} FROM files WHERE task_id = ? ORDER BY id", (task_id,)
-        )
-        return Task.model_validate(
-            {
-                **decode(rows[0]),
-                "transitions": [dict(r) for r in transitions],
-                "callbacks": {r[0]: r[1] for r in callbacks},
-                "deliveries": [dict(r) for r in deliveries],
-                "files": [dict(r) for r in files],
-            }
-        )
-
-    async def list_tasks(
+    async def task_page(
         self,
         *,
         task_status: TaskStatus | None,
@@ -107,15 +149,15 @@ class Reader:
         limit: int,
         before_id: int | None,
         transition_before: int | None = None,
-    ) -> tuple[list[TaskSummary], int | None]:
-        """Tasks newest first (by first-seen order), filtered, at most ``limit``.
+    ) -> str:
+        """``GET /tasks``' answer, a :class:`TaskPage` as JSON text: tasks newest first (by
+        first-seen order), filtered, at most ``limit``; ``next_cursor`` is null on the last
+        page.
 
         Args:
+            before_id: The cursor: only tasks with a smaller row id.
             transition_before: Only tasks whose latest transition was received before this
                 time, Unix ms (``kling-hooks reconcile`` looks for overdue tasks so).
-
-        Returns:
-            ``(tasks, next_cursor)``; ``next_cursor`` is None on the last page.
         """
         where, args = _filters(
             ("task_status = ?", task_status),
@@ -123,12 +165,9 @@ class Reader:
             ("id < ?", before_id),
             (_LATEST_TRANSITION_BEFORE, transition_before),
         )
-        rows = await self._fetch(
-            f"SELECT id, {_SUMMARY} FROM tasks WHERE {where} ORDER BY id DESC LIMIT ?",
-            [*args, limit + 1],
-        )
-        page, cursor = _paged(rows, limit)
-        return [TaskSummary.model_validate(_without_id(r)) for r in page], cursor
+        sql = _TASK_PAGE.format(where=where)
+        args = [*args, limit + 1, limit, limit]
+        return await self._pool.run(lambda conn: str(conn.execute(sql, args).fetchone()[0]))
 
     async def list_deliveries(
         self,
@@ -189,25 +228,27 @@ class Reader:
     async def prunable(self, cutoff_ms: int) -> retention.Prunable:
         """What ``prune`` would remove before ``cutoff_ms`` (Unix ms), counted, and the old
         deliveries it keeps (:func:`receiver.store.retention.prunable`)."""
-        return await self._guarded(retention.prunable(self._conn, cutoff_ms))
+        return await self._pool.run(lambda conn: retention.prunable(conn, cutoff_ms))
 
     async def space(self) -> retention.Space:
         """The file's size, its free bytes and its ``auto_vacuum`` mode, as committed."""
-        return await self._guarded(retention.space(self._conn))
+        return await self._pool.run(retention.space)
 
-    async def _guarded(self, query: Awaitable[T]) -> T:
-        try:
-            return await query
-        except Exception as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def _fetch(self, sql: str, args: Sequence[object]) -> list[aiosqlite.Row]:
+    async def _fetch(self, sql: str, args: Sequence[object]) -> list[sqlite3.Row]:
         """All rows of one query; raises :class:`StoreUnavailable` when it fails."""
-        try:
-            async with self._conn.execute(sql, args) as cur:
-                return list(await cur.fetchall())
-        except Exception as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return await self._pool.run(lambda conn: conn.execute(sql, args).fetchall())
+
+
+def _tuples(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+    """All rows of one query as plain tuples (no ``sqlite3.Row``)."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    return cur.execute(sql, args).fetchall()
+
+
+def _task_answer(conn: sqlite3.Connection, id_: str) -> str | None:
+    row = conn.execute(_TASK_ANSWER, (id_,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:
@@ -216,13 +257,7 @@ def _filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:
     return " AND ".join(["1 = 1", *(c for c, _ in given)]), [v for _, v in given]
 
 
-def _paged(rows: list[aiosqlite.Row], limit: int) -> tuple[list[aiosqlite.Row], int | None]:
+def _paged(rows: list[sqlite3.Row], limit: int) -> tuple[list[sqlite3.Row], int | None]:
     """The first ``limit`` rows, and the cursor of the next page (the last row's ``id``)."""
     page = rows[:limit]
     return page, (int(page[-1]["id"]) if len(rows) > limit else None)
-
-
-def _without_id(row: aiosqlite.Row) -> dict[str, object]:
-    values = decode(row)
-    del values["id"]
-    return values

@@ -180,13 +180,14 @@ class Space:
     auto_vacuum: int
 
 
-async def space(conn: aiosqlite.Connection) -> Space:
-    """The :class:`Space` of the database behind ``conn`` (any connection, read-only too)."""
-    page_size = await _pragma(conn, "page_size")
+def space(conn: sqlite3.Connection) -> Space:
+    """The :class:`Space` of the database behind ``conn`` (any connection, read-only too;
+    a plain ``sqlite3`` one, as the status API's read connections are)."""
+    page_size = _pragma_of(conn, "page_size")
     return Space(
-        size_bytes=await _pragma(conn, "page_count") * page_size,
-        free_bytes=await _pragma(conn, "freelist_count") * page_size,
-        auto_vacuum=await _pragma(conn, "auto_vacuum"),
+        size_bytes=_pragma_of(conn, "page_count") * page_size,
+        free_bytes=_pragma_of(conn, "freelist_count") * page_size,
+        auto_vacuum=_pragma_of(conn, "auto_vacuum"),
     )
 
 
@@ -200,37 +201,25 @@ class Prunable:
     kept_for_files: int
 
 
-async def prunable(conn: aiosqlite.Connection, cutoff_ms: int) -> Prunable:
+def prunable(conn: sqlite3.Connection, cutoff_ms: int) -> Prunable:
     """Count, without changing anything, what :class:`PruneWindow` would remove before
     ``cutoff_ms`` (Unix ms), and the old deliveries it keeps (dead ones; done ones with a
-    saved file). One scan of each table; meant for the read-only connection."""
-    _, qualifies = _SCAN["callbacks"]
-    counts = [await _count(conn, f"SELECT COUNT(*) FROM callbacks WHERE {qualifies}", cutoff_ms)]
-    _, qualifies = _SCAN["deliveries"]
-    counts.append(
-        await _count(conn, f"SELECT COUNT(*) FROM deliveries WHERE {qualifies}", cutoff_ms)
-    )
-    counts.append(
-        await _count(
-            conn,
-            "SELECT COUNT(*) FROM deliveries WHERE state = 'dead' AND updated_at < :cutoff",
-            cutoff_ms,
-        )
-    )
-    counts.append(
-        await _count(
-            conn,
-            "SELECT COUNT(*) FROM deliveries WHERE state = 'done' AND updated_at < :cutoff"
-            " AND EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
-            cutoff_ms,
-        )
-    )
+    saved file). One scan of each table; meant for a read connection (plain ``sqlite3``)."""
+    _, callbacks = _SCAN["callbacks"]
+    _, deliveries = _SCAN["deliveries"]
+    queries = [
+        f"SELECT COUNT(*) FROM callbacks WHERE {callbacks}",
+        f"SELECT COUNT(*) FROM deliveries WHERE {deliveries}",
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'dead' AND updated_at < :cutoff",
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'done' AND updated_at < :cutoff"
+        " AND EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
+    ]
+    counts = [int(conn.execute(sql, {"cutoff": cutoff_ms}).fetchone()[0]) for sql in queries]
     return Prunable(*counts)
 
 
-async def _count(conn: aiosqlite.Connection, sql: str, cutoff_ms: int) -> int:
-    async with conn.execute(sql, {"cutoff": cutoff_ms}) as cur:
-        row = await cur.fetchone()
+def _pragma_of(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute(f"PRAGMA {name}").fetchone()
     return int(row[0]) if row else 0
 
 

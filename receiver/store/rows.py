@@ -2,9 +2,10 @@
 
 A column holding JSON is named after its field with ``_json`` appended (``task_result`` is
 stored in ``task_result_json``); every other column has its field's name. The reads' SELECT
-lists are derived from the models' field names, and :func:`decode` turns a row back into
-field values. (The writes go through the row dataclasses of ``receiver.transitions``, whose
-fields are the tables' columns; ``receiver.store.batches`` derives its statements from them.)
+lists are derived from the models' field names; :func:`decode` turns a row back into field
+values, and :func:`json_object` renders one as the model's JSON inside the query. (The writes
+go through the row dataclasses of ``receiver.transitions``, whose fields are the tables'
+columns; ``receiver.store.batches`` derives its statements from them.)
 """
 
 from __future__ import annotations
@@ -40,15 +41,51 @@ def select_list(
             column of the same name (``{"delivery_id": "d.id"}``).
         default: The alias of the table the other fields come from ("" for none).
     """
-    tables = tables or {}
     out = []
     for name in names:
-        source = tables.get(name, default)
-        if "." in source:
-            out.append(f"{source} AS {name}")
-        else:
-            out.append(f"{source}.{column(name)}" if source else column(name))
+        source = _source(name, tables or {}, default)
+        same = source.rsplit(".", 1)[-1] == column(name)
+        out.append(source if same else f"{source} AS {name}")
     return ", ".join(out)
+
+
+def json_object(
+    names: Iterable[str],
+    *,
+    tables: Mapping[str, str] | None = None,
+    default: str = "",
+    values: Mapping[str, str] | None = None,
+) -> str:
+    """SQL: ``json_object('task_id', t.task_id, 'task_result', json(t.task_result_json), ...)``,
+    an expression whose value is the JSON object of the given fields, in their order, as a
+    model's ``model_dump_json`` writes it: a JSON column is embedded as JSON (``json()``),
+    NULL is ``null``, an INTEGER a number, TEXT a string.
+
+    Args:
+        names: The fields, in order.
+        tables: As for :func:`select_list`.
+        default: As for :func:`select_list`.
+        values: SQL giving a field's value when it is not a column, by field name: a JSON
+            function's result (``json_group_array(...)``, ``json(...)``) is embedded as
+            JSON, any other value as a JSON string, number or null. (A scalar subquery's
+            value is not a function's result: wrap it in ``json()``.)
+    """
+    pairs = []
+    for name in names:
+        if values and name in values:
+            pairs.append(f"'{name}', {values[name]}")
+            continue
+        source = _source(name, tables or {}, default)
+        pairs.append(f"'{name}', " + (f"json({source})" if name in JSON_FIELDS else source))
+    return f"json_object({', '.join(pairs)})"
+
+
+def _source(name: str, tables: Mapping[str, str], default: str) -> str:
+    """The column expression of field ``name``: ``d.id``, ``t.task_status``, ``route``."""
+    source = tables.get(name, default)
+    if "." in source:
+        return source
+    return f"{source}.{column(name)}" if source else column(name)
 
 
 def decode(row: aiosqlite.Row | Mapping[str, Any]) -> dict[str, Any]:
