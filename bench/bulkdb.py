@@ -43,6 +43,8 @@ SAMPLE_IDS = 10_000
 BASE_MS = 1_774_800_000_000
 _STATUSES = ((TaskStatus.SUCCEED, 85), (TaskStatus.FAILED, 10), (TaskStatus.PROCESSING, 5))
 _ROUTE_WEIGHTS = (40, 15, 15, 15, 15)
+#: One row's values, in its INSERT's column order.
+Row = tuple[object, ...]
 _PLUGINS = {TaskStatus.SUCCEED: ("downloader", "slack"), TaskStatus.FAILED: ("slack",)}
 
 
@@ -96,7 +98,7 @@ def _result(i: int, route: Route, status: TaskStatus) -> str | None:
     return json.dumps({kind: [{"index": 0, "url": url}]})
 
 
-def _rows(tasks: int, seed: int, counts: Counter[tuple[str, str]]) -> Iterator[tuple[str, tuple]]:
+def _rows(tasks: int, seed: int, counts: Counter[tuple[str, str]]) -> Iterator[tuple[str, Row]]:
     """``(table, row)`` for every row, in id order per table; counts (status, route)."""
     delivery_id = 0
     for i, route, status in _draws(tasks, seed):
@@ -155,8 +157,8 @@ _INSERTS = {
 _BATCH_ROWS = 20_000
 
 
-def _insert(conn: sqlite3.Connection, rows: Iterator[tuple[str, tuple]]) -> None:
-    pending: dict[str, list[tuple]] = {table: [] for table in _INSERTS}
+def _insert(conn: sqlite3.Connection, rows: Iterator[tuple[str, Row]]) -> None:
+    pending: dict[str, list[Row]] = {table: [] for table in _INSERTS}
     for table, row in rows:
         batch = pending[table]
         batch.append(row)

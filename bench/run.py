@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import resource
 import shutil
 import sys
@@ -89,7 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--only", default="", help=f"comma-separated groups of {GROUPS}")
-    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 8; 1)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds per wrk run (default 8; 0.5 with --quick)"
+    )
     parser.add_argument("--json", type=Path, help="write every raw figure to this file")
     parser.add_argument(
         "--bulk-db", type=Path, help="the status figures' database: reused, or built there"
@@ -160,7 +163,8 @@ def report(
         if row.group in shown_groups
         and (row.group != "ceiling" or any(row.key in r for r in rounds))
     ]
-    parts = [table.markdown(rows, rounds), "", "Notes:", *notes.lines(ctx, rounds, orders)]
+    parts = [table.markdown(rows, rounds), "", "Notes:"]
+    parts += notes.lines(ctx, rounds, orders, args.load_before)
     parts += ["", "Targets (medians):", *table.target_lines(rows, rounds)]
     if ctx.problems:
         parts += ["", f"PROBLEMS ({len(ctx.problems)}):", *(f"- {p}" for p in ctx.problems)]
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     base: Sizes = QUICK if args.quick else FULL
     sizes = dataclasses.replace(base, duration_s=args.duration or base.duration_s)
     started, when = time.monotonic(), datetime.now(UTC)
+    args.load_before = os.getloadavg()[0]
     raise_fd_limit()
     names = jobs_for(args.groups)
     rounds: list[dict[str, Sample]] = []

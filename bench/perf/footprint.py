@@ -4,7 +4,7 @@ task); this module takes the other two.
 
 - Connections (:func:`connections_job`): ``kling-hooks serve`` with ``connections`` wrk
   connections open at once, each sending one callback a second (wrk's ``delay()`` spreads
-  them), for ``max(duration_s, 3)`` seconds; ``VmRSS`` and the open file descriptors are
+  them), for ``duration_s``; ``VmRSS`` and the open file descriptors are
   sampled every 100 ms; the figure is the largest RSS. The fd count shows that every
   connection was open (the harness raised its soft ``RLIMIT_NOFILE`` to the hard limit).
 - Download (:func:`download_job`): the downloader alone (``max_bytes`` 2 GiB or more,
@@ -84,7 +84,6 @@ def connections_job(ctx: Context) -> dict[str, Sample]:
                 ctx.feeds.ingest,
                 count,
                 rate_per_s=count,
-                duration_s=max(ctx.sizes.duration_s, 3.0),
                 tally=rx.tally,
             )
     if sampler.max_fds < count:

@@ -24,7 +24,13 @@ from pathlib import Path
 from bench import processes
 from bench.perf import peer, status
 from bench.perf.loads import sample, timed, warm
-from bench.perf.servers import ceiling_server, peer_server, receiver, sink_counts
+from bench.perf.servers import (
+    ceiling_server,
+    delivery_states,
+    peer_server,
+    receiver,
+    sink_counts,
+)
 from bench.perf.sizes import Context, Sample
 
 CONNECTIONS = (16, 64)
@@ -82,12 +88,25 @@ def _ingest(ctx: Context, key: str, *, with_plugins: bool) -> dict[str, Sample]:
                 found.update({f"sink_{k}": sink_after[k] - sink_before[k] for k in sink_after})
             found["hwm_mib"], ready_s = rx.hwm_mib(), rx.ready_s
         out[f"{key}.c{connections}"] = found
+        if with_plugins:
+            _check_plugins_worked(ctx, name, found, delivery_states(rx.db))
         if not with_plugins and connections == 64:
             out["footprint.hwm"] = {"value": found["hwm_mib"]}
             out["footprint.startup"] = {"value": ready_s * 1000}
             out["footprint.bytes_per_task"] = {"value": bytes_per_task(rx.db)}
         shutil.rmtree(workdir, ignore_errors=True)
     return out
+
+
+def _check_plugins_worked(ctx: Context, name: str, found: Sample, states: dict[str, int]) -> None:
+    """A plugin that refused every event (a ``dead`` delivery) or never reached the sink
+    would make the figure that of a receiver with nothing to do: a problem."""
+    found.update({f"deliveries_{state}": n for state, n in states.items()})
+    idle = [k for k in ("files", "slack", "hook") if not found.get(f"sink_{k}")]
+    if states.get("dead") or idle:
+        ctx.problems.append(
+            f"{name}: plugins not working: deliveries {states}, no sink requests for {idle}"
+        )
 
 
 def ingest_job(ctx: Context) -> dict[str, Sample]:

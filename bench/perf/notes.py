@@ -54,13 +54,23 @@ def _median(rounds: Sequence[dict[str, Sample]], key: str, field: str) -> float:
     return table.Spread.of(table.values(rounds, key, field)).median
 
 
-def lines(ctx: Context, rounds: Sequence[dict[str, Sample]], orders: list[list[str]]) -> list[str]:
-    """The notes (markdown list items) of a finished run."""
+def lines(
+    ctx: Context,
+    rounds: Sequence[dict[str, Sample]],
+    orders: list[list[str]],
+    load_before: float,
+) -> list[str]:
+    """The notes (markdown list items) of a finished run; ``load_before`` is the 1-minute
+    load average when it began."""
     sizes = ctx.sizes
     with ctx.feeds.ingest.open("rb") as feed:
         body_bytes = len(feed.readline().rstrip(b"\n").rsplit(b"\t", 1)[1])
     out: list[tuple[str, str]] = [
-        ("", f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.2f}."),
+        (
+            "",
+            f"Machine: {machine()}; 1-minute load average {load_before:.2f} at the start, "
+            f"{os.getloadavg()[0]:.2f} at the end (other work on the machine shows there).",
+        ),
         (
             "",
             f"Method: {len(rounds)} rounds, configurations interleaved (orders: "

@@ -132,6 +132,13 @@ def outbox(db: Path) -> tuple[int, int]:
     return int(total), int(done)
 
 
+def delivery_states(db: Path) -> dict[str, int]:
+    """Deliveries in ``db`` by state (``{"done": n, "dead": n, ...}``)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
+    return {str(state): int(n) for state, n in rows}
+
+
 def wait_deliveries(rx: Receiver, expected: int, timeout_s: float) -> float:
     """Wait until ``rx`` has ``expected`` deliveries, all ``done``; returns the seconds waited.
 

@@ -60,7 +60,7 @@ FULL = Sizes(
     probe_rate_per_s=40.0,
 )
 QUICK = Sizes(
-    duration_s=1.0,
+    duration_s=0.5,
     warmup=50,
     burst=300,
     tasks=2_000,

@@ -141,7 +141,8 @@ def timed_gets(ctx: Context, server: Running, prefix: str) -> dict[str, Sample]:
     out: dict[str, Sample] = {}
     for load in LOADS:
         feed = data.feeds[load]
-        timed(ctx, server, feed, 16, mode="random", duration_s=0.5, headers=[AUTH_HEADER])
+        warm_s = min(0.5, ctx.sizes.duration_s)
+        timed(ctx, server, feed, 16, mode="random", duration_s=warm_s, headers=[AUTH_HEADER])
         for connections in CONNECTIONS:
             result, cpu_s = timed(
                 ctx, server, feed, connections, mode="random", headers=[AUTH_HEADER]
