@@ -89,7 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--only", default="", help=f"comma-separated groups of {GROUPS}")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated groups of {GROUPS}, or ceiling"
+    )
     parser.add_argument(
         "--duration", type=float, help="seconds per wrk run (default 8; 0.5 with --quick)"
     )
@@ -97,7 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--bulk-db", type=Path, help="the status figures' database: reused, or built there"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the run directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run directory (logs, databases)"
+    )
     args = parser.parse_args(argv)
     groups = [g for g in args.only.split(",") if g] or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS) - {"ceiling"})
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, Sample]] = []
     orders: list[list[str]] = []
     with run_directory(args.keep) as workdir, sink_server(workdir) as sink:
-        ctx = Context(sizes, workdir, sink, build_feeds(workdir, sizes, sink.url), args.groups)
+        feeds = build_feeds(workdir, sizes, sink.url)
+        ctx = Context(sizes, workdir, sink, feeds, args.groups, keep=args.keep)
         if "status" in args.groups:
             try:
                 ctx.extra["status"] = status.prepare(ctx, args.bulk_db)

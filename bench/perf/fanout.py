@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
 
@@ -62,7 +61,7 @@ def _burst(ctx: Context, key: str, plugins: tuple[str, ...]) -> Sample:
         expected = rx.tally.new * len(plugins)
         drain_s = wait_deliveries(rx, expected, _drain_timeout_s(expected))
     found = starts(rx, "i")
-    shutil.rmtree(workdir, ignore_errors=True)
+    ctx.done_with(workdir)
     if len(found) != burst * len(plugins):
         ctx.problems.append(f"{key}: {len(found)} handler starts, {burst * len(plugins)} wanted")
     times = sorted(at for _, at in found)
@@ -131,31 +130,41 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+def _background(
+    ctx: Context, rx: Receiver, rate_per_s: float
+) -> tuple[threading.Thread, list[Sample]]:
+    """wrk at ``rate_per_s`` against ``rx`` in a thread (started); its sample lands in the
+    list once the thread ends (nothing there, and a problem, when it raised)."""
+    found: list[Sample] = []
+
+    def load() -> None:
+        try:
+            result, cpu_s = timed(
+                ctx, rx, ctx.feeds.ingest, 64, rate_per_s=rate_per_s, tally=rx.tally
+            )
+            found.append(sample(result, cpu_s))
+        except Exception as exc:  # the probe goes on; the figure is then missing
+            ctx.problems.append(f"fanout.latency: the background load raised {exc!r}")
+
+    thread = threading.Thread(target=load, name="background-load")
+    thread.start()
+    return thread, found
+
+
 def latency_job(ctx: Context) -> dict[str, Sample]:
     """2xx -> handler start under background load at half the ingest maximum."""
     ingest = ctx.this_round.get("ingest.none.c64")
     if not ingest or not ingest["rps"]:
         ctx.problems.append("fanout.latency: no ingest maximum measured in this round")
         return {}
-    target = ingest["rps"] / 2
-    sizes = ctx.sizes
-    items = distinct_callbacks(
-        int(sizes.probe_rate_per_s * sizes.duration_s) + 1,
-        prefix="p",
-        image_base=ctx.feeds.image_base,
-    )
+    target, sizes = ingest["rps"] / 2, ctx.sizes
+    count = int(sizes.probe_rate_per_s * sizes.duration_s) + 1
+    items = distinct_callbacks(count, prefix="p", image_base=ctx.feeds.image_base)
     workdir = ctx.rundir("fanout.latency")
     with receiver("fanout.latency", workdir, ctx.problems, noop=ONE) as rx:
         warm(ctx, rx, 64, tally=rx.tally)
         wait_deliveries(rx, sizes.warmup, _drain_timeout_s(sizes.warmup))
-        background: list[Sample] = []
-
-        def load() -> None:
-            result, cpu_s = timed(ctx, rx, ctx.feeds.ingest, 64, rate_per_s=target, tally=rx.tally)
-            background.append(sample(result, cpu_s))
-
-        thread = threading.Thread(target=load)
-        thread.start()
+        thread, background = _background(ctx, rx, target)
         acked, new, ok, probe_cpu = asyncio.run(
             probe(rx.url, items, sizes.probe_rate_per_s, sizes.duration_s)
         )
@@ -163,7 +172,7 @@ def latency_job(ctx: Context) -> dict[str, Sample]:
         rx.tally.add(new, ok)
         wait_deliveries(rx, rx.tally.new, _drain_timeout_s(rx.tally.new))
     started = dict(starts(rx, "p"))
-    shutil.rmtree(workdir, ignore_errors=True)
+    ctx.done_with(workdir)
     latencies = [(started[t] - at) * 1000 for t, at in acked.items() if t in started]
     if len(latencies) != len(acked) or not latencies:
         ctx.problems.append(f"fanout.latency: {len(latencies)} of {len(acked)} probes handled")

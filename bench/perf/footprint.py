@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sqlite3
 import threading
 import time
@@ -88,7 +87,7 @@ def connections_job(ctx: Context) -> dict[str, Sample]:
             )
     if sampler.max_fds < count:
         ctx.problems.append(f"connections: at most {sampler.max_fds} fds open, {count} wanted")
-    shutil.rmtree(workdir, ignore_errors=True)
+    ctx.done_with(workdir)
     found = {"value": sampler.max_rss_mib, "before_mib": before, "max_fds": sampler.max_fds}
     found.update(rps=result.rps, non2xx=sum(result.non2xx.values()), p99=result.latency_ms["p99"])
     return {"footprint.rss_conns": found}
@@ -134,7 +133,7 @@ max_bytes = {max(2 * 1024**3, 2 * size)}
         saved = _saved_bytes(rx.db)
     if saved != size:
         ctx.problems.append(f"download: {saved} bytes saved, {size} sent")
-    shutil.rmtree(workdir, ignore_errors=True)
+    ctx.done_with(workdir)
     during = sampler.max_rss_mib
     return {
         "footprint.download_before": {"value": before},

@@ -17,7 +17,6 @@ duplicate storm, and the peer. Each job is one configuration of one round.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def ceiling_job(ctx: Context) -> dict[str, Sample]:
     workdir = ctx.rundir("ceiling")
     docs = status.docs_file(ctx)
     with ceiling_server(workdir, docs) as server:
-        if ctx.wants("ingest", "duplicates", "peer"):
+        if ctx.wants("ceiling", "ingest", "duplicates", "peer"):
             warm(ctx, server, 64)
             for connections in CONNECTIONS:
                 result, cpu_s = timed(ctx, server, ctx.feeds.ingest, connections, mode="cycle")
@@ -94,7 +93,7 @@ def _ingest(ctx: Context, key: str, *, with_plugins: bool) -> dict[str, Sample]:
             out["footprint.hwm"] = {"value": found["hwm_mib"]}
             out["footprint.startup"] = {"value": ready_s * 1000}
             out["footprint.bytes_per_task"] = {"value": bytes_per_task(rx.db)}
-        shutil.rmtree(workdir, ignore_errors=True)
+        ctx.done_with(workdir)
     return out
 
 
@@ -136,7 +135,7 @@ def duplicates_job(ctx: Context) -> dict[str, Sample]:
         result, cpu_s = timed(ctx, rx, ctx.feeds.duplicate, 64, mode="cycle", tally=rx.tally)
     if result.new or result.stale:
         ctx.problems.append(f"duplicates: {result.new} new and {result.stale} stale verdicts")
-    shutil.rmtree(workdir, ignore_errors=True)
+    ctx.done_with(workdir)
     return {"duplicates.c64": sample(result, cpu_s)}
 
 
@@ -156,5 +155,5 @@ def peer_job(ctx: Context) -> dict[str, Sample]:
         found = sample(result, cpu_s)
         found.update(acknowledged=warmed.ok + result.ok, stored=peer.stored(workdir / name))
         out[f"peer.c{connections}"] = found
-        shutil.rmtree(workdir, ignore_errors=True)
+        ctx.done_with(workdir)
     return out

@@ -97,8 +97,9 @@ def lines(
         ),
         (
             "",
-            "Loss checks: after each receiver's stop, rows in `transitions` = new verdicts and "
-            "rows in `callbacks` = 2xx answers. "
+            "Loss checks: after each receiver's stop (every one, the status API's included), "
+            "the rows `transitions` gained = its new verdicts and the rows `callbacks` gained "
+            "= its 2xx answers. "
             + (
                 f"{len(ctx.problems)} problem(s), listed below."
                 if ctx.problems

@@ -118,6 +118,7 @@ class Context:
         sink: The running sink.
         feeds: The pre-built feeds.
         groups: The figure groups this run measures (``--only``).
+        keep: Keep every configuration's files (``--keep``: logs, databases, downloads).
         problems: Lossy runs and failed checks so far (any: exit 1).
         round_no: The round in progress, from 1.
         this_round: The figures measured so far in this round, by row key.
@@ -129,6 +130,7 @@ class Context:
     sink: Running
     feeds: Feeds
     groups: frozenset[str]
+    keep: bool = False
     problems: list[str] = field(default_factory=list)
     round_no: int = 0
     this_round: dict[str, Sample] = field(default_factory=dict)
@@ -144,6 +146,11 @@ class Context:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         return path
+
+    def done_with(self, path: Path) -> None:
+        """Remove a configuration's files once its figures are taken (unless ``keep``)."""
+        if not self.keep:
+            shutil.rmtree(path, ignore_errors=True)
 
     def progress(self, message: str) -> None:
         """One progress line on stderr (stdout carries only the table)."""

@@ -111,7 +111,7 @@ def _capture_docs(ctx: Context, db: Path, built: bulkdb.Built) -> tuple[Path, di
     workdir = ctx.workdir / "status-docs"
     workdir.mkdir(exist_ok=True)
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
-    with receiver("status-docs", workdir, ctx.problems, db=db, check=False) as rx:
+    with receiver("status-docs", workdir, ctx.problems, db=db) as rx:
         task = httpx.get(f"{rx.url}/tasks/{quote(built.task_ids[0])}", headers=auth, timeout=30)
         page = httpx.get(
             f"{rx.url}/tasks?{built.filters[0]}&limit={PAGE_LIMIT}", headers=auth, timeout=30
@@ -163,7 +163,7 @@ def status_job(ctx: Context) -> dict[str, Sample]:
     data = ctx.extra["status"]
     assert isinstance(data, StatusData)
     workdir = ctx.rundir("status")
-    with receiver("status", workdir, ctx.problems, db=data.db, check=False) as rx:
+    with receiver("status", workdir, ctx.problems, db=data.db) as rx:
         out = timed_gets(ctx, rx, "status")
         out["status.startup"] = {"value": rx.ready_s * 1000}
     return out
