@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.perf import fanout, footprint, ingest, notes, status, table
+from bench.perf import fanout, footprint, ingest, notes, status, table, targets
 from bench.perf.servers import sink_server
 from bench.perf.sizes import FULL, QUICK, Context, Sample, Sizes, build_feeds
 
@@ -169,7 +169,7 @@ def report(
     ]
     parts = [table.markdown(rows, rounds), "", "Notes:"]
     parts += notes.lines(ctx, rounds, orders, args.load_before)
-    parts += ["", "Targets (medians):", *table.target_lines(rows, rounds)]
+    parts += ["", "Targets (medians):", *targets.target_lines(rows, rounds)]
     if ctx.problems:
         parts += ["", f"PROBLEMS ({len(ctx.problems)}):", *(f"- {p}" for p in ctx.problems)]
     return "\n".join(parts)

@@ -9,7 +9,9 @@ Modules:
 * ``sink``: the sink process (result files, a 1 GiB stream, Slack and webhook endpoints);
 * ``noop_plugin``: the no-op plugin of the fan-out figures (a ``--plugins-dir`` file);
 * ``peer``: the ``webhook`` peer's configuration;
+* ``loads``: one wrk run against a running server, and its figures;
 * ``ingest``, ``fanout``, ``status``, ``footprint``: the figure groups, one job per
   configuration and round;
-* ``table``: medians, spreads, ratios, the markdown table and the targets.
+* ``table``: medians, spreads, ratios and the markdown table; ``targets``: the issue's
+  targets, PASS or MISS; ``notes``: what is printed under the table.
 """

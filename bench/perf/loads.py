@@ -90,9 +90,9 @@ def sample(result: wrk.WrkResult, server_cpu_s: float | None = None) -> Sample:
 
     Returns:
         ``rps`` (2xx answers per second), ``p50``, ``p90``, ``p99``, ``p999``, ``max`` (ms),
-        ``ok``, ``non2xx`` and ``errors`` (counts), ``span_s``, ``wrk_cpu`` (wrk's share of
-        one core) and, given ``server_cpu_s``, ``server_cpu`` (share of one core) and
-        ``server_cpu_us`` (µs per answer).
+        ``ok``, ``non2xx`` (and by status: ``non2xx_503``...) and ``errors`` (counts),
+        ``span_s``, ``wrk_cpu`` (wrk's share of one core) and, given ``server_cpu_s``,
+        ``server_cpu`` (share of one core) and ``server_cpu_us`` (µs per answer).
     """
     found: Sample = {"rps": result.rps}
     found.update({k: result.latency_ms[k] for k in ("p50", "p90", "p99", "p999", "max")})
@@ -103,6 +103,7 @@ def sample(result: wrk.WrkResult, server_cpu_s: float | None = None) -> Sample:
         span_s=result.span_s,
         wrk_cpu=result.wrk_cpu_share,
     )
+    found.update({f"non2xx_{status}": n for status, n in result.non2xx.items()})
     if server_cpu_s is not None and result.span_s > 0:
         found["server_cpu"] = server_cpu_s / result.span_s
         found["server_cpu_us"] = server_cpu_s / max(result.answered, 1) * 1e6

@@ -50,6 +50,23 @@ def _total(rounds: Sequence[dict[str, Sample]], field: str, prefix: str = "") ->
     return int(sum(s.get(field, 0) for r in rounds for k, s in r.items() if k.startswith(prefix)))
 
 
+def _refused(rounds: Sequence[dict[str, Sample]]) -> str:
+    """``"ingest.none.c64: 3 (503: 3); ..."`` over every round, or ``"none"``."""
+    found: dict[str, dict[str, int]] = {}
+    for r in rounds:
+        for key, s in r.items():
+            for name, n in s.items():
+                if name.startswith("non2xx_") and n:
+                    codes = found.setdefault(key, {})
+                    code = name.removeprefix("non2xx_")
+                    codes[code] = codes.get(code, 0) + int(n)
+    parts = [
+        f"{key} {sum(c.values())} ({', '.join(f'{k}: {n}' for k, n in sorted(c.items()))})"
+        for key, c in sorted(found.items())
+    ]
+    return "; ".join(parts) or "none"
+
+
 def _median(rounds: Sequence[dict[str, Sample]], key: str, field: str) -> float:
     return table.Spread.of(table.values(rounds, key, field)).median
 
@@ -153,8 +170,8 @@ def lines(
         (
             "",
             f"Load generators: wrk used at most {_largest(rounds, 'wrk_cpu'):.0%} of a core in "
-            f"any run; non-2xx answers over all runs: {_total(rounds, 'non2xx')}, socket errors: "
-            f"{_total(rounds, 'errors')}.",
+            f"any run; socket errors over all runs: {_total(rounds, 'errors')}; answers other "
+            f"than 2xx (not counted in any rate), by figure and status: {_refused(rounds)}.",
         ),
     ]
     return [f"- {text}" for group, text in out if not group or ctx.wants(group)]
