@@ -27,10 +27,9 @@ What it does, once per concurrency level:
 
 The load generator shares the machine with the server. httpx is a slow client (a few thousand
 requests/s per core): when the client's CPU time is close to the wall time, the client, not
-the server, was the limit, and the output says so. ``--client wrk`` uses wrk (C, LuaJIT; a
-Lua script embedded here feeds it the pre-built requests) and measures closer to the server's
-own limit; wrk's latency figures also include the few ``GET /healthz`` requests its idle
-connections may send once the callbacks are used up (the count is printed).
+the server, was the limit, and the output says so. ``--client wrk`` uses wrk (C, LuaJIT; the
+Lua script of ``bench/wrk.py`` feeds it the pre-built requests) and measures closer to the
+server's own limit.
 """
 
 from __future__ import annotations
@@ -38,16 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
-import random
-import resource
 import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,149 +50,23 @@ from pathlib import Path
 
 import httpx
 
-from submitter.tokens import CallbackTokens
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SECRET = "bench-secret-not-for-production-0123456789abcdef"
-API_TOKEN = "bench-api-token"
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
+from bench import wrk
+from bench.processes import (
+    cpu_s,
+    free_port,
+    memory_kib,
+    serve_command,
+    start_server,
+    stop_server,
+    stored_counts,
+    tail,
+    wait_ready,
+)
+from bench.workload import Callback, Workload, build_workload
+
 CLIENT_BOUND_SHARE = 0.85  # client CPU / wall time above this: the client was the limit
-
-
-# --- the workload -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Workload:
-    """Pre-built callbacks: ``(path, body)`` pairs in sending order."""
-
-    warmup: list[tuple[str, bytes]]
-    timed: list[tuple[str, bytes]]
-    distinct_timed: int
-
-
-def succeed_body(task_id: str, external_task_id: str, now_ms: int) -> bytes:
-    """A ``succeed`` callback body of about 1 KB: five images, as Kling sends them."""
-    base = "https://cdn.klingai.com/bs2/upload-kling-api/7283581940/image/"
-    images = [
-        {"index": i, "url": f"{base}{task_id}/{'3f2b9c1e-8d47-4a6b-b0c5-' + f'{i:012d}'}.png"}
-        for i in range(5)
-    ]
-    doc = {
-        "task_id": task_id,
-        "task_status": "succeed",
-        "task_status_msg": "",
-        "created_at": now_ms - 42_000,
-        "updated_at": now_ms,
-        "final_unit_deduction": "0.8",
-        "task_info": {"external_task_id": external_task_id},
-        "task_result": {"images": images},
-        "watermark_info": {"enabled": False},
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def build_workload(requests: int, warmup: int, duplicates: float, seed: int) -> Workload:
-    """Distinct callbacks (warm-up first), plus ``duplicates * requests`` re-sends, each
-    placed at a random later position than its original in the timed stream."""
-    tokens = CallbackTokens([SECRET])
-    run = f"{int(time.time()):x}"
-    now_ms = time.time_ns() // 1_000_000
-
-    def callback(i: int) -> tuple[str, bytes]:
-        ext = f"bench-{run}-{i:07d}"
-        task_id = f"8{int(run, 16) % 10**8:08d}{i:09d}"
-        return tokens.callback_url("", ext), succeed_body(task_id, ext, now_ms)
-
-    all_items = [callback(i) for i in range(warmup + requests)]
-    timed = all_items[warmup:]
-    rng = random.Random(seed)
-    for _ in range(round(duplicates * requests)):
-        original = rng.randrange(len(timed))
-        timed.insert(rng.randint(original + 1, len(timed)), timed[original])
-    return Workload(all_items[:warmup], timed, requests)
-
-
-# --- the server under test ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_command() -> list[str]:
-    """``kling-hooks`` next to this interpreter, else ``python -m receiver.cli``."""
-    script = Path(sys.executable).with_name("kling-hooks")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "receiver.cli"]
-
-
-def start_server(db: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "KLING_HOOKS_SECRET": SECRET,
-        "KLING_HOOKS_API_TOKEN": API_TOKEN,
-        "KLING_HOOKS_LOG_LEVEL": "warning",
-        "KLING_HOOKS_LOG_FORMAT": "json",
-    }
-    command = [
-        *server_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-    ]
-    with log_path.open("wb") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Poll ``/readyz`` every 50 ms until 200; raises RuntimeError after READY_TIMEOUT_S."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with httpx.Client(base_url=base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {proc.returncode}:\n" + log_path.read_text()[-2000:]
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if client.get("/readyz").status_code == 200:
-                    return
-            time.sleep(0.05)
-    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT_S)
-    return proc.returncode
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid``, in KiB, from /proc/<pid>/status."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all its threads), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- load generators ----------------------------------------------------------------------
@@ -223,7 +89,7 @@ class Result:
 
 async def _drive_httpx(
     base_url: str,
-    items: list[tuple[str, bytes]],
+    items: list[Callback],
     concurrency: int,
     max_seconds: float,
     result: Result,
@@ -279,9 +145,7 @@ async def _post(
         result.non_200[str(response.status_code)] += 1
 
 
-def run_httpx(
-    base_url: str, items: list[tuple[str, bytes]], concurrency: int, max_seconds: float
-) -> Result:
+def run_httpx(base_url: str, items: list[Callback], concurrency: int, max_seconds: float) -> Result:
     """Send ``items`` from ``concurrency`` workers, each on its own keep-alive connection."""
     result = Result()
     loop_factory = None
@@ -294,155 +158,43 @@ def run_httpx(
     return result
 
 
-WRK_SCRIPT = r"""
--- Feeds wrk pre-built callbacks: one "path<TAB>body" line each, thread k takes every n-th.
--- Once a thread's share is handed out, its idle connections wait (delay) until the last
--- answer arrives and the thread stops; GET /healthz is only a fallback (not counted).
-local threads = {}
-function setup(thread)
-  thread:set("id", #threads)
-  table.insert(threads, thread)
-end
-
-local reqs, i, share, answered, verify_pending = {}, 0, 0, 0, false
-counts = {new = 0, duplicate = 0, stale = 0, non200 = 0}
-
-function init(args)
-  local n, k = tonumber(args[2]), 0
-  for line in io.lines(args[1]) do
-    if k % n == id then
-      local tab = line:find("\t", 1, true)
-      reqs[#reqs + 1] = wrk.format("POST", line:sub(1, tab - 1),
-        {["Content-Type"] = "application/json"}, line:sub(tab + 1))
-    end
-    k = k + 1
-  end
-  share = #reqs
-  health = wrk.format("GET", "/healthz")
-  -- wrk calls request() once on thread 0 before the run, only to inspect it.
-  verify_pending = (id == 0)
-end
-
-function delay()
-  if i >= share then return 600000 end
-  return 0
-end
-
-function request()
-  if verify_pending then verify_pending = false; return health end
-  i = i + 1
-  if i <= share then return reqs[i] end
-  return health
-end
-
-function response(status, headers, body)
-  if status ~= 200 then
-    counts.non200 = counts.non200 + 1
-  elseif body:find('"verdict":"new"', 1, true) then counts.new = counts.new + 1
-  elseif body:find('"verdict":"duplicate"', 1, true) then counts.duplicate = counts.duplicate + 1
-  elseif body:find('"verdict":"stale"', 1, true) then counts.stale = counts.stale + 1
-  else return end
-  answered = answered + 1
-  if answered == share then
-    io.write("thread-done\n"); io.flush()
-    wrk.thread:stop()
-  end
-end
-
-function done(summary, latency, requests)
-  local total = {new = 0, duplicate = 0, stale = 0, non200 = 0}
-  for _, t in ipairs(threads) do
-    local c = t:get("counts")
-    for key, v in pairs(c) do total[key] = total[key] + v end
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"duration_us":%d,"requests":%d,"new":%d,"duplicate":%d,"stale":%d,' ..
-    '"non200":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d,' ..
-    '"p50":%d,"p95":%d,"p99":%d,"max":%d}\n',
-    summary.duration, summary.requests, total.new, total.duplicate, total.stale,
-    total.non200, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
-end
-"""
-
-
 def run_wrk(
     base_url: str,
-    items: list[tuple[str, bytes]],
+    items: list[Callback],
     concurrency: int,
     max_seconds: float,
     threads: int,
     workdir: Path,
 ) -> Result:
-    """Send ``items`` with wrk; SIGINT ends it once every thread has had all its answers."""
-    script, feed = workdir / "callbacks.lua", workdir / f"feed-{concurrency}.txt"
-    script.write_text(WRK_SCRIPT)
-    with feed.open("wb") as f:
-        for path, body in items:
-            f.write(path.encode() + b"\t" + body + b"\n")
-    threads = max(1, min(threads, concurrency, len(items)))
-    command = [
-        "wrk",
-        "-t",
-        str(threads),
-        "-c",
-        str(concurrency),
-        "-d",
-        f"{int(max_seconds)}s",
-        "--timeout",
-        "30s",
-        "-s",
-        str(script),
+    """Send ``items`` once each with wrk (``bench/wrk.py``, ``seq`` order); stops sending
+    after ``max_seconds``."""
+    feed = workdir / f"feed-{concurrency}.txt"
+    wrk.write_feed(feed, (wrk.FeedLine("POST", path, body) for path, body in items))
+    found = wrk.run_wrk(
         base_url,
-        "--",
-        str(feed),
-        str(threads),
-    ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    done, lines = 0, []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("thread-done"):
-            done += 1
-            if done == threads:
-                proc.send_signal(signal.SIGINT)
-    proc.wait()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    found = [json.loads(x[len("RESULT ") :]) for x in lines if x.startswith("RESULT ")]
-    if not found:
-        raise RuntimeError("wrk printed no result:\n" + "".join(lines[-20:]))
-    data = found[0]
-    result = Result(
-        sent=data["new"] + data["duplicate"] + data["stale"] + data["non200"],
-        elapsed_s=data["duration_us"] / 1e6,
-        deadline_hit=done < threads,
-        client_cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        feed,
+        connections=concurrency,
+        duration_s=max_seconds,
+        threads=threads,
+        workdir=workdir,
     )
-    result.percentiles_ms = {k: data[k] / 1000 for k in ("p50", "p95", "p99", "max")}
-    result.verdicts.update({k: data[k] for k in ("new", "duplicate", "stale") if data[k]})
-    if data["non200"]:
-        result.non_200["http"] = data["non200"]
-    for kind in ("connect", "read", "write", "timeout"):
-        if data[kind]:
-            result.non_200[f"socket {kind}"] = data[kind]
-    extra = data["requests"] - result.sent
-    if extra:
-        result.notes.append(f"wrk also sent {extra} GET /healthz on idle connections")
+    result = Result(
+        sent=found.answered,
+        elapsed_s=found.span_s,
+        deadline_hit=found.issued < len(items) or not found.finished,
+        client_cpu_s=found.wrk_cpu_s,
+    )
+    result.percentiles_ms = {k: found.latency_ms[k] for k in ("p50", "p95", "p99", "max")}
+    verdicts = {"new": found.new, "duplicate": found.duplicate, "stale": found.stale}
+    result.verdicts.update({k: v for k, v in verdicts.items() if v})
+    result.non_200.update(found.non2xx)
+    result.non_200.update({f"socket {kind}": n for kind, n in found.errors.items()})
+    if found.extra:
+        result.notes.append(f"wrk also sent {found.extra} GET /healthz at the very end")
     return result
 
 
 # --- checks and report --------------------------------------------------------------------
-
-
-def stored_counts(db: Path) -> tuple[int, int]:
-    """Rows in ``transitions`` and in ``callbacks`` (read after the server stopped)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        transitions = conn.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
-        callbacks = conn.execute("SELECT COUNT(*) FROM callbacks").fetchone()[0]
-    return int(transitions), int(callbacks)
 
 
 def percentile(sorted_ms: list[float], p: float) -> float:
@@ -539,9 +291,9 @@ def run_round(args: argparse.Namespace, work: Workload, concurrency: int, tmp: P
     db, log_path = tmp / f"bench-c{concurrency}.db", tmp / f"server-c{concurrency}.log"
     port = args.port or free_port()
     base_url = f"http://127.0.0.1:{port}"
-    proc = start_server(db, port, log_path)
+    proc = start_server(serve_command(port, db=db), log_path)
     try:
-        wait_ready(base_url, proc, log_path)
+        wait_ready(f"{base_url}/readyz", proc, log_path)
         # Warm-up always with httpx: it only needs to be correct.
         warm = run_httpx(base_url, work.warmup, concurrency, args.max_seconds)
         cpu0 = cpu_s(proc.pid)
@@ -558,7 +310,7 @@ def run_round(args: argparse.Namespace, work: Workload, concurrency: int, tmp: P
             server_cpu, memory = 0.0, {}
             result.notes.append(
                 f"the server exited by itself during the run (code {died});"
-                " its log: " + log_path.read_text()[-1000:]
+                " its log: " + tail(log_path, 1000)
             )
     finally:
         code = stop_server(proc)

@@ -3,10 +3,11 @@
     python bench/compare.py BEFORE [AFTER] [--rounds 5] [--requests 20000] [--duplicates 0.2]
 
 Each commit is checked out in a temporary git worktree with a virtualenv of its own; every
-server is a real ``kling-hooks serve`` process (the ceiling: a Starlette app that only parses
-the same body) on loopback with the same uvicorn settings, fed by wrk (Debian package ``wrk``)
-from ``bench/callbacks.py``'s workload: distinct, valid, new-transition callbacks, optionally
-with a share of duplicates. Rounds rotate the order of the three servers. Printed: per server,
+server is a real ``kling-hooks serve`` process (the ceiling: ``bench/ceiling.py``, a Starlette
+app that only parses the same body, under the receiver's own uvicorn settings) on loopback,
+fed by wrk (Debian package ``wrk``; ``bench/wrk.py``) with ``bench/workload.py``'s callbacks:
+distinct, valid, new-transition callbacks, optionally with a share of duplicates. Rounds
+rotate the order of the three servers. Printed: per server,
 the median req/s with its range, p99, the server's CPU time per request, whether every
 acknowledged callback was stored; then the per-round ratios (only same-run ratios count on a
 shared machine).
@@ -15,7 +16,6 @@ shared machine).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,28 +23,19 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import callbacks as cb
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CEILING_APP = """
-import json
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
-
-async def callback(request):
-    json.loads(await request.body())
-    return JSONResponse({"ok": True, "verdict": "new"})
-
-async def ok(request):
-    return PlainTextResponse("ok")
-
-app = Starlette(routes=[
-    Route("/callbacks/{ext:path}/{token}", callback, methods=["POST"]),
-    Route("/readyz", ok),
-    Route("/healthz", ok),
-])
-"""
+from bench import ceiling, wrk
+from bench.callbacks import run_httpx
+from bench.processes import (
+    cpu_s,
+    free_port,
+    start_server,
+    stop_server,
+    stored_counts,
+    wait_ready,
+)
+from bench.workload import Workload, build_workload
 
 Command = Callable[[int, Path], list[str]]
 
@@ -61,37 +52,32 @@ def checkout(rev: str, where: Path) -> Path:
     return where / ".venv" / "bin"
 
 
-def measure(name: str, command: Command, work: cb.Workload, tmp: Path, tag: str) -> dict:
-    port = cb.free_port()
+def measure(name: str, command: Command, work: Workload, tmp: Path, tag: str) -> dict:
+    port = free_port()
     db, log = tmp / f"{tag}-{name}.db", tmp / f"{tag}-{name}.log"
-    env = {
-        **os.environ,
-        "KLING_HOOKS_SECRET": cb.SECRET,
-        "KLING_HOOKS_API_TOKEN": cb.API_TOKEN,
-        "KLING_HOOKS_LOG_LEVEL": "warning",
-        "KLING_HOOKS_LOG_FORMAT": "json",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command(port, db), env=env, stdout=out, stderr=subprocess.STDOUT)
+    feed = tmp / "timed.feed"
+    if not feed.exists():
+        wrk.write_feed(feed, (wrk.FeedLine("POST", path, body) for path, body in work.timed))
+    proc = start_server(command(port, db), log)
     base = f"http://127.0.0.1:{port}"
     try:
-        cb.wait_ready(base, proc, log)
-        warm = cb.run_httpx(base, work.warmup, 64, 300)
-        cpu_before = cb.cpu_s(proc.pid)
-        result = cb.run_wrk(base, work.timed, 64, 300, 1, tmp)
-        cpu = cb.cpu_s(proc.pid) - cpu_before
+        wait_ready(f"{base}/readyz", proc, log)
+        warm = run_httpx(base, work.warmup, 64, 300)
+        cpu_before = cpu_s(proc.pid)
+        result = wrk.run_wrk(base, feed, connections=64, workdir=tmp)
+        cpu = cpu_s(proc.pid) - cpu_before
     finally:
-        cb.stop_server(proc)
+        stop_server(proc)
     lossless = None
     if name != "ceiling":
-        new = result.verdicts["new"] + warm.verdicts["new"]
-        answered = sum(result.verdicts.values()) + sum(warm.verdicts.values())
-        lossless = cb.stored_counts(db) == (new, answered)
+        new = result.new + warm.verdicts["new"]
+        answered = result.ok + sum(warm.verdicts.values())
+        lossless = stored_counts(db) == (new, answered)
     return {
-        "rps": result.sent / result.elapsed_s,
-        "p99": cb.latency_figures(result)["p99"],
-        "cpu_us": cpu / result.sent * 1e6,
-        "non200": sum(result.non_200.values()),
+        "rps": result.rps,
+        "p99": result.latency_ms["p99"],
+        "cpu_us": cpu / result.answered * 1e6,
+        "non200": sum(result.non2xx.values()) + sum(result.errors.values()),
         "lossless": lossless,
     }
 
@@ -122,26 +108,8 @@ def main() -> int:
                 "--db",
                 str(db),
             ]
-        (tmp / "ceiling").mkdir()
-        (tmp / "ceiling" / "bare_app.py").write_text(CEILING_APP)
-        uvicorn = trees[-1] / ".venv" / "bin" / "uvicorn"
-        servers = {
-            "ceiling": lambda port, db: [
-                str(uvicorn),
-                "--app-dir",
-                str(tmp / "ceiling"),
-                "bare_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            **servers,
-        }
-        work = cb.build_workload(args.requests, 200, args.duplicates, 1)
+        servers = {"ceiling": lambda port, db: ceiling.command(port), **servers}
+        work = build_workload(args.requests, 200, args.duplicates, 1)
         rows: dict[str, list[dict]] = {name: [] for name in servers}
         names = list(servers)
         for r in range(args.rounds):

@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.callbacks import succeed_body
+from bench.processes import free_port
 from bench.suites import Report
 from bench.suites.load import CallbackLoad, poll_until
-from bench.suites.serve_process import SECRET, ServeProcess, free_port
+from bench.suites.serve_process import SECRET, ServeProcess
+from bench.workload import succeed_body
 from submitter.media import png_bytes
 from tests.sinks import Sink, start_sink
 

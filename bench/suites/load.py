@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bench.callbacks import succeed_body
+from bench.workload import succeed_body
 from submitter.tokens import CallbackTokens
 
 #: ``(index, external_task_id) -> body``.

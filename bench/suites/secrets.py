@@ -29,8 +29,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.processes import free_port
 from bench.suites import Report
-from bench.suites.serve_process import API_TOKEN, SECRET, free_port, serving
+from bench.suites.serve_process import API_TOKEN, SECRET, serving
 from submitter.tokens import CallbackTokens
 from tests.sinks import Answer, start_sink
 

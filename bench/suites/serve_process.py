@@ -12,23 +12,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.processes import free_port
+
 KLING_HOOKS = Path(sys.executable).with_name("kling-hooks")
 SECRET = "suite-secret-not-for-production-0123456789"
 API_TOKEN = "suite-api-token-0123456789"
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServeProcess:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.suites.serve_process import API_TOKEN, ServeProcess, free_port
+from bench.processes import free_port
+from bench.suites.serve_process import API_TOKEN, ServeProcess
 
 #: The tables a rejected request must leave unchanged.
 TABLES = ("tasks", "transitions", "callbacks", "deliveries")

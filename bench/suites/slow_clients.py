@@ -44,16 +44,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.callbacks import (
-    API_TOKEN,
-    SECRET,
-    free_port,
-    memory_kib,
-    server_command,
-    stop_server,
-    wait_ready,
-)
+from bench.processes import free_port, memory_kib, server_command, stop_server, wait_ready
 from bench.suites import Report
+from bench.workload import API_TOKEN, SECRET
 from submitter.tokens import CallbackTokens
 
 NAME = "slow and broken clients"
@@ -148,7 +141,7 @@ async def run(full: bool, workdir: Path) -> Report:
     port = free_port()
     proc = _start(size, workdir, port)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, workdir / "server.log")
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, workdir / "server.log")
         report, acknowledged = await _measure(size, Target(f"http://127.0.0.1:{port}"), proc.pid)
     finally:
         stop_server(proc)

@@ -28,10 +28,11 @@ from typing import Protocol
 
 import httpx
 
+from bench.processes import free_port
 from bench.suites import Report
 from bench.suites.disk_faults import FileSizeLimit, FullDisk, Immutable
 from bench.suites.load import CallbackLoad, Sent, poll_until
-from bench.suites.serve_process import SECRET, ServeProcess, free_port
+from bench.suites.serve_process import SECRET, ServeProcess
 
 NAME = "storage faults"
 POLL_S = 0.05

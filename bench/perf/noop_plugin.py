@@ -1,0 +1,51 @@
+"""A no-op kling-hooks plugin for the fan-out figures: a single file for ``--plugins-dir``.
+
+Its name is its file's name (``noop.py`` is plugin ``noop``), so the harness can enable the
+same plugin under several names by copying the file. Each handler records
+``(task_id, time.time())`` as its first step, in memory, and returns (the delivery is
+``done``); :meth:`Noop.stop` writes them to ``starts_file``, one ``task_id<TAB>Unix seconds``
+line each. Its table::
+
+    [plugins.noop]
+    starts_file = "/tmp/run/noop-starts.tsv"
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from receiver.plugins import Event, Plugin, PluginSettings
+
+
+class NoopSettings(PluginSettings):
+    """The plugin's table: the common keys and ``starts_file`` (where :meth:`Noop.stop`
+    writes the handler start times)."""
+
+    starts_file: Path
+
+
+class Noop(Plugin):
+    """Does nothing but note when each of its handlers started (wall clock, Unix seconds)."""
+
+    # The registry loads a plugins-dir file as module ``kling_hooks_local_plugins.<stem>``.
+    name = __name__.rpartition(".")[2]
+    version = "1.0.0"
+    settings_model = NoopSettings
+    settings: NoopSettings
+
+    def __init__(self, settings: PluginSettings) -> None:
+        super().__init__(settings)
+        self._starts: list[tuple[str, float]] = []
+
+    async def handle(self, event: Event) -> None:
+        """Record the start time; nothing else."""
+        self._starts.append((event.task_id, time.time()))
+
+    async def stop(self) -> None:
+        """Write every recorded start to ``starts_file``."""
+        lines = "".join(f"{task_id}\t{started:.6f}\n" for task_id, started in self._starts)
+        self.settings.starts_file.write_text(lines)
+
+
+plugin = Noop

@@ -1,0 +1,222 @@
+"""The performance harness of issue 11: every figure in one table, from one run.
+
+    python bench/run.py                         # full run, 3 rounds (about 10-15 minutes)
+    python bench/run.py --quick                 # tiny sizes, 1 round (a smoke test)
+    python bench/run.py --only ingest,status --rounds 5 --json figures.json
+    python bench/run.py --bulk-db /var/tmp/kh-bulk.db     # build the 1M-task database once
+
+Figure groups (``--only``): ``ingest`` (2), ``duplicates`` (3), ``fanout`` (4), ``status``
+(5), ``footprint`` (6), ``peer`` (7); the ceiling (1) runs whenever a group needs its ratios.
+``fanout`` and ``footprint`` also run the ingest job (the fan-out latency load is half of its
+maximum; three footprint figures come from its run).
+
+Method: in every round each configuration (one job of :data:`JOBS`: its own server
+processes on loopback, started afresh) runs once, in an order rotated by one job per round
+(the fan-out latency job is moved after the ingest job when the rotation puts it first).
+Every figure is the median of the rounds with its min-max; every ratio is to the ceiling of
+the same round. Load comes from wrk (``bench/wrk.py``). Each receiver is checked for loss after
+its stop; a lossy run, or any failed check, makes the exit code 1 (the table is printed all
+the same, the problems under it). Progress goes to stderr, the table to stdout.
+
+Needs wrk and webhook (``apt-get install wrk webhook``) and the project installed in this
+virtualenv (``pip install .``: the harness runs the installed ``kling-hooks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.perf import fanout, footprint, ingest, notes, status, table, targets
+from bench.perf.servers import sink_server
+from bench.perf.sizes import FULL, QUICK, Context, Sample, Sizes, build_feeds
+
+Job = Callable[[Context], dict[str, Sample]]
+GROUPS = ("ingest", "duplicates", "fanout", "status", "footprint", "peer")
+#: Every configuration, in the first round's order, with its figure group.
+JOBS: dict[str, tuple[str, Job]] = {
+    "ceiling": ("ceiling", ingest.ceiling_job),
+    "ingest": ("ingest", ingest.ingest_job),
+    "ingest-plugins": ("ingest", ingest.ingest_plugins_job),
+    "duplicates": ("duplicates", ingest.duplicates_job),
+    "fanout-burst": ("fanout", fanout.burst_job),
+    "fanout-latency": ("fanout", fanout.latency_job),
+    "status": ("status", status.status_job),
+    "connections": ("footprint", footprint.connections_job),
+    "download": ("footprint", footprint.download_job),
+    "peer": ("peer", ingest.peer_job),
+}
+
+
+def jobs_for(groups: frozenset[str]) -> list[str]:
+    """The jobs a run of ``groups`` needs, in :data:`JOBS` order."""
+    wanted = set(groups)
+    if wanted & {"ingest", "duplicates", "status", "peer"}:
+        wanted.add("ceiling")
+    names = [name for name, (group, _) in JOBS.items() if group in wanted]
+    if wanted & {"fanout", "footprint"} and "ingest" not in names:
+        names.insert(0, "ingest")
+    return names
+
+
+def round_order(names: list[str], round_no: int) -> list[str]:
+    """``names`` rotated by ``round_no - 1``, with ``fanout-latency`` after ``ingest``."""
+    shift = (round_no - 1) % len(names)
+    order = names[shift:] + names[:shift]
+    if "fanout-latency" in order and order.index("fanout-latency") < order.index("ingest"):
+        order.remove("fanout-latency")
+        order.insert(order.index("ingest") + 1, "fanout-latency")
+    return order
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated groups of {GROUPS}, or ceiling"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds per wrk run (default 8; 0.5 with --quick)"
+    )
+    parser.add_argument("--json", type=Path, help="write every raw figure to this file")
+    parser.add_argument(
+        "--bulk-db", type=Path, help="the status figures' database: reused, or built there"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run directory (logs, databases)"
+    )
+    args = parser.parse_args(argv)
+    groups = [g for g in args.only.split(",") if g] or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS) - {"ceiling"})
+    if unknown:
+        parser.error(f"--only: unknown group(s) {', '.join(unknown)} (groups: {GROUPS})")
+    args.groups = frozenset(groups)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    if args.rounds < 1 or (args.duration is not None and args.duration <= 0):
+        parser.error("--rounds >= 1 and --duration > 0")
+    needed = ["wrk"] + (["webhook"] if "peer" in args.groups else [])
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        parser.error(f"{' and '.join(missing)} not installed (apt-get install wrk webhook)")
+    return args
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's (and so its children's) soft ``RLIMIT_NOFILE`` to the hard
+    limit; returns it."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def run_round(ctx: Context, order: list[str]) -> dict[str, Sample]:
+    """Every job of ``order`` once; a job that raises is a problem (its figures are missing)."""
+    ctx.this_round = {}
+    for name in order:
+        started = time.monotonic()
+        ctx.progress(f"{name} ...")
+        try:
+            ctx.this_round.update(JOBS[name][1](ctx))
+        except Exception:
+            ctx.problems.append(f"round {ctx.round_no} {name} raised:\n{traceback.format_exc()}")
+        ctx.progress(f"{name} done in {time.monotonic() - started:.1f} s")
+    return ctx.this_round
+
+
+@contextlib.contextmanager
+def run_directory(keep: bool) -> Iterator[Path]:
+    """A new temporary directory for the run, removed afterwards unless ``keep``."""
+    path = Path(tempfile.mkdtemp(prefix="kling-hooks-perf-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def report(
+    ctx: Context, args: argparse.Namespace, rounds: list[dict[str, Sample]], orders: list[list[str]]
+) -> str:
+    """The table, its notes, the targets and the problems, as markdown."""
+    sizes = ctx.sizes
+    shown_groups = args.groups | {"ceiling"}
+    data = ctx.extra.get("status")
+    tasks = data.tasks if isinstance(data, status.StatusData) else sizes.tasks
+    rows = [
+        row
+        for row in table.rows(sizes.connections, sizes.download_bytes, tasks, sizes.burst)
+        if row.group in shown_groups
+        and (row.group != "ceiling" or any(row.key in r for r in rounds))
+    ]
+    parts = [table.markdown(rows, rounds), "", "Notes:"]
+    parts += notes.lines(ctx, rounds, orders, args.load_before)
+    parts += ["", "Targets (medians):", *targets.target_lines(rows, rounds)]
+    if ctx.problems:
+        parts += ["", f"PROBLEMS ({len(ctx.problems)}):", *(f"- {p}" for p in ctx.problems)]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    base: Sizes = QUICK if args.quick else FULL
+    sizes = dataclasses.replace(base, duration_s=args.duration or base.duration_s)
+    started, when = time.monotonic(), datetime.now(UTC)
+    args.load_before = os.getloadavg()[0]
+    raise_fd_limit()
+    names = jobs_for(args.groups)
+    rounds: list[dict[str, Sample]] = []
+    orders: list[list[str]] = []
+    with run_directory(args.keep) as workdir, sink_server(workdir) as sink:
+        feeds = build_feeds(workdir, sizes, sink.url)
+        ctx = Context(sizes, workdir, sink, feeds, args.groups, keep=args.keep)
+        if "status" in args.groups:
+            try:
+                ctx.extra["status"] = status.prepare(ctx, args.bulk_db)
+            except Exception:
+                ctx.problems.append(f"status set-up raised:\n{traceback.format_exc()}")
+                names.remove("status")
+        for round_no in range(1, args.rounds + 1):
+            ctx.round_no = round_no
+            orders.append(round_order(names, round_no))
+            rounds.append(dict(run_round(ctx, orders[-1])))
+        took_s = time.monotonic() - started
+        print(
+            f"## kling-hooks performance: `python bench/run.py{' ' if argv else ''}"
+            f"{' '.join(argv or [])}`, {when:%Y-%m-%d %H:%M} UTC, {args.rounds} round(s), "
+            f"wall time {took_s / 60:.1f} min\n"
+        )
+        print(report(ctx, args, rounds, orders), flush=True)
+    if args.json:
+        doc = {
+            "started": when.isoformat(),
+            "wall_time_s": took_s,
+            "sizes": dataclasses.asdict(sizes),
+            "orders": orders,
+            "rounds": rounds,
+            "problems": ctx.problems,
+        }
+        args.json.write_text(json.dumps(doc, indent=1, default=str))
+    return 1 if ctx.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
