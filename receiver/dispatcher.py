@@ -198,8 +198,15 @@ class Dispatcher:
             task_id=job.event.task_id,
             external_task_id=job.event.external_task_id,
         )
+        freed = False
         try:
             outcome = await self._attempt(slot, job)
+            # The handler is done: its slot is free for the next delivery, whose claim then
+            # shares a transaction with this outcome (concurrency bounds handlers, not the
+            # bookkeeping after them).
+            freed = True
+            slot.in_flight -= 1
+            self._wake.set()
             await self._record(job, outcome)
         except Exception:  # a bug here must not strand the delivery or leak the slot
             log.exception("delivery_crashed", plugin=job.plugin, delivery_id=job.event.delivery_id)
@@ -207,8 +214,9 @@ class Dispatcher:
                 (job, Outcome(DeliveryState.FAILED, self._clock_ms() + 60_000, "internal error"))
             )
         finally:
-            slot.in_flight -= 1
-            self._wake.set()
+            if not freed:
+                slot.in_flight -= 1
+                self._wake.set()
 
     async def _attempt(self, slot: _Slot, job: Job) -> Outcome:
         """Run the handler once; returns what follows (never raises but CancelledError at

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from receiver.plugins import Event, Plugin, PluginSettings
 
+#: The ``concurrency`` the harness gives it: a handler that does no I/O can run many at once
+#: (the default, 4, suits plugins that call a remote service); bench/README.md says why.
+CONCURRENCY = 64
+
 
 class NoopSettings(PluginSettings):
     """The plugin's table: the common keys and ``starts_file`` (where :meth:`Noop.stop`

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 
-from bench.perf import fanout, table
+from bench.perf import fanout, noop_plugin, table
 from bench.perf.sizes import Context, Sample
 from bench.perf.status import StatusData
 from bench.workload import IMAGES_PER_BODY
@@ -134,8 +134,9 @@ def lines(
         ),
         (
             "fanout",
-            f"Fan-out (4): the no-op plugin bench/perf/noop_plugin.py (default settings: "
-            f'concurrency 4, all statuses); "3 plugins" = that plugin under three names '
+            f"Fan-out (4): the no-op plugin bench/perf/noop_plugin.py (concurrency "
+            f"{noop_plugin.CONCURRENCY}: its handler does no I/O; other settings default, all "
+            f'statuses); "3 plugins" = that plugin under three names '
             f"({', '.join(fanout.THREE)}). (a) a burst of {sizes.burst:,} callbacks by wrk at 64 "
             "conns after the warm-up's deliveries were done; events/s = handler starts / (last "
             f"start {table.MINUS} first start); every delivery reached `done`. (b) background "

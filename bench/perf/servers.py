@@ -191,7 +191,10 @@ def receiver(
         for plugin in noop:
             shutil.copy(noop_plugin.__file__, plugins_dir / f"{plugin}.py")
             starts[plugin] = workdir / f"{name}-{plugin}.tsv"
-            tables.append(f'[plugins.{plugin}]\nstarts_file = "{starts[plugin]}"\n')
+            tables.append(
+                f'[plugins.{plugin}]\nstarts_file = "{starts[plugin]}"\n'
+                f"concurrency = {noop_plugin.CONCURRENCY}\n"
+            )
     config.write_text("\n".join(tables))
     port = processes.free_port()
     command = processes.serve_command(port, db=db, config=config, plugins_dir=plugins_dir)

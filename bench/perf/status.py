@@ -2,9 +2,10 @@
 
 Set-up, once per run (:func:`prepare`): the database of ``bench/bulkdb.py`` (built in the run
 directory, or ``--bulk-db PATH``: reused if it exists, else built there and kept), two feeds
-(``GET /tasks/{id}`` over the sample of task_ids; ``GET /tasks?{filter}&limit=50`` over the
-filters) sent in ``random`` order, and the ceiling's documents: the receiver's real answers to
-the first of each, so that the ceiling serialises and sends as many bytes as the receiver.
+(``GET /tasks/{id}`` over the sample of task_ids; ``GET /tasks?{filter}`` over the filters,
+each with ``limit=50``) sent in ``random`` order, and the ceiling's documents: the receiver's
+real answers to the first of each, so that the ceiling serialises and sends as many bytes as
+the receiver.
 
 Job (:func:`status_job`): ``kling-hooks serve`` on that database (no plugins), each feed at 1
 and 16 connections with the API token; every answer must be 200.
@@ -89,7 +90,7 @@ def prepare(ctx: Context, bulk_db: Path | None) -> StatusData:
     )
     wrk.write_feed(
         feeds["list"],
-        (wrk.FeedLine("GET", f"/tasks?{f}&limit={PAGE_LIMIT}") for f in built.filters),
+        (wrk.FeedLine("GET", f"/tasks?{f}") for f in built.filters),
     )
     docs, sizes = _capture_docs(ctx, path, built)
     return StatusData(
@@ -103,9 +104,7 @@ def _capture_docs(ctx: Context, db: Path, built: bulkdb.Built) -> tuple[Path, di
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     with receiver("status-docs", workdir, ctx.problems, db=db) as rx:
         task = httpx.get(f"{rx.url}/tasks/{quote(built.task_ids[0])}", headers=auth, timeout=30)
-        page = httpx.get(
-            f"{rx.url}/tasks?{built.filters[0]}&limit={PAGE_LIMIT}", headers=auth, timeout=30
-        )
+        page = httpx.get(f"{rx.url}/tasks?{built.filters[0]}", headers=auth, timeout=30)
     for answer in (task, page):
         if answer.status_code != 200:
             raise RuntimeError(f"{answer.url}: {answer.status_code} {answer.text[:300]}")
