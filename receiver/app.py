@@ -72,7 +72,11 @@ async def _started(
     )
     readers = store.ReadPool(db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms)
     dispatcher = Dispatcher(
-        writer, plugins, clock_ms=clock_ms, grace_s=settings.kling_hooks_shutdown_grace_s
+        writer,
+        plugins,
+        clock_ms=clock_ms,
+        grace_s=settings.kling_hooks_shutdown_grace_s,
+        log_done=settings.kling_hooks_log_level == "debug",
     )
     metrics = Metrics(db=db, plugins=[p.name for p in plugins], clock_ms=clock_ms)
     dispatcher.add_listener(metrics.delivery_finished)

@@ -58,6 +58,8 @@ class Dispatcher:
         clock_ms: The wall clock, Unix ms.
         grace_s: At :meth:`close`, how long running deliveries may take to finish.
         rng: Source of retry jitter.
+        log_done: Log each done delivery (``delivery_done``, at debug level:
+            ``KLING_HOOKS_LOG_LEVEL=debug``); failures and dead letters are always logged.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Dispatcher:
         clock_ms: Callable[[], int],
         grace_s: float = 10.0,
         rng: random.Random | None = None,
+        log_done: bool = False,
     ) -> None:
         names = [p.name for p in plugins]
         if len(set(names)) != len(names):
@@ -77,6 +80,7 @@ class Dispatcher:
         self._clock_ms = clock_ms
         self._grace_s = grace_s
         self._rng = rng or random.Random()
+        self._log_done = log_done
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -295,7 +299,8 @@ class Dispatcher:
             "state": outcome.state.value,
         }
         if outcome.state is DeliveryState.DONE:
-            log.debug("delivery_done", **fields)  # one per event: a debug option
+            if self._log_done:  # one line per event: asking the logger costs µs per call
+                log.debug("delivery_done", **fields)
         elif outcome.state is DeliveryState.DEAD:
             log.error("delivery_dead", error=outcome.last_error, **fields)
         else:
