@@ -39,10 +39,10 @@ Transitions: ``submitted`` (the registration), ``processing`` for 81% (Kling doe
 send it), then the final one. Raw callbacks: one per transition Kling sent (verdict new),
 Kling's own ``submitted`` for 25% (duplicate), a repeated final callback for 12.5%
 (duplicate), a ``processing`` after the end for 3% (stale). Deliveries: ``slack`` and
-``webhook`` for every final transition, ``downloader`` for every ``succeed``; about 97.7%
-done, 1.2% dead, 0.8% failed (a retry due), the rest pending. Files: one per result URL of
-every done ``downloader`` delivery. About 2,900 bytes per task on disk (2.7 GiB for
-1,000,000 tasks).
+``webhook`` for every final transition, ``downloader`` for every ``succeed``; 98.8% done,
+1.2% dead, and among the newest 1% of the tasks a few failed (a retry due) or pending.
+Files: one per result URL of every done ``downloader`` delivery. About 2,900 bytes per task
+on disk (2.7 GiB for 1,000,000 tasks).
 """
 
 from __future__ import annotations
