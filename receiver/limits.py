@@ -26,6 +26,7 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -87,6 +88,27 @@ class InFlightLimit:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class _LingeringClose:
+    """A request cycle's view of its connection's transport: ``close()`` half-closes (no more
+    is written; what the client still sends is read and dropped) and closes fully after
+    :data:`LINGER_S` (RFC 9112 section 9.6), so that an answer sent before the request's
+    body ended is not destroyed by a reset. Everything else is the transport's."""
+
+    __slots__ = ("_loop", "_transport", "is_closing", "write")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+
+    def close(self) -> None:
+        if self._transport.is_closing():
+            return
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._loop.call_later(LINGER_S, self._transport.close)
 
 
 def _answer(status: str, error: str) -> bytes:
@@ -195,6 +217,8 @@ def header_timeout_protocol(
         _headers_done = False  # set by on_headers_complete during one data_received
         _dropping = False  # after a 431: what arrives is dropped until the connection ends
         _in_message = False  # between a request's first byte and its body's last
+        # The cycle's keep_alive while its body is still arriving (None: nothing held)
+        _held_keep_alive: bool | None = None
 
         @property
         def awaiting_request(self) -> bool:
@@ -236,6 +260,11 @@ def header_timeout_protocol(
             if body_received is not None:
                 self.scope[body_received] = True  # type: ignore[literal-required]
             super().on_message_complete()
+            cycle, held = self.cycle, self._held_keep_alive
+            self._held_keep_alive = None
+            if cycle is not None and held is not None and not cycle.response_started:
+                cycle.keep_alive = held  # the body is in: an answer may keep the connection
+                cycle.transport = self.transport
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -255,6 +284,23 @@ def header_timeout_protocol(
             self._disarm()
             self._headers_done = True
             super().on_headers_complete()
+            # An answer sent before the body has all arrived (a 401, a 413) ends the
+            # connection, so it must say so: uvicorn adds "Connection: close" while
+            # keep_alive is off, and a client then does not send its next request into a
+            # closing connection. on_message_complete turns it back. uvicorn closes such a
+            # connection at once, which resets it while the client is still sending the
+            # body (the answer can be lost): the cycle's transport closes it as
+            # on_response_complete does instead, half first, then after LINGER_S.
+            cycle = self.cycle
+            if cycle is not None:
+                self._held_keep_alive, cycle.keep_alive = cycle.keep_alive, False
+                cycle.transport = cast(
+                    asyncio.Transport, _LingeringClose(self.transport, self.loop)
+                )
+
+        def shutdown(self) -> None:
+            self._held_keep_alive = None  # a stop's "no keep-alive" stays
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -222,8 +222,30 @@ async def test_a_connection_answered_before_its_body_ends_is_closed(tmp_path: Pa
         rest = await asyncio.wait_for(reader.read(), 10)  # well before any deadline (60 s)
         healthy = await r.http.get(f"{r.url}/healthz")
     assert too_large[0] == 413
+    # It says so: a client does not send its next request into the closing connection.
+    assert too_large[1]["connection"] == "close"
     assert rest == b""  # closed, and no 431 was written
     assert healthy.status_code == 200
+
+
+async def test_a_callback_answered_after_its_whole_body_keeps_the_connection(
+    tmp_path: Path,
+) -> None:
+    async with start_receiver(make_settings(tmp_path)) as r, connections(r.url) as opened:
+        body = json.dumps(task_body("1", "processing", "kh-1")).encode()
+        reader, writer = await open_request(opened, r, "kh-1", body, len(body))
+        first = await answer_of(reader)
+        again = json.dumps(task_body("1", "succeed", "kh-1")).encode()
+        url = urlsplit(r.callback_url("kh-1"))
+        writer.write(
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(again)}\r\n\r\n".encode()
+            + again
+        )
+        second = await answer_of(reader)
+    assert (first[0], second[0]) == (200, 200)
+    assert "connection" not in first[1]  # kept alive: the second went on the same connection
+    assert json.loads(second[2]) == {"ok": True, "verdict": "new"}
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s(
