@@ -169,3 +169,13 @@ def stored_counts(db: Path) -> tuple[int, int]:
         transitions = conn.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
         callbacks = conn.execute("SELECT COUNT(*) FROM callbacks").fetchone()[0]
     return int(transitions), int(callbacks)
+
+
+def outbox(db: Path) -> tuple[int, int]:
+    """``(deliveries, of which done)`` in ``db`` (read-only; WAL lets it read while the
+    receiver writes)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        total, done = conn.execute(
+            "SELECT count(*), coalesce(sum(state = 'done'), 0) FROM deliveries"
+        ).fetchone()
+    return int(total), int(done)

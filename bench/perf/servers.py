@@ -121,16 +121,7 @@ class Receiver(Running):
     def deliveries(self) -> tuple[int, int]:
         """``(deliveries, of which done)`` in the database now (read-only; WAL lets it read
         while the receiver writes)."""
-        return outbox(self.db)
-
-
-def outbox(db: Path) -> tuple[int, int]:
-    """``(deliveries, of which done)`` in ``db``."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        total, done = conn.execute(
-            "SELECT count(*), coalesce(sum(state = 'done'), 0) FROM deliveries"
-        ).fetchone()
-    return int(total), int(done)
+        return processes.outbox(self.db)
 
 
 def delivery_states(db: Path) -> dict[str, int]:

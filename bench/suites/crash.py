@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.processes import free_port
+from bench.processes import free_port, outbox
 from bench.suites import Report
 from bench.suites.load import CallbackLoad, poll_until
 from bench.suites.serve_process import SECRET, ServeProcess
@@ -78,15 +78,6 @@ concurrency = 8
 """
     )
     return config
-
-
-def outbox(db: Path) -> tuple[int, int]:
-    """``(deliveries, of which done)`` in ``db``."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        total, done = conn.execute(
-            "SELECT count(*), coalesce(sum(state = 'done'), 0) FROM deliveries"
-        ).fetchone()
-    return int(total), int(done)
 
 
 def stored_ids(db: Path) -> set[str]:
