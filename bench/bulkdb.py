@@ -18,9 +18,9 @@ How it builds:
 2. on a plain ``sqlite3`` connection: ``journal_mode = OFF``, ``synchronous = OFF``, a large
    page cache, temporary tables in memory; the migrations' own indexes (those with SQL in
    ``sqlite_master``) are dropped and their exact SQL kept; the UNIQUE constraints stay;
-3. one 62-bit number per task and purpose from ``random.Random(seed)`` goes into a temporary
-   table (``executemany``); every other value is derived from those numbers in SQL, so the
-   same ``(tasks, seed)`` gives the same file content;
+3. three 62-bit numbers per task from ``random.Random(seed)``, and its external_task_id
+   made from them, go into a temporary table (``executemany``); every other value is
+   derived from those numbers in SQL, so the same ``(tasks, seed)`` gives the same file;
 4. one ``INSERT ... SELECT`` per table makes the rows: a temporary ``plan`` (one row per task:
    ids, route, final status, times), then ``tasks``, ``transitions`` and ``callbacks`` (both
    in arrival order, so one task's rows are spread among its neighbours' as on a real
@@ -55,6 +55,7 @@ import sqlite3
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,7 @@ def _fill(conn: sqlite3.Connection, tasks: int, seed: int) -> None:
     _dice(conn, tasks, seed)
     _templates(conn)
     conn.execute(_plan_sql(tasks))
+    conn.execute("CREATE UNIQUE INDEX temp.plan_by_task ON plan (task_id)")
     recent = tasks - max(1, tasks // 100)  # only the newest 1% have retries due
     for sql in (_TASKS, _TRANSITIONS, _CALLBACKS, _DELIVERIES, _FILES):
         conn.execute(sql.replace("{recent}", str(recent)))
@@ -197,14 +199,31 @@ def _fill(conn: sqlite3.Connection, tasks: int, seed: int) -> None:
 
 
 def _dice(conn: sqlite3.Connection, tasks: int, seed: int) -> None:
-    """``dice(n, a, b, c)``: three random 62-bit numbers per task ``n`` (1-based)."""
+    """``dice(n, a, b, c, ext)``: three random 62-bit numbers per task ``n`` (1-based), and
+    its external_task_id, ``"kh-"`` and a ULID (made here: 26 Base32 digits cost SQLite
+    more than all the rest of a task's plan)."""
     rng = random.Random(seed)
     bits = rng.getrandbits
-    conn.execute("CREATE TEMP TABLE dice (n INTEGER PRIMARY KEY, a INT, b INT, c INT)")
-    conn.executemany(
-        "INSERT INTO dice VALUES (?, ?, ?, ?)",
-        ((n, bits(62), bits(62), bits(62)) for n in range(1, tasks + 1)),
-    )
+    start = END_MS - tasks * STEP_MS
+
+    def rows() -> Iterator[tuple[int, int, int, int, str]]:
+        for n in range(1, tasks + 1):
+            a, b, c = bits(62), bits(62), bits(62)
+            t0 = start + n * STEP_MS + ((c >> 44) & 4095)  # as _plan_sql's t0
+            yield n, a, b, c, f"kh-{_base32(t0, 10)}{_base32(n, 8)}{_base32(b, 8)}"
+
+    conn.execute("CREATE TEMP TABLE dice (n INTEGER PRIMARY KEY, a INT, b INT, c INT, ext TEXT)")
+    conn.executemany("INSERT INTO dice VALUES (?, ?, ?, ?, ?)", rows())
+
+
+#: Two Crockford Base32 digits (a ULID's alphabet) for each 10-bit number.
+_PAIRS = [_CROCKFORD[i >> 5] + _CROCKFORD[i & 31] for i in range(1024)]
+
+
+def _base32(value: int, digits: int) -> str:
+    """The low ``5 * digits`` bits of ``value`` (``digits`` even) in Crockford Base32, most
+    significant first."""
+    return "".join(_PAIRS[(value >> 10 * k) & 1023] for k in range(digits // 2 - 1, -1, -1))
 
 
 def _templates(conn: sqlite3.Connection) -> None:
@@ -277,18 +296,10 @@ def _bits(column: str, shift: int, width: int) -> str:
     return f"(({column} >> {shift}) & {(1 << width) - 1})"
 
 
-def _crockford(expr: str, chars: int) -> str:
-    """SQL: the low ``5 * chars`` bits of ``expr`` in Crockford Base32, most significant
-    first (a ULID's alphabet)."""
-    return " || ".join(
-        f"substr('{_CROCKFORD}', {_bits(expr, 5 * (chars - 1 - i), 5)} + 1, 1)"
-        for i in range(chars)
-    )
-
-
 def _plan_sql(tasks: int) -> str:
     """SQL: the temporary table ``plan``, one row per task with every choice made (three
-    SELECT levels: dice -> choices -> what follows from them)."""
+    levels: dice -> choices -> what follows from them; each level materialized, so that
+    SQLite does not expand a column into its whole expression wherever it is used)."""
     route = "CASE" + "".join(
         f" WHEN {_bits('a', 10, 10)} < {bound} THEN '{r.value}'" for r, bound in _ROUTES
     )
@@ -301,10 +312,29 @@ def _plan_sql(tasks: int) -> str:
         f" WHEN {roll} < 102 THEN 'failed' ELSE 'succeed' END"
     )
     t0 = f"({END_MS - tasks * STEP_MS} + n * {STEP_MS} + {_bits('c', 44, 12)})"
-    ext = f"'kh-' || {_crockford(t0, 10)} || {_crockford('n', 8)} || {_crockford('b', 8)}"
     result = "replace(r.json, 'TASKID', x.task_id)"
     return f"""
 CREATE TEMP TABLE plan AS
+WITH y AS MATERIALIZED (
+        SELECT n, a, b, c, ext,
+               printf('%d', 860000000000000000 + n * 1000 + {_bits("a", 50, 9)}) AS task_id,
+               {t0} AS t0, {route} END AS route_all, {status} AS status,
+               {_bits("a", 20, 6)} != 0 AS registered,
+               {_bits("a", 28, 4)} < 13 AS has_processing,
+               {_bits("a", 32, 2)} = 0 AS kling_submitted,
+               {_bits("a", 34, 3)} = 0 AS repeated_end,
+               {_bits("a", 37, 5)} = 0 AS stale_processing,
+               CASE {_bits("a", 26, 2)} WHEN 2 THEN 2 WHEN 3 THEN 4 ELSE 1 END AS n_images,
+               {_bits("c", 31, 4)} AS prompt_k, {_bits("c", 35, 2)} AS failure_k
+        FROM dice
+), x AS MATERIALIZED (
+    SELECT y.*,
+           CASE WHEN y.registered THEN y.route_all END AS route,
+           CASE WHEN y.route_all LIKE 'images/%' THEN 'image'
+                WHEN {_bits("y.b", 50, 2)} = 0 THEN 'video10' ELSE 'video5' END AS kind,
+           CASE WHEN y.route_all LIKE 'images/%' THEN y.n_images ELSE 1 END AS results
+    FROM y
+)
 SELECT x.*,
        x.status = 'processing' OR (x.has_processing AND x.status IN ('succeed', 'failed'))
            AS processing,
@@ -324,26 +354,7 @@ SELECT x.*,
             THEN replace(replace(q.json, 'PROMPT', pr.text), 'EXTID', x.ext) END
            AS request_json,
        json_object('external_task_id', x.ext) AS info_json
-FROM (
-    SELECT y.*,
-           CASE WHEN y.registered THEN y.route_all END AS route,
-           CASE WHEN y.route_all LIKE 'images/%' THEN 'image'
-                WHEN {_bits("y.b", 50, 2)} = 0 THEN 'video10' ELSE 'video5' END AS kind,
-           CASE WHEN y.route_all LIKE 'images/%' THEN y.n_images ELSE 1 END AS results
-    FROM (
-        SELECT n, a, b, c,
-               printf('%d', 860000000000000000 + n * 1000 + {_bits("a", 50, 9)}) AS task_id,
-               {ext} AS ext, {t0} AS t0, {route} END AS route_all, {status} AS status,
-               {_bits("a", 20, 6)} != 0 AS registered,
-               {_bits("a", 28, 4)} < 13 AS has_processing,
-               {_bits("a", 32, 2)} = 0 AS kling_submitted,
-               {_bits("a", 34, 3)} = 0 AS repeated_end,
-               {_bits("a", 37, 5)} = 0 AS stale_processing,
-               CASE {_bits("a", 26, 2)} WHEN 2 THEN 2 WHEN 3 THEN 4 ELSE 1 END AS n_images,
-               {_bits("c", 31, 4)} AS prompt_k, {_bits("c", 35, 2)} AS failure_k
-        FROM dice
-    ) y
-) x
+FROM x
 JOIN prompts pr ON pr.k = x.prompt_k
 JOIN failures f ON f.k = x.failure_k
 JOIN request_tpl q ON q.route = x.route_all AND q.results = x.results
@@ -433,8 +444,7 @@ WITH plugins (k, plugin, error) AS (VALUES
     SELECT t.id AS transition_id, t.received_at AS at, g.plugin, g.error, p.task_id, p.c,
            p.n > {{recent}} AS recent, ((p.b >> (10 * g.k)) & 1023) AS roll, g.k
     FROM transitions t
-    JOIN tasks k ON k.task_id = t.task_id
-    JOIN plan p ON p.n = k.id
+    JOIN plan p ON p.task_id = t.task_id
     JOIN plugins g ON g.plugin != 'downloader' OR t.task_status = 'succeed'
     WHERE t.task_status IN ('succeed', 'failed')
 ), judged AS (
@@ -472,8 +482,7 @@ SELECT p.task_id, d.id,
        d.updated_at
 FROM deliveries d
 JOIN transitions t ON t.id = d.transition_id
-JOIN tasks k ON k.task_id = t.task_id
-JOIN plan p ON p.n = k.id
+JOIN plan p ON p.task_id = t.task_id
 JOIN nums i ON i.i < p.results
 WHERE d.plugin = 'downloader' AND d.state = 'done'
 ORDER BY d.id, i.i
