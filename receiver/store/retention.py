@@ -38,8 +38,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import aiosqlite
-
 from receiver.store.transaction import Transaction
 
 #: Which table a :class:`PruneWindow` prunes.
@@ -121,7 +119,7 @@ class IncrementalVacuum:
         """Runs in a savepoint of the writer's transaction."""
         # One page per step of the statement; executemany steps each execution once.
         tx.conn.executemany("PRAGMA incremental_vacuum(1)", itertools.repeat((), self.pages))
-        return _pragma_now(tx.conn, "freelist_count")
+        return _pragma(tx.conn, "freelist_count")
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ def checkpoint(conn: sqlite3.Connection) -> bool:
         connection's checkpoint) was in the way, and SQLite did as much as a ``PASSIVE``
         checkpoint could (see https://sqlite.org/pragma.html#pragma_wal_checkpoint).
     """
-    busy_timeout_ms = _pragma_now(conn, "busy_timeout")
+    busy_timeout_ms = _pragma(conn, "busy_timeout")
     conn.execute("PRAGMA busy_timeout = 0")
     try:
         row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -183,11 +181,11 @@ class Space:
 def space(conn: sqlite3.Connection) -> Space:
     """The :class:`Space` of the database behind ``conn`` (any connection, read-only too;
     a plain ``sqlite3`` one, as the status API's read connections are)."""
-    page_size = _pragma_of(conn, "page_size")
+    page_size = _pragma(conn, "page_size")
     return Space(
-        size_bytes=_pragma_of(conn, "page_count") * page_size,
-        free_bytes=_pragma_of(conn, "freelist_count") * page_size,
-        auto_vacuum=_pragma_of(conn, "auto_vacuum"),
+        size_bytes=_pragma(conn, "page_count") * page_size,
+        free_bytes=_pragma(conn, "freelist_count") * page_size,
+        auto_vacuum=_pragma(conn, "auto_vacuum"),
     )
 
 
@@ -218,18 +216,8 @@ def prunable(conn: sqlite3.Connection, cutoff_ms: int) -> Prunable:
     return Prunable(*counts)
 
 
-def _pragma_of(conn: sqlite3.Connection, name: str) -> int:
+def _pragma(conn: sqlite3.Connection, name: str) -> int:
+    """``PRAGMA name``'s value, on any plain ``sqlite3`` connection (the writer's, on its
+    thread, or a read connection)."""
     row = conn.execute(f"PRAGMA {name}").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _pragma_now(conn: sqlite3.Connection, name: str) -> int:
-    """``PRAGMA name`` on the writer's own connection (on its thread)."""
-    row = conn.execute(f"PRAGMA {name}").fetchone()
-    return int(row[0]) if row else 0
-
-
-async def _pragma(conn: aiosqlite.Connection, name: str) -> int:
-    async with conn.execute(f"PRAGMA {name}") as cur:
-        row = await cur.fetchone()
     return int(row[0]) if row else 0
