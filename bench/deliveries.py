@@ -29,7 +29,6 @@ import json
 import os
 import random
 import re
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -43,6 +42,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route as HttpRoute
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/deliveries.py`
+
+from bench.suites.serve_process import ServeProcess
 from receiver.logging import configure_logging
 from receiver.serving import listen, running
 from submitter import KlingClient, Registrar, auth_from_keys
@@ -51,6 +53,8 @@ from submitter.simulator import Faults, Simulator
 from submitter.tokens import CallbackTokens, new_secret
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
+#: Longest wait for the next delivery outcome while draining, seconds.
+DRAIN_WAIT_S = 120.0
 IMAGE = "https://example.com/kling-hooks/subject.png"
 BODIES: list[tuple[Route, dict[str, Any]]] = [
     (Route.IMAGES_GENERATIONS, {"prompt": "a lighthouse at dawn", "n": 2}),
@@ -88,66 +92,6 @@ class SlackSink:
             await self.changed.wait_for(pred)
 
 
-class Receiver:
-    """``kling-hooks serve`` as a subprocess. A background task reads its JSON log lines all
-    the time (a full stderr pipe would stall it); :meth:`until` waits for the next match."""
-
-    def __init__(self, config: Path, port: int, env: dict[str, str]) -> None:
-        self.config, self.port, self.env = config, port, env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.events: list[dict[str, Any]] = []
-        self.seen = 0
-        self.changed = asyncio.Condition()
-        self.reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            str(KLING_HOOKS),
-            "serve",
-            "--config",
-            str(self.config),
-            "--port",
-            str(self.port),
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self.reader = asyncio.create_task(self._read(self.proc))
-        await self.until(lambda e: "Uvicorn running on" in e.get("event", ""))
-
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        while line := await proc.stderr.readline():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            async with self.changed:
-                self.events.append(event)
-                self.changed.notify_all()
-
-    async def until(self, pred: Any) -> dict[str, Any]:
-        async with self.changed:
-            while True:
-                while self.seen < len(self.events):
-                    event = self.events[self.seen]
-                    self.seen += 1
-                    if pred(event):
-                        return event
-                await self.changed.wait()
-
-    async def kill(self) -> None:
-        assert self.proc is not None and self.reader is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        await self.reader
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            await self.proc.wait()
-
-
 def phase(text: str) -> None:
     print(f"... {text}", file=sys.stderr, flush=True)
 
@@ -162,13 +106,18 @@ def states(db: Path) -> dict[int, str]:
         return dict(conn.execute("SELECT id, state FROM deliveries"))
 
 
-async def drain(receiver: Receiver, db: Path) -> None:
+async def drain(receiver: ServeProcess, db: Path) -> None:
     """Wait (on log lines) until no delivery is pending, failed or running."""
     while True:
+        seen = len(receiver.events)  # before the look: an outcome after it wakes the wait
         open_ = {i for i, s in states(db).items() if s in ("pending", "failed", "running")}
         if not open_:
             return
-        await receiver.until(lambda e: e.get("event") in ("delivery_done", "delivery_dead"))
+        await receiver.until(
+            lambda e: e.get("event") in ("delivery_done", "delivery_dead"),
+            after=seen,
+            timeout_s=DRAIN_WAIT_S,
+        )
 
 
 async def run(tasks: int, seed: int) -> int:
@@ -205,7 +154,7 @@ async def run(tasks: int, seed: int) -> int:
         callback_retries=10,
         callback_backoff_s=0.2,
     )
-    receiver = Receiver(config, port, env)
+    receiver = ServeProcess(config, port, env)
     started = time.monotonic()
     async with running(simulator.app) as sim_url, running(slack.app, sock=slack_sock):
         await receiver.start()
