@@ -54,15 +54,21 @@ async def open_request(
 ) -> Connection:
     """Start a callback POST whose ``Content-Length`` is the whole ``body`` but send only its
     first ``send`` bytes; the connection stays open."""
-    url = urlsplit(r.callback_url(ext))
     reader, writer = await connect(opened, r.url)
+    whole = callback_request(r, ext, body)
+    writer.write(whole[: len(whole) - len(body) + send])  # the head, and send bytes of body
+    await writer.drain()
+    return reader, writer
+
+
+def callback_request(r: Receiver, ext: str, body: bytes) -> bytes:
+    """A whole callback POST for ``ext`` with ``body``, as bytes on the wire."""
+    url = urlsplit(r.callback_url(ext))
     head = (
         f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
-    writer.write(head.encode() + body[:send])
-    await writer.drain()
-    return reader, writer
+    return head.encode() + body
 
 
 async def answer_of(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -236,12 +242,7 @@ async def test_a_callback_answered_after_its_whole_body_keeps_the_connection(
         reader, writer = await open_request(opened, r, "kh-1", body, len(body))
         first = await answer_of(reader)
         again = json.dumps(task_body("1", "succeed", "kh-1")).encode()
-        url = urlsplit(r.callback_url("kh-1"))
-        writer.write(
-            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(again)}\r\n\r\n".encode()
-            + again
-        )
+        writer.write(callback_request(r, "kh-1", again))
         second = await answer_of(reader)
     assert (first[0], second[0]) == (200, 200)
     assert "connection" not in first[1]  # kept alive: the second went on the same connection
