@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-from bench.suites.secrets import QUERY_TOKEN, SLACK_PATH, WEBHOOK_SECRET, config_text
+from bench.suites.secrets import (
+    FORGED,
+    METRICS_TOKEN,
+    SLACK_PATH,
+    WEBHOOK_SECRET,
+    config_text,
+    run_secrets,
+)
 from submitter.tokens import CallbackTokens
 from tests.conftest import API_TOKEN, SECRET, serve, task_body
 from tests.sinks import Answer, start_sink
 from tests.test_cli import closed_port_url
-
-METRICS_TOKEN = "metrics-token-secret-0123456789"
 
 
 async def test_no_secret_in_any_log_line_while_every_plugin_fails(tmp_path: Path) -> None:
@@ -58,7 +62,7 @@ async def test_no_secret_in_any_log_line_while_every_plugin_fails(tmp_path: Path
                 await http.post(urls[2], content=b"{not json"),
                 await http.post(urls[2], json={"task_id": "2"}),
                 await http.post(urls[2].replace("kh-2", "kh-9"), json=task_body("9", "failed")),
-                await http.post(f"{server.url}/callbacks/kh-2/forged-token-value", json={}),
+                await http.post(f"{server.url}/callbacks/kh-2/{FORGED}", json={}),
                 # a real token followed by one more path segment: 401, and not logged
                 await http.post(urls[2] + "/extra", json=task_body("2", "processing", "kh-2")),
                 await http.get(f"{server.url}/tasks", headers={"Authorization": "Bearer wrong"}),
@@ -70,19 +74,7 @@ async def test_no_secret_in_any_log_line_while_every_plugin_fails(tmp_path: Path
         events = server.events
 
     assert [a.status_code for a in sent] == [200, 200, 200, 200, 400, 422, 401, 401, 401, 401, 401]
-    secrets = {
-        SECRET,
-        API_TOKEN,
-        METRICS_TOKEN,
-        WEBHOOK_SECRET,
-        WEBHOOK_SECRET.removeprefix("whsec_"),
-        slack_url,
-        SLACK_PATH,
-        "slack-path-secret-0123456789",
-        QUERY_TOKEN,
-        "forged-token-value",
-        *(urlsplit(u).path.rsplit("/", 1)[1] for u in urls),
-    }
+    secrets = run_secrets(SECRET, API_TOKEN, slack_url, urls)
     lines = [json.dumps(e) for e in events]
     assert len(lines) > 30
     leaks = {s: line for s in secrets for line in lines if s in line}

@@ -60,6 +60,28 @@ def bodies(task_id: str, status: str, ext: str, **extra: object) -> dict[str, ob
     }
 
 
+def run_secrets(
+    callback_secret: str, api_token: str, slack_url: str, callback_urls: Iterable[str]
+) -> set[str]:
+    """Every secret of a run with :func:`config_text`'s config that no log line and no answer
+    may show: the receiver's callback secret and API token, the metrics token, the webhook
+    secret (with and without ``whsec_``), Slack's URL and its secret path, the query token,
+    the forged URL token, and the tokens of ``callback_urls``."""
+    return {
+        callback_secret,
+        api_token,
+        METRICS_TOKEN,
+        WEBHOOK_SECRET,
+        WEBHOOK_SECRET.removeprefix("whsec_"),
+        slack_url,
+        SLACK_PATH,
+        SLACK_PATH.rsplit("/", 1)[1],
+        QUERY_TOKEN,
+        FORGED,
+        *(urlsplit(u).path.rsplit("/", 1)[1] for u in callback_urls),
+    }
+
+
 def config_text(workdir: Path, slack_url: str, hook_url: str) -> str:
     return f"""
 kling_hooks_db = "{workdir / "secrets.db"}"
@@ -172,19 +194,7 @@ async def run(full: bool, workdir: Path) -> Report:
                 await http.get(f"{server.url}/openapi.json"),
             ]
         lines = server.lines
-    secrets = {
-        SECRET,
-        API_TOKEN,
-        METRICS_TOKEN,
-        WEBHOOK_SECRET,
-        WEBHOOK_SECRET.removeprefix("whsec_"),
-        slack_url,
-        SLACK_PATH,
-        SLACK_PATH.rsplit("/", 1)[1],
-        QUERY_TOKEN,
-        FORGED,
-        *(urlsplit(u).path.rsplit("/", 1)[1] for u in urls),
-    }
+    secrets = run_secrets(SECRET, API_TOKEN, slack_url, urls)
     answers = [shown(a) for _, a in expected_and_sent] + [shown(a) for a in reads]
     leaks = find_leaks(secrets, lines) + find_leaks(secrets, answers)
     unexpected = [
