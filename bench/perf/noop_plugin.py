@@ -27,6 +27,9 @@ class NoopSettings(PluginSettings):
     writes the handler start times)."""
 
     starts_file: Path
+    #: Refuse to start (the receiver leaves the plugin out, and its deliveries stay
+    #: ``pending``): the harness fills a backlog this way, then drains it in a second run.
+    refuse_start: bool = False
 
 
 class Noop(Plugin):
@@ -41,6 +44,11 @@ class Noop(Plugin):
     def __init__(self, settings: PluginSettings) -> None:
         super().__init__(settings)
         self._starts: list[tuple[str, float]] = []
+
+    async def start(self) -> None:
+        """Raises RuntimeError when ``refuse_start`` is set."""
+        if self.settings.refuse_start:
+            raise RuntimeError("refuse_start = true: this run only fills the outbox")
 
     async def handle(self, event: Event) -> None:
         """Record the start time; nothing else."""

@@ -158,6 +158,7 @@ def receiver(
     *,
     plugins_toml: str = "",
     noop: Sequence[str] = (),
+    noop_toml: str = "",
     db: Path | None = None,
 ) -> Iterator[Receiver]:
     """``kling-hooks serve`` as :func:`running` does it, plus the loss check (module
@@ -168,6 +169,7 @@ def receiver(
         plugins_toml: ``[plugins.NAME]`` tables for the config file.
         noop: Names under which :mod:`bench.perf.noop_plugin` is enabled (each writes its
             start times to ``workdir/name-NOOP.tsv``, after the stop).
+        noop_toml: More keys for each no-op plugin's table (``refuse_start = true``).
         db: The database (default: a new ``workdir/name.db``).
     """
     db = db or workdir / f"{name}.db"
@@ -184,7 +186,7 @@ def receiver(
             starts[plugin] = workdir / f"{name}-{plugin}.tsv"
             tables.append(
                 f'[plugins.{plugin}]\nstarts_file = "{starts[plugin]}"\n'
-                f"concurrency = {noop_plugin.CONCURRENCY}\n"
+                f"concurrency = {noop_plugin.CONCURRENCY}\n{noop_toml}"
             )
     config.write_text("\n".join(tables))
     port = processes.free_port()
