@@ -53,7 +53,6 @@ from receiver.request_ids import request_log
 from receiver.requests import parse_body, read_text
 from receiver.responses import error, respond, respond_json
 from receiver.services import Services, services
-from receiver.store.deliveries import Redeliver
 from receiver.transitions import IncomingCallback, Registration
 from submitter import protocol
 
@@ -258,13 +257,13 @@ async def redeliver_one(request: Request) -> Response:
     raw_id = request.path_params["id"]
     if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 20) or int(raw_id) > MAX_ROW_ID:
         return error(404, f"no delivery with id {raw_id!r}")
-    op = Redeliver(svc.clock_ms(), delivery_id=int(raw_id), loaded=svc.started_plugins())
     try:
-        count = await _redeliver(request, svc, op)
+        count = await svc.replay(delivery_id=int(raw_id))
     except DeliveryNotFound as exc:
         return error(404, str(exc))
     except (DeliveryRunning, PluginNotLoaded) as exc:
         return error(409, str(exc))
+    _log_replay(request, count, delivery_id=int(raw_id))
     return respond(Redelivered(redelivered=count))
 
 
@@ -273,33 +272,18 @@ async def redeliver_many(request: Request) -> Response:
     when it names a plugin not loaded, as for one delivery)."""
     svc = services(request)
     body = await parse_body(request, RedeliveryFilter, svc.settings, empty=RedeliveryFilter())
-    loaded = svc.started_plugins()
-    if body.plugin is not None and body.plugin not in loaded:
-        names = ", ".join(sorted(loaded)) or "none"
-        return error(409, f"plugin={body.plugin!r} is not loaded (loaded: {names})")
-    op = Redeliver(
-        svc.clock_ms(),
-        state=DeliveryState(body.state),
-        plugin=body.plugin,
-        since_ms=body.since,
-        loaded=loaded,
-    )
-    return respond(Redelivered(redelivered=await _redeliver(request, svc, op)))
+    try:
+        count = await svc.replay(
+            state=DeliveryState(body.state), plugin=body.plugin, since_ms=body.since
+        )
+    except PluginNotLoaded as exc:
+        return error(409, str(exc))
+    _log_replay(request, count, state=body.state, plugin=body.plugin, since_ms=body.since)
+    return respond(Redelivered(redelivered=count))
 
 
-async def _redeliver(request: Request, svc: Services, op: Redeliver) -> int:
-    """Run ``op`` through the writer, then wake the dispatcher; returns how many."""
-    count = await svc.writer.submit(op)
-    request_log(request, log).info(
-        "deliveries_replayed",
-        count=count,
-        delivery_id=op.delivery_id,
-        state=op.state,
-        plugin=op.plugin,
-        since_ms=op.since_ms,
-    )
-    svc.dispatcher.wake()
-    return count
+def _log_replay(request: Request, count: int, **selection: object) -> None:
+    request_log(request, log).info("deliveries_replayed", count=count, **selection)
 
 
 async def list_plugins(request: Request) -> Response:

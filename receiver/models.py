@@ -80,15 +80,19 @@ class SavedFile:
         path: Where it is now (absolute path on the receiver's machine).
         bytes: Size in bytes.
         sha256: Hex digest of the content.
+        content_type: The media type it was served with (``image/png``), without
+            parameters; None when unknown (the dashboard then serves it as
+            ``application/octet-stream``).
     """
 
     url: str
     path: str
     bytes: int
     sha256: str
+    content_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """``{url, path, bytes, sha256}``."""
+        """``{url, path, bytes, sha256, content_type}``."""
         return asdict(self)
 
 
@@ -370,7 +374,7 @@ class Event:
     def result_urls(self) -> list[ResultURL]:
         """Every URL in ``task_result``, in order: for each list (``images``, ``videos``,
         ``audios``...), each item's ``url`` and then its other ``*_url`` fields."""
-        return list(_result_urls(self.task_result or {}))
+        return result_urls(self.task_result)
 
     def to_json(self) -> dict[str, Any]:
         """The event as JSON (what the webhook plugin sends): every field but the delivery's
@@ -379,6 +383,12 @@ class Event:
 
 
 _DELIVERY_ONLY = frozenset({"delivery_id", "attempt", "saved_files"})
+
+
+def result_urls(task_result: dict[str, Any] | None) -> list[ResultURL]:
+    """Every URL in a ``task_result``, in order: for each list (``images``, ``videos``,
+    ``audios``...), each item's ``url`` and then its other ``*_url`` fields."""
+    return list(_result_urls(task_result or {}))
 
 
 def _result_urls(task_result: dict[str, Any]) -> Iterator[ResultURL]:
