@@ -61,6 +61,9 @@ class LiveFeed:
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
         self._closed = False
+        #: How many changes were published so far. A page rendered at ``seq`` subscribes with
+        #: ``since=seq``, so a change between its rendering and its subscription is not lost.
+        self.seq = 0
 
     @property
     def subscribers(self) -> int:
@@ -78,13 +81,21 @@ class LiveFeed:
 
     def changed(self, task_id: str = EVERYTHING) -> None:
         """Tell every subscriber that ``task_id`` changed (default: an unknown set of tasks)."""
+        self.seq += 1
         for sub in self._subscriptions:
             sub.add(task_id)
 
     @contextlib.contextmanager
-    def subscribe(self) -> Iterator[Subscription]:
-        """A subscription for the duration of the block (closed at once if the feed is)."""
+    def subscribe(self, since: int | None = None) -> Iterator[Subscription]:
+        """A subscription for the duration of the block (closed at once if the feed is).
+
+        Args:
+            since: The :attr:`seq` the subscriber's view was made at: when changes came
+                after it, the first :meth:`Subscription.next` says :data:`EVERYTHING` at once.
+        """
         sub = Subscription()
+        if since is not None and since < self.seq:
+            sub.add(EVERYTHING)
         if self._closed:
             sub.close()
         self._subscriptions.add(sub)

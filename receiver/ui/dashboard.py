@@ -43,11 +43,17 @@ class Dashboard:
         context: Mapping[str, Any],
         status_code: int = 200,
     ) -> Response:
-        """A page of a signed-in user: ``context`` plus the session's CSRF token and the
-        clock (``now_ms``)."""
+        """A page: ``context`` plus the session's CSRF token (None signed out), the clock
+        (``now_ms``) and the live feed's sequence number (``feed_seq``)."""
         svc = services(request)
         csrf = self.sessions(svc).csrf_of(request)
-        full = {"csrf": csrf, "signed_in": csrf is not None, "now_ms": svc.clock_ms(), **context}
+        full = {
+            "csrf": csrf,
+            "signed_in": csrf is not None,
+            "now_ms": svc.clock_ms(),
+            "feed_seq": svc.feed.seq,
+            **context,
+        }
         return rendering.render(self.env, request, template, full, status_code)
 
     def error(self, request: Request, status_code: int, message: str) -> Response:

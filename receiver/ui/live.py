@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from receiver.errors import Refused
 from receiver.feed import Subscription
 from receiver.services import services
 from receiver.ui.dashboard import Dashboard
@@ -27,11 +28,18 @@ RETRY_MS = 2000
 
 
 async def events(ui: Dashboard, request: Request) -> Response:
-    """``GET /ui/events``: ``text/event-stream`` of ``change`` events (401 signed out)."""
+    """``GET /ui/events?since=SEQ``: ``text/event-stream`` of ``change`` events (401 signed
+    out; 400 when ``since`` is not a whole number). ``since`` is the feed's sequence number
+    the page was rendered at (``data-events`` of its ``<body>``): a change made since comes
+    at once, as ``*``."""
     feed = services(request).feed
+    raw = request.query_params.get("since", "")
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) < 20):
+        raise Refused(f"since={raw[:40]!r} is not a whole number")
+    since = int(raw) if raw else None
 
     async def stream() -> AsyncIterator[str]:
-        with feed.subscribe() as sub:
+        with feed.subscribe(since) as sub:
             yield f"retry: {RETRY_MS}\n: connected\n\n"
             while (changed := await _next(sub)) is not None:
                 if not changed:
