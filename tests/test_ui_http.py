@@ -61,7 +61,7 @@ async def test_bad_input_gets_a_4xx_page_naming_it(tmp_path: Path) -> None:
         await signed_in(r.http, r.url)
         cases = {
             "/ui/?task_status=done": (400, "task_status=&#39;done&#39; is not one of"),
-            "/ui/?colour=red": (400, "&#39;colour&#39; is not a parameter"),
+            "/ui/?colour=red": (400, "&#39;colour&#39; is not a query parameter of /ui/"),
             "/ui/?cursor=-1": (400, "cursor=&#39;-1&#39; is not a whole number"),
             "/ui/deliveries?state=lost": (400, "state=&#39;lost&#39;"),
             "/ui/tasks/unknown": (404, "no task with that task_id"),

@@ -9,8 +9,6 @@ bad value is a 400 page naming it; an empty one (a form's "any") is left out.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,15 +20,14 @@ from receiver.models import (
     TaskPage,
     TaskSummary,
     Verdict,
-    result_urls,
 )
+from receiver.requests import choice, query_values, whole
+from receiver.results import result_urls
 from receiver.services import services
 from receiver.store.dashboard import DAY_MS, MINUTE_MS
 from receiver.ui import charts
 from receiver.ui.dashboard import Dashboard
 from submitter.protocol import Route, TaskStatus
-
-E = TypeVar("E", bound=StrEnum)
 
 #: Tasks or deliveries on one page; dead letters shown above the other deliveries.
 PAGE_SIZE = 50
@@ -42,46 +39,23 @@ MAX_SEARCH = 256
 
 
 def _params(request: Request, known: tuple[str, ...]) -> dict[str, str]:
-    """The non-empty query parameters, by name.
-
-    Raises:
-        Refused: 400, a parameter not in ``known`` or given twice.
-    """
-    values: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
-        if name not in known:
-            raise Refused(f"{name[:40]!r} is not a parameter of this page ({', '.join(known)})")
-        if name in values:
-            raise Refused(f"{name} is given more than once")
-        if value.strip():
-            values[name] = value.strip()
-    return values
-
-
-def _choice(params: dict[str, str], name: str, choices: type[E]) -> E | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if value not in choices.__members__.values():
-        raise Refused(f"{name}={value[:40]!r} is not one of " + ", ".join(c.value for c in choices))
-    return choices(value)
+    """The non-empty query parameters (400 for an unknown or repeated one)."""
+    return {
+        k: v.strip()
+        for k, v in query_values(request, known, request.url.path, skip_empty=True).items()
+    }
 
 
 def _whole(params: dict[str, str], name: str) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit() and len(value) < 20 and int(value) <= MAX_ROW_ID):
-        raise Refused(f"{name}={value[:40]!r} is not a whole number in [0, {MAX_ROW_ID}]")
-    return int(value)
+    return whole(params, name, 0, MAX_ROW_ID)
 
 
 async def tasks(ui: Dashboard, request: Request) -> Response:
     """``GET /ui/``: tasks newest first; ``task_status``, ``route``, ``q`` (a task_id or
     external_task_id, exactly), ``cursor``."""
     params = _params(request, ("task_status", "route", "q", "cursor", "replayed"))
-    status = _choice(params, "task_status", TaskStatus)
-    route = _choice(params, "route", Route)
+    status = choice(params, "task_status", TaskStatus)
+    route = choice(params, "route", Route)
     cursor = _whole(params, "cursor")
     search = params.get("q")
     svc = services(request)
@@ -124,7 +98,7 @@ async def task(ui: Dashboard, request: Request) -> Response:
         raise Refused("no task with that task_id or external_task_id", 404)
     files = await svc.dashboard.task_files(found.task_id)
     by_url = {f.url: f for f in files}
-    results = [(r, by_url.get(r.url)) for r in result_urls(found.task_result)]
+    results = [(r, by_url.get(r.url)) for r in result_urls(found.task_result or {})]
     listed = {r.url for r, _ in results}
     return ui.render(
         request,
@@ -144,7 +118,7 @@ async def deliveries(ui: Dashboard, request: Request) -> Response:
     """``GET /ui/deliveries``: ``state`` and ``plugin`` filters; without a state, the dead
     letters (up to :data:`DEAD_SHOWN`) above every other delivery, each newest first."""
     params = _params(request, ("state", "plugin", "cursor", "replayed"))
-    state = _choice(params, "state", DeliveryState)
+    state = choice(params, "state", DeliveryState)
     plugin = params.get("plugin")
     cursor = _whole(params, "cursor")
     reader = services(request).reader
