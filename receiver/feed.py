@@ -33,6 +33,7 @@ class Subscription:
         self.closed = False
 
     def add(self, task_id: str) -> None:
+        """Note that ``task_id`` changed, and wake the reader."""
         if len(self._changed) >= MAX_PENDING:
             self._changed = {EVERYTHING}
         else:
@@ -40,6 +41,7 @@ class Subscription:
         self._wake.set()
 
     def close(self) -> None:
+        """End the subscription: :meth:`next` returns None from now on."""
         self.closed = True
         self._wake.set()
 

@@ -132,6 +132,20 @@ async def test_no_secret_appears_in_any_page(tmp_path: Path) -> None:
             assert secret not in text
 
 
+async def test_the_session_cookie_is_secure_when_the_public_url_is_https(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, kling_hooks_public_url="https://hooks.example.com")
+    async with start_receiver(settings) as r:
+        answer = await r.http.post(
+            f"{r.url}/ui/sign-in",
+            data={"secret": API_TOKEN},
+            headers={"Origin": "https://hooks.example.com"},  # the public URL's origin
+        )
+    cookie = answer.headers["set-cookie"]
+    assert answer.status_code == 303
+    for attribute in ("HttpOnly", "Max-Age=43200", "Path=/ui", "SameSite=strict", "Secure"):
+        assert attribute in cookie
+
+
 async def test_the_dashboard_is_off_with_kling_hooks_ui_false(tmp_path: Path) -> None:
     async with start_receiver(make_settings(tmp_path, kling_hooks_ui=False)) as r:
         assert (await r.http.get(f"{r.url}/ui/")).status_code == 404

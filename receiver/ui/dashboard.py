@@ -32,6 +32,7 @@ class Dashboard:
         self._sessions: Sessions | None = None
 
     def sessions(self, svc: Services) -> Sessions:
+        """The :class:`Sessions` of the receiver ``svc`` belongs to."""
         if self._sessions is None:
             self._sessions = Sessions(svc.settings, svc.credentials.api_token)
         return self._sessions
