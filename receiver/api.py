@@ -13,8 +13,6 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
-from typing import TypeVar
 
 import structlog
 from starlette.requests import Request
@@ -50,17 +48,15 @@ from receiver.openapi import openapi_document, query_names
 from receiver.parsing import parse_callback
 from receiver.pruning import prune
 from receiver.request_ids import request_log
-from receiver.requests import parse_body, read_text
+from receiver.requests import choice, parse_body, query_values, read_text, whole
 from receiver.responses import error, respond, respond_json
 from receiver.services import Services, services
-from receiver.store.deliveries import Redeliver
 from receiver.transitions import IncomingCallback, Registration
 from submitter import protocol
 
 log = structlog.get_logger("kling_hooks.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
-E = TypeVar("E", bound=StrEnum)
 
 
 #: Which bearer token a route wants, from the running receiver's parts.
@@ -108,37 +104,9 @@ def guarded(handler: Handler, token: TokenOf = api_token) -> Handler:
 
 
 def _query(request: Request, path: str, method: str = "get") -> dict[str, str]:
-    """The query parameters of ``request``, by name: only those ``OPERATIONS`` declares for
-    ``method path`` (``receiver.openapi``), each given once, none empty.
-
-    Raises:
-        Refused: 400, naming the unknown, repeated or empty parameter.
-    """
-    known = query_names(path, method)
-    values: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
-        if name not in known:
-            raise Refused(f"{name!r} is not a query parameter of {path} ({', '.join(known)})")
-        if name in values:
-            raise Refused(f"{name} is given more than once")
-        if not value:
-            raise Refused(f"{name} is empty (leave it out instead)")
-        values[name] = value
-    return values
-
-
-def _whole(query: dict[str, str], name: str, low: int, high: int) -> int | None:
-    """``query[name]`` as a whole number in [low, high] (ASCII digits only), None if absent.
-
-    Raises:
-        Refused: 400, naming the value and the range.
-    """
-    value = query.get(name)
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit() and len(value) < 20 and low <= int(value) <= high):
-        raise Refused(f"{name}={value[:40]!r} is not a whole number in [{low}, {high}]")
-    return int(value)
+    """The query parameters of ``request``: only those ``OPERATIONS`` declares for
+    ``method path`` (``receiver.openapi``), each given once, none empty (400 otherwise)."""
+    return query_values(request, query_names(path, method), path)
 
 
 def _page(query: dict[str, str]) -> tuple[int, int | None]:
@@ -148,22 +116,8 @@ def _page(query: dict[str, str]) -> tuple[int, int | None]:
     Raises:
         Refused: 400, ``limit`` outside [1, MAX_LIMIT] or ``cursor`` not a row id.
     """
-    limit = _whole(query, "limit", 1, MAX_LIMIT)
-    return DEFAULT_LIMIT if limit is None else limit, _whole(query, "cursor", 0, MAX_ROW_ID)
-
-
-def _choice(query: dict[str, str], name: str, choices: type[E]) -> E | None:
-    """``query[name]`` as a member of ``choices``, or None when absent.
-
-    Raises:
-        Refused: 400, naming the value and the choices.
-    """
-    value = query.get(name)
-    if value is None:
-        return None
-    if value not in choices.__members__.values():
-        raise Refused(f"{name}={value[:40]!r} is not one of " + ", ".join(c.value for c in choices))
-    return choices(value)
+    limit = whole(query, "limit", 1, MAX_LIMIT)
+    return DEFAULT_LIMIT if limit is None else limit, whole(query, "cursor", 0, MAX_ROW_ID)
 
 
 def _cursor(value: int | None) -> str | None:
@@ -183,11 +137,11 @@ async def list_tasks(request: Request) -> Response:
     query = _query(request, "/tasks")
     limit, before = _page(query)
     page = await services(request).reader.task_page(
-        task_status=_choice(query, "task_status", protocol.TaskStatus),
-        route=_choice(query, "route", protocol.Route),
+        task_status=choice(query, "task_status", protocol.TaskStatus),
+        route=choice(query, "route", protocol.Route),
         limit=limit,
         before_id=before,
-        transition_before=_whole(query, "transition_before", 0, MAX_ROW_ID),
+        transition_before=whole(query, "transition_before", 0, MAX_ROW_ID),
     )
     return respond_json(page)
 
@@ -243,7 +197,7 @@ async def list_deliveries(request: Request) -> Response:
     query = _query(request, "/deliveries")
     limit, before = _page(query)
     deliveries, cursor = await services(request).reader.list_deliveries(
-        state=_choice(query, "state", DeliveryState),
+        state=choice(query, "state", DeliveryState),
         plugin=query.get("plugin"),
         limit=limit,
         before_id=before,
@@ -258,13 +212,13 @@ async def redeliver_one(request: Request) -> Response:
     raw_id = request.path_params["id"]
     if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 20) or int(raw_id) > MAX_ROW_ID:
         return error(404, f"no delivery with id {raw_id!r}")
-    op = Redeliver(svc.clock_ms(), delivery_id=int(raw_id), loaded=svc.started_plugins())
     try:
-        count = await _redeliver(request, svc, op)
+        count = await svc.replay(delivery_id=int(raw_id))
     except DeliveryNotFound as exc:
         return error(404, str(exc))
     except (DeliveryRunning, PluginNotLoaded) as exc:
         return error(409, str(exc))
+    _log_replay(request, count, delivery_id=int(raw_id))
     return respond(Redelivered(redelivered=count))
 
 
@@ -273,33 +227,18 @@ async def redeliver_many(request: Request) -> Response:
     when it names a plugin not loaded, as for one delivery)."""
     svc = services(request)
     body = await parse_body(request, RedeliveryFilter, svc.settings, empty=RedeliveryFilter())
-    loaded = svc.started_plugins()
-    if body.plugin is not None and body.plugin not in loaded:
-        names = ", ".join(sorted(loaded)) or "none"
-        return error(409, f"plugin={body.plugin!r} is not loaded (loaded: {names})")
-    op = Redeliver(
-        svc.clock_ms(),
-        state=DeliveryState(body.state),
-        plugin=body.plugin,
-        since_ms=body.since,
-        loaded=loaded,
-    )
-    return respond(Redelivered(redelivered=await _redeliver(request, svc, op)))
+    try:
+        count = await svc.replay(
+            state=DeliveryState(body.state), plugin=body.plugin, since_ms=body.since
+        )
+    except PluginNotLoaded as exc:
+        return error(409, str(exc))
+    _log_replay(request, count, state=body.state, plugin=body.plugin, since_ms=body.since)
+    return respond(Redelivered(redelivered=count))
 
 
-async def _redeliver(request: Request, svc: Services, op: Redeliver) -> int:
-    """Run ``op`` through the writer, then wake the dispatcher; returns how many."""
-    count = await svc.writer.submit(op)
-    request_log(request, log).info(
-        "deliveries_replayed",
-        count=count,
-        delivery_id=op.delivery_id,
-        state=op.state,
-        plugin=op.plugin,
-        since_ms=op.since_ms,
-    )
-    svc.dispatcher.wake()
-    return count
+def _log_replay(request: Request, count: int, **selection: object) -> None:
+    request_log(request, log).info("deliveries_replayed", count=count, **selection)
 
 
 async def list_plugins(request: Request) -> Response:

@@ -17,12 +17,14 @@ from receiver.callbacks import CALLBACK_ROUTES, CallbackFastPath
 from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
 from receiver.fanout import make_router
+from receiver.feed import LiveFeed
 from receiver.limits import InFlightLimit
 from receiver.metrics import Metrics, Rejection
 from receiver.plugins.registry import LoadedPlugin, load_plugins
 from receiver.request_ids import RequestIds, choose_request_id
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
+from receiver.ui import dashboard_routes
 from receiver.writer import Writer
 from submitter.protocol import now_ms
 from submitter.tokens import CALLBACK_PATH
@@ -80,12 +82,15 @@ async def _started(
     )
     metrics = Metrics(db=db, plugins=[p.name for p in plugins], clock_ms=clock_ms)
     dispatcher.add_listener(metrics.delivery_finished)
+    feed = LiveFeed()
     try:
         creds = await credentials.resolve_from_file(settings)  # migrated: Writer.open
         if creds.api_token_generated:
             log.warning("api_token_generated", how_to_read=f"kling-hooks token --db {db}")
         writer.start()
         writer.add_listener(lambda _transitions: dispatcher.wake())
+        writer.add_listener(feed.on_commit)  # the dashboard's live updates
+        dispatcher.add_listener(feed.on_outcome)
         await dispatcher.start()
         yield Services(
             settings=settings,
@@ -96,8 +101,11 @@ async def _started(
             dispatcher=dispatcher,
             clock_ms=clock_ms,
             metrics=metrics,
+            dashboard=store.DashboardReader(readers),
+            feed=feed,
         )
     finally:
+        feed.close()
         await dispatcher.close()
         await writer.close()
         await readers.close()
@@ -156,8 +164,9 @@ def create_app(
             yield {"services": services}
         log.info("receiver_stopped")
 
+    ui_routes = dashboard_routes() if settings.kling_hooks_ui else []
     app = Starlette(
-        routes=[*CALLBACK_ROUTES, *API_ROUTES],
+        routes=[*CALLBACK_ROUTES, *API_ROUTES, *ui_routes],
         middleware=[Middleware(RequestIds)],
         exception_handlers={HTTPException: http_exception, Exception: internal_error},
         lifespan=lifespan,

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     kling_hooks_metrics_token: SecretStr | None = None
     # Retention: what `kling-hooks prune` removes by default (a duration: 90d, 12h, 30m).
     kling_hooks_retention: str = "90d"
+    # The dashboard at /ui/ (receiver.ui): on unless false; a sign-in password besides the API
+    # token; how long a sign-in lasts (seconds).
+    kling_hooks_ui: bool = True
+    kling_hooks_ui_password: SecretStr | None = None
+    kling_hooks_ui_session_s: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
     plugins: dict[str, Any] = Field(default_factory=dict)
     # The folder of the TOML file, if any: relative paths in [plugins.NAME] tables start there.
     _config_dir: Path | None = PrivateAttr(default=None)
@@ -138,6 +143,7 @@ class Settings(BaseSettings):
         "kling_hooks_api_token",
         "kling_hooks_secret",
         "kling_hooks_metrics_token",
+        "kling_hooks_ui_password",
     )
     @classmethod
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:

@@ -5,7 +5,10 @@ built-in ``downloader`` (into a temporary directory) and ``slack`` plugins enabl
 one task per route through the real submitter over real HTTP (duplicate and out-of-order
 callbacks switched on), waits until every task has ended and every delivery has finished
 (woken by the writer's commits and the dispatcher's outcomes: nothing polls), then prints each
-task's transitions, the files saved, and the Slack messages received.
+task's transitions, the files saved, and the Slack messages received. With ``serve``
+(``kling-hooks demo --serve``) it then keeps the receiver and the simulator running and
+prints the dashboard's URL, signed in through a one-time link, until it is interrupted
+(Ctrl-C).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from receiver.status_client import StatusClient
 from receiver.store.deliveries import Job, Outcome
 from receiver.tables import format_table
 from receiver.transitions import TransitionRow
+from receiver.ui.sessions import ONCE_MAX_AGE_S, one_time_link
 from submitter import KlingClient, Registrar, Submission, auth_from_keys
 from submitter.protocol import Route, TaskStatus
 from submitter.simulator import Faults, Simulator
@@ -117,6 +121,7 @@ async def run_demo(
     out: TextIO | None = None,
     delay_s: tuple[float, float] = (0.3, 1.2),
     directory: Path | None = None,
+    serve: bool = False,
 ) -> int:
     """Run the demo; returns the exit code (0 when every task ended, 1 otherwise).
 
@@ -126,6 +131,9 @@ async def run_demo(
         delay_s: The simulator's (min, max) seconds between a task's states.
         directory: Where the database and the downloads go; by default a new temporary
             directory, which is kept (and printed) so the files can be looked at.
+        serve: Then keep the servers running, and print a one-time sign-in link to the
+            dashboard (``receiver.ui``), until cancelled (Ctrl-C: ``KeyboardInterrupt``
+            out of ``asyncio.run``).
     """
     import sys
 
@@ -169,6 +177,16 @@ async def run_demo(
         await simulator.wait_idle()
         tasks = await _fetch(receiver_url, svc.credentials.api_token, submissions)
         _report(tasks, submissions, time.monotonic() - started, len(slack.messages), tmp, out)
+        if serve:
+            link = one_time_link(receiver_url, settings, svc.credentials.api_token)
+            print(
+                f"\ndashboard  {link}\n(a one-time sign-in link, valid for "
+                f"{ONCE_MAX_AGE_S // 60} minutes; the simulator and the receiver run until "
+                f"Ctrl-C)\nThe database and the downloads are kept in {tmp}",
+                file=out,
+                flush=True,
+            )
+            await asyncio.Event().wait()  # until cancelled
     print(f"The database and the downloads are kept in {tmp}", file=out)
     return 0
 

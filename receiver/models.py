@@ -14,13 +14,14 @@ Field names are Kling's wherever the value is Kling's (PROTOCOL.md section 4, Kl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from receiver.results import ResultURL as ResultURL
+from receiver.results import result_urls
 from submitter.protocol import INTEGRAL, Millis, Route, TaskId, TaskStatus
 
 #: The most ids a path or cursor may name: SQLite's INTEGER is a signed 64-bit number.
@@ -80,15 +81,17 @@ class SavedFile:
         path: Where it is now (absolute path on the receiver's machine).
         bytes: Size in bytes.
         sha256: Hex digest of the content.
+        content_type: The media type it was served with (``image/png``), or None.
     """
 
     url: str
     path: str
     bytes: int
     sha256: str
+    content_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """``{url, path, bytes, sha256}``."""
+        """``{url, path, bytes, sha256, content_type}``."""
         return asdict(self)
 
 
@@ -306,23 +309,6 @@ class PruneRequest(BaseModel):
 
 
 @dataclass(frozen=True)
-class ResultURL:
-    """One URL in ``task_result``: ``kind`` is the list's name made singular, with the URL
-    field's prefix (``image``, ``image_watermark``, ``video``, ``video_watermark``, ``audio``),
-    ``index`` its position in that list."""
-
-    kind: str
-    index: int
-    url: str
-
-    @property
-    def media(self) -> str:
-        """``image``, ``video``, ``audio`` or ``other``: what content type to expect."""
-        head = self.kind.split("_", 1)[0]
-        return head if head in ("image", "video", "audio") else "other"
-
-
-@dataclass(frozen=True)
 class Event:
     """One task transition, as a plugin receives it.
 
@@ -370,7 +356,7 @@ class Event:
     def result_urls(self) -> list[ResultURL]:
         """Every URL in ``task_result``, in order: for each list (``images``, ``videos``,
         ``audios``...), each item's ``url`` and then its other ``*_url`` fields."""
-        return list(_result_urls(self.task_result or {}))
+        return list(result_urls(self.task_result or {}))
 
     def to_json(self) -> dict[str, Any]:
         """The event as JSON (what the webhook plugin sends): every field but the delivery's
@@ -379,22 +365,3 @@ class Event:
 
 
 _DELIVERY_ONLY = frozenset({"delivery_id", "attempt", "saved_files"})
-
-
-def _result_urls(task_result: dict[str, Any]) -> Iterator[ResultURL]:
-    for key, items in task_result.items():
-        if not isinstance(items, list):
-            continue
-        singular = key[:-1] if key.endswith("s") else key
-        for position, item in enumerate(items):
-            if not isinstance(item, dict):
-                continue
-            index = item.get("index", position)
-            index = index if isinstance(index, int) else position
-            names = sorted(k for k in item if k == "url" or k.endswith("_url"))
-            names.sort(key=lambda k: k != "url")
-            for name in names:
-                url = item[name]
-                if isinstance(url, str) and url:
-                    kind = singular if name == "url" else f"{singular}_{name[: -len('_url')]}"
-                    yield ResultURL(kind, index, url)

@@ -1,9 +1,12 @@
-"""Reading request bodies: bounded in size (``KLING_HOOKS_MAX_BODY_BYTES``) and time
-(``KLING_HOOKS_BODY_TIMEOUT_S``), and validated by a model of ``receiver.models``."""
+"""Reading requests: bodies bounded in size (``KLING_HOOKS_MAX_BODY_BYTES``) and time
+(``KLING_HOOKS_BODY_TIMEOUT_S``) and validated by a model of ``receiver.models``, and query
+parameters checked by name and value (the status API's and the dashboard's)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from enum import StrEnum
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -15,6 +18,7 @@ from receiver.errors import BodyTooLarge, Refused
 from submitter.protocol import first_error, loads_json
 
 Body = TypeVar("Body", bound=BaseModel)
+E = TypeVar("E", bound=StrEnum)
 
 #: The scope key that says the whole body has arrived (set by the HTTP protocol,
 #: ``receiver.limits.header_timeout_protocol``): reading it needs no deadline then.
@@ -110,3 +114,57 @@ async def parse_body(
         return model.model_validate(doc)
     except ValidationError as exc:
         raise Refused(first_error(exc), 422) from None
+
+
+def query_values(
+    request: Request, known: Collection[str], where: str, *, skip_empty: bool = False
+) -> dict[str, str]:
+    """The query parameters of ``request``, by name: only ``known`` ones, each given once.
+
+    Args:
+        where: The path named in the messages.
+        skip_empty: Leave empty values out (a form's "any"), instead of refusing them.
+
+    Raises:
+        Refused: 400, naming the unknown, repeated or empty parameter.
+    """
+    values: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            raise Refused(f"{name!r} is not a query parameter of {where} ({', '.join(known)})")
+        if name in values:
+            raise Refused(f"{name} is given more than once")
+        if not value.strip() and skip_empty:
+            continue
+        if not value:
+            raise Refused(f"{name} is empty (leave it out instead)")
+        values[name] = value
+    return values
+
+
+def whole(query: dict[str, str], name: str, low: int, high: int) -> int | None:
+    """``query[name]`` as a whole number in [low, high] (ASCII digits only), None if absent.
+
+    Raises:
+        Refused: 400, naming the value and the range.
+    """
+    value = query.get(name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) < 20 and low <= int(value) <= high):
+        raise Refused(f"{name}={value[:40]!r} is not a whole number in [{low}, {high}]")
+    return int(value)
+
+
+def choice(query: dict[str, str], name: str, choices: type[E]) -> E | None:
+    """``query[name]`` as a member of ``choices``, or None when absent.
+
+    Raises:
+        Refused: 400, naming the value and the choices.
+    """
+    value = query.get(name)
+    if value is None:
+        return None
+    if value not in choices.__members__.values():
+        raise Refused(f"{name}={value[:40]!r} is not one of " + ", ".join(c.value for c in choices))
+    return choices(value)

@@ -16,9 +16,14 @@ from starlette.types import Scope
 from receiver.config import Settings
 from receiver.credentials import Credentials
 from receiver.dispatcher import Dispatcher
+from receiver.errors import PluginNotLoaded
+from receiver.feed import LiveFeed
 from receiver.metrics import Metrics
+from receiver.models import DeliveryState
 from receiver.plugins.registry import LoadedPlugin
 from receiver.store import Reader
+from receiver.store.dashboard import DashboardReader
+from receiver.store.deliveries import Redeliver
 from receiver.writer import Writer
 
 
@@ -29,6 +34,8 @@ class Services:
     Attributes:
         clock_ms: The wall clock, Unix epoch ms.
         metrics: This receiver's Prometheus metrics (``GET /metrics``).
+        dashboard: The dashboard's reads (``receiver.ui``), on the status API's connections.
+        feed: Which tasks just changed, for the dashboard's live updates.
     """
 
     settings: Settings
@@ -39,10 +46,52 @@ class Services:
     dispatcher: Dispatcher
     clock_ms: Callable[[], int]
     metrics: Metrics
+    dashboard: DashboardReader
+    feed: LiveFeed
 
     def started_plugins(self) -> frozenset[str]:
         """The plugins that can run a delivery now: enabled, and their ``start()`` succeeded."""
         return frozenset(p.name for p in self.plugins if self.dispatcher.is_started(p.name))
+
+    async def replay(
+        self,
+        *,
+        delivery_id: int | None = None,
+        state: DeliveryState | None = None,
+        plugin: str | None = None,
+        since_ms: int | None = None,
+    ) -> int:
+        """Replay one delivery (``delivery_id``) or every one matching the filter, through the
+        writer (:class:`~receiver.store.deliveries.Redeliver`), then wake the dispatcher and
+        the live feed. The one way to replay: ``POST /deliveries/{id}/redeliver``, ``POST
+        /deliveries/redeliver`` and the dashboard's Replay buttons all call it.
+
+        Returns:
+            How many deliveries are due again.
+
+        Raises:
+            DeliveryNotFound: ``delivery_id`` names no delivery.
+            DeliveryRunning: ``delivery_id`` is running now.
+            PluginNotLoaded: the delivery's plugin, or the filter's ``plugin``, is not loaded
+                (not enabled, or its ``start()`` failed).
+            StoreUnavailable: the database did not commit.
+        """
+        loaded = self.started_plugins()
+        if delivery_id is None and plugin is not None and plugin not in loaded:
+            names = ", ".join(sorted(loaded)) or "none"
+            raise PluginNotLoaded(f"plugin={plugin!r} is not loaded (loaded: {names})")
+        op = Redeliver(
+            self.clock_ms(),
+            delivery_id=delivery_id,
+            state=state,
+            plugin=plugin,
+            since_ms=since_ms,
+            loaded=loaded,
+        )
+        count = await self.writer.submit(op)
+        self.dispatcher.wake()
+        self.feed.changed()
+        return count
 
 
 def services(request: Request) -> Services:

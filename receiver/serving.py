@@ -95,11 +95,13 @@ class Server(uvicorn.Server):
         """Stop as the class docstring says; ``sockets`` as :meth:`uvicorn.Server.shutdown`.
 
         A receiver's writer is told first (``Writer.request_stop``), so that a long
-        ``POST /prune`` ends at its next batch rather than holding the stop."""
+        ``POST /prune`` ends at its next batch rather than holding the stop, and its live feed
+        is closed, which ends the dashboard's open event streams."""
         found = getattr(getattr(self, "lifespan", None), "state", {}).get("services")
         if isinstance(found, Services):
             log.info("receiver_stopping")
             found.writer.request_stop()
+            found.feed.close()  # the dashboard's event streams end, so the drain need not wait
         for listener in self.servers:
             listener.close()  # closes this process's fd only; the kernel keeps the queue
         loop = asyncio.get_running_loop()

@@ -152,9 +152,8 @@ async def test_task_lists_the_files_its_plugin_saved(tmp_path: Path) -> None:
         await succeed(r, "T0")
         assert await outcomes.wait_for(1) == [(1, "done")]
         task = (await r.get_task("kh-T0")).json()
-    assert task["files"] == [
-        {"url": SAVED.url, "path": SAVED.path, "bytes": SAVED.bytes, "sha256": SAVED.sha256}
-    ]
+    assert task["files"] == [SAVED.to_json()]
+    assert SAVED.to_json()["content_type"] is None  # the plugin recorded none
 
 
 async def test_task_without_plugins_has_no_deliveries_and_no_files(receiver: Receiver) -> None:

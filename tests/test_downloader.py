@@ -195,19 +195,20 @@ async def test_every_result_url_is_saved_by_task_kind_and_index_with_its_checksu
         saved = await handle(downloader, make_event(result, external_task_id="kh-01JD"))
     folder = (tmp_path / "files" / "kh-01JD").absolute()
     expected = [
-        (png_url, "image-0.png", PNG),
-        (mark_url, "image_watermark-0.png", PNG[::-1]),
-        (jpeg_url, "image-1.jpg", jpeg),
-        (video_url, "video-0.mp4", MP4),
-        (video_mark_url, "video_watermark-0.mp4", MP4 + b"wm"),
-        (audio_url, "audio-0.mp3", audio),
+        (png_url, "image-0.png", PNG, "image/png"),
+        (mark_url, "image_watermark-0.png", PNG[::-1], "image/png"),
+        (jpeg_url, "image-1.jpg", jpeg, "image/jpeg"),
+        (video_url, "video-0.mp4", MP4, "video/mp4"),
+        (video_mark_url, "video_watermark-0.mp4", MP4 + b"wm", "video/mp4"),
+        (audio_url, "audio-0.mp3", audio, "audio/mpeg"),
     ]
     assert saved == [
-        SavedFile(url, str(folder / name), len(data), sha256(data)) for url, name, data in expected
+        SavedFile(url, str(folder / name), len(data), sha256(data), kind)
+        for url, name, data, kind in expected
     ]
-    for _, name, data in expected:
+    for _, name, data, _ in expected:
         assert (folder / name).read_bytes() == data
-    assert files_under(tmp_path / "files") == sorted(f"kh-01JD/{n}" for _, n, _ in expected)
+    assert files_under(tmp_path / "files") == sorted(f"kh-01JD/{n}" for _, n, _, _ in expected)
 
 
 async def test_a_video_larger_than_a_chunk_is_streamed_into_an_identical_file(
@@ -714,12 +715,14 @@ async def test_a_succeeded_task_files_are_saved_listed_and_not_fetched_again_on_
             "path": str(folder / "image-0.png"),
             "bytes": len(PNG),
             "sha256": sha256(PNG),
+            "content_type": "image/png",
         },
         {
             "url": mp4_url,
             "path": str(folder / "video-0.mp4"),
             "bytes": len(MP4),
             "sha256": sha256(MP4),
+            "content_type": "video/mp4",
         },
     ]
     assert task["files"] == expected
@@ -728,10 +731,9 @@ async def test_a_succeeded_task_files_are_saved_listed_and_not_fetched_again_on_
     assert (folder / "video-0.mp4").read_bytes() == MP4
     assert [req.path for req in sink.requests] == ["/out/0.png", "/out/v.mp4"]  # none on replay
     with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
-        rows = conn.execute("SELECT url, path, bytes, sha256 FROM files ORDER BY id").fetchall()
-    assert [
-        dict(zip(("url", "path", "bytes", "sha256"), row, strict=True)) for row in rows
-    ] == expected
+        names = ("url", "path", "bytes", "sha256", "content_type")
+        rows = conn.execute(f"SELECT {', '.join(names)} FROM files ORDER BY id").fetchall()
+    assert [dict(zip(names, row, strict=True)) for row in rows] == expected
 
 
 class Finished:

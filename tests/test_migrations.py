@@ -71,6 +71,7 @@ async def test_a_database_of_an_old_schema_is_upgraded_in_place_keeping_every_ro
                 "path": "/srv/fx-1.png",
                 "bytes": 3,
                 "sha256": "ab" * 32,
+                "content_type": "image/png",  # migration 6: from the name's extension
             }
         ]
         assert [d["state"] for d in task["deliveries"]] == ["done", "done", "done"]

@@ -197,11 +197,23 @@ def simulate(
     help="where the database and downloads go",
 )
 @click.option("--seed", type=int, default=1, help="simulator seed (which tasks fail)")
-def demo(directory: Path | None, seed: int) -> int:
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="then keep the servers running and print a signed-in dashboard link, until Ctrl-C",
+)
+def demo(directory: Path | None, seed: int, serve: bool) -> int:
     """Run the whole pipeline in one process: one task per route.
 
     Simulator + receiver + downloader + a Slack sink, on loopback, with no Kling account.
+    With --serve, the receiver and the simulator keep running afterwards, and the dashboard
+    (/ui/) opens signed in from the printed link; Ctrl-C stops them (exit 0).
     """
     from receiver.demo import run_demo
 
-    return asyncio.run(run_demo(seed=seed, directory=directory))
+    try:
+        return asyncio.run(run_demo(seed=seed, directory=directory, serve=serve))
+    except KeyboardInterrupt:
+        if not serve:
+            raise
+        return EXIT_OK

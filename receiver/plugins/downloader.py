@@ -3,8 +3,9 @@
 Kling deletes result files after 30 days and newer URLs are signed and may expire sooner
 (PROTOCOL.md section 4), so on each ``succeed`` event this plugin fetches every URL of
 :meth:`Event.result_urls` (images, image watermarks, videos, video watermarks, audios...) and
-returns one :class:`SavedFile` per URL, which the dispatcher records and ``GET /tasks/{id}``
-shows. Configure it with::
+returns one :class:`SavedFile` per URL (with the ``Content-Type`` it was served with, or, for
+a generic or missing one, that of the extension chosen), which the dispatcher records and
+``GET /tasks/{id}`` shows. Configure it with::
 
     [plugins.downloader]
     directory = "/var/lib/kling-hooks/files"   # required
@@ -56,6 +57,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -236,7 +238,10 @@ class Downloader(Plugin):
                             f"{self.settings.max_bytes}; refused"
                         )
                 sha256 = await part.commit()
-        return SavedFile(item.url, str(part.final), part.size, sha256)
+        recorded = content_type if content_type not in ("", *ANY_KIND_TYPES) else None
+        # A generic or missing type: the one of the extension chosen (``image/png``...).
+        recorded = recorded or mimetypes.guess_type(name)[0]
+        return SavedFile(item.url, str(part.final), part.size, sha256, recorded)
 
 
 def _check_status(response: httpx.Response, url: str) -> None:

@@ -9,6 +9,7 @@
 * ``deliveries``: the outbox operations (claim, finish, recover, replay);
 * ``pool``: the status API's read connections (a few, each on a thread of its own);
 * ``reads``: the status API's read-only queries;
+* ``dashboard``: the dashboard's read-only queries (files by id, the overview's counts);
 * ``retention``: pruning old rows in small batches, and giving free pages back (``prune``);
 * ``probe``: the write probe of ``GET /readyz`` while the last commit failed;
 * ``backup``: an online copy with SQLite's backup API (``kling-hooks backup``).
@@ -20,6 +21,7 @@ backend must keep").
 
 from receiver.errors import StoreUnavailable
 from receiver.store.batches import Router
+from receiver.store.dashboard import DashboardReader
 from receiver.store.database import (
     SCHEMA_VERSION,
     DatabaseLock,
@@ -37,6 +39,7 @@ from receiver.store.transaction import ConnectionOp, Transaction, WriteOp
 __all__ = [
     "SCHEMA_VERSION",
     "ConnectionOp",
+    "DashboardReader",
     "DatabaseLock",
     "ReadPool",
     "Reader",

@@ -21,7 +21,7 @@ import aiosqlite
 from receiver.errors import DatabaseLocked, NotADatabase, SchemaTooNew
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql``.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class DatabaseLock:

@@ -176,11 +176,14 @@ class Reader:
         plugin: str | None,
         limit: int,
         before_id: int | None,
+        other_than: DeliveryState | None = None,
     ) -> tuple[list[ListedDelivery], int | None]:
         """Deliveries newest first (by id), filtered, at most ``limit``.
 
         Args:
             state: Only deliveries in this state.
+            other_than: Only deliveries in another state (the dashboard lists the dead
+                letters first, then the others).
             plugin: Only deliveries to the plugin of this name.
             before_id: The cursor: only deliveries with a smaller id.
 
@@ -188,7 +191,10 @@ class Reader:
             ``(deliveries, next_cursor)``; ``next_cursor`` is None on the last page.
         """
         where, args = _filters(
-            ("d.state = ?", state), ("d.plugin = ?", plugin), ("d.id < ?", before_id)
+            ("d.state = ?", state),
+            ("d.state != ?", other_than),
+            ("d.plugin = ?", plugin),
+            ("d.id < ?", before_id),
         )
         rows = await self._fetch(
             f"SELECT {_LISTED} FROM deliveries d"
