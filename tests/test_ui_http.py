@@ -181,3 +181,18 @@ async def test_demo_serve_prints_a_signed_in_link_to_every_task_until_interrupte
     assert again.status_code == 403
     assert sum("/ui/files/" in p for p in pages) == 4  # every succeeded task's files
     assert all("Replay" in p for p in pages)  # and its deliveries
+
+
+async def test_a_result_url_is_a_link_only_when_it_is_http(tmp_path: Path) -> None:
+    images = [
+        {"index": 0, "url": "javascript:window.pwned=1"},
+        {"index": 1, "url": "https://cdn.klingai.com/a.png"},
+    ]
+    async with start_receiver(make_settings(tmp_path)) as r:
+        body = task_body("tx-1", "succeed", "kh-url", task_result={"images": images})
+        assert (await r.post_callback("kh-url", body)).status_code == 200
+        await signed_in(r.http, r.url)
+        page = (await r.http.get(f"{r.url}/ui/tasks/tx-1")).text
+        assert "javascript:window.pwned=1" in page  # shown, as text
+        assert 'href="javascript:' not in page
+        assert 'href="https://cdn.klingai.com/a.png"' in page
