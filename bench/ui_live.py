@@ -35,6 +35,7 @@ from bench import processes
 from bench.workload import API_TOKEN, distinct_callbacks
 
 CHROMIUM = "/usr/bin/chromium"
+JSON = {"Content-Type": "application/json"}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -60,7 +61,8 @@ async def measure(base: str, callbacks: int, interval_s: float, timeout_s: float
         await page.fill("#secret", API_TOKEN)
         await page.click("button[type=submit]")
         await page.wait_for_url(f"{base}/ui/")
-        await page.wait_for_function("document.getElementById('live-state')?.textContent === 'Live'")
+        live = "document.getElementById('live-state')?.textContent === 'Live'"
+        await page.wait_for_function(live)
         for path, body in items:
             task_id = body.split(b'"task_id":"', 1)[1].split(b'"', 1)[0].decode()
             seen = page.evaluate(
@@ -81,7 +83,7 @@ async def measure(base: str, callbacks: int, interval_s: float, timeout_s: float
             )
             watching = asyncio.ensure_future(seen)
             await asyncio.sleep(0.05)  # the browser's watch is running before the callback
-            answer = await http.post(path, content=body, headers={"Content-Type": "application/json"})
+            answer = await http.post(path, content=body, headers=JSON)
             acked_ms = time.time() * 1000
             answer.raise_for_status()
             shown_ms = await watching
