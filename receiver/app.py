@@ -90,6 +90,7 @@ async def _started(
         writer.start()
         writer.add_listener(lambda _transitions: dispatcher.wake())
         writer.add_listener(feed.on_commit)  # the dashboard's live updates
+        writer.add_callback_listener(feed.on_callbacks)
         dispatcher.add_listener(feed.on_outcome)
         await dispatcher.start()
         yield Services(

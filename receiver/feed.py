@@ -1,7 +1,8 @@
 """The live feed: which tasks just changed, for the dashboard's Server-Sent Events.
 
 :class:`LiveFeed` is fed by the writer's in-process commit signal
-(:meth:`receiver.writer.Writer.add_listener`: the transitions of every commit) and by the
+(:meth:`receiver.writer.Writer.add_listener` and ``add_callback_listener``: the transitions
+and the raw callbacks of every commit) and by the
 dispatcher's outcomes (:meth:`receiver.dispatcher.Dispatcher.add_listener`: a delivery
 reached ``done``, ``failed`` or ``dead``), and by the dashboard's own replays. Each open
 event stream holds a :class:`Subscription`, which collects the task_ids changed since its
@@ -15,7 +16,7 @@ import contextlib
 from collections.abc import Iterator
 
 from receiver.store.deliveries import Job, Outcome
-from receiver.transitions import TransitionRow
+from receiver.transitions import CallbackRow, TransitionRow
 
 #: Task ids a subscription keeps between two reads; past it, it says "everything changed".
 MAX_PENDING = 1000
@@ -73,9 +74,16 @@ class LiveFeed:
         return len(self._subscriptions)
 
     def on_commit(self, transitions: list[TransitionRow]) -> None:
-        """A writer listener: the tasks of a commit's new transitions changed."""
+        """A writer listener: the tasks of a commit's new transitions changed (a registration
+        or a reconcile records one without a callback)."""
         for t in transitions:
             self.changed(t.task_id)
+
+    def on_callbacks(self, callbacks: list[CallbackRow]) -> None:
+        """A writer callback listener: the tasks of a commit's raw callbacks changed (their
+        counts, even when the verdict was duplicate or stale)."""
+        for c in callbacks:
+            self.changed(c.task_id)
 
     def on_outcome(self, job: Job, outcome: Outcome) -> None:
         """A dispatcher listener: a delivery of ``job``'s task changed state."""

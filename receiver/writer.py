@@ -49,12 +49,14 @@ import structlog
 from receiver import store
 from receiver.errors import StoreUnavailable
 from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe
-from receiver.transitions import TransitionRow
+from receiver.transitions import Batch, CallbackRow, TransitionRow
 
 log = structlog.get_logger("kling_hooks.writer")
 
 T = TypeVar("T")
 CommitListener = Callable[[list[TransitionRow]], None]
+#: ``listener(callbacks)``: the raw callbacks a commit stored, whatever their verdict.
+CallbackListener = Callable[[list[CallbackRow]], None]
 
 
 def _unavailable(exc: Exception) -> Exception:
@@ -147,6 +149,7 @@ class Writer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Future[None] | None = None
         self._listeners: list[CommitListener] = []
+        self._callback_listeners: list[CallbackListener] = []
         self._stopping = False
 
     @classmethod
@@ -235,6 +238,12 @@ class Writer:
         the in-process signal the dispatcher (and the demo) waits on; nothing polls.
         """
         self._listeners.append(listener)
+
+    def add_callback_listener(self, listener: CallbackListener) -> None:
+        """Call ``listener(callbacks)`` after every commit that stored raw callbacks (new,
+        duplicate or stale: a duplicate changes a task's callback counts, and no transition),
+        on the event loop, as :meth:`add_listener`'s."""
+        self._callback_listeners.append(listener)
 
     def start(self) -> None:
         """Start the writer's thread; its results come back to the running event loop."""
@@ -332,20 +341,21 @@ class Writer:
         # A batch holds no ConnectionOp (_serve ends it before one); zip checks that.
         ops = [cast(WriteOp[Any], p.op) for p in pending if not p.alone]
         try:
-            outcomes, transitions = self._transaction(ops)
+            outcomes, batch = self._transaction(ops)
         except Exception as exc:
             self._answer(self._failed, pending, exc)
             return
         for p, (result, error) in zip(pending, outcomes, strict=True):
             p.result, p.error = result, error
-        self._answer(self._committed, pending, transitions)
+        self._answer(self._committed, pending, batch)
 
-    def _committed(self, pending: list[_Pending], transitions: list[TransitionRow]) -> None:
+    def _committed(self, pending: list[_Pending], batch: Batch) -> None:
         """On the event loop: a batch committed; answer its callers, then the listeners."""
         self._last_commit_ok = True
         for p in pending:
             p.resolve()
-        self._notify(transitions)
+        self._notify(self._listeners, batch.transitions)
+        self._notify(self._callback_listeners, batch.callbacks)
 
     def _failed(self, pending: list[_Pending], exc: Exception) -> None:
         """On the event loop: a batch did not commit; nothing of it was stored."""
@@ -358,10 +368,10 @@ class Writer:
 
     def _transaction(
         self, ops: Sequence[WriteOp[Any]]
-    ) -> tuple[list[tuple[Any, Exception | None]], list[TransitionRow]]:
+    ) -> tuple[list[tuple[Any, Exception | None]], Batch]:
         """One batch's whole transaction, on the writer's thread: ``(result, error)`` of each
-        operation in order, and the new transitions. Raises when the batch did not commit
-        (it was rolled back)."""
+        operation in order, and the batch (its new transitions and raw callbacks). Raises
+        when the batch did not commit (it was rolled back)."""
         tx = Transaction.begin(self._conn, ops, self._router)
         outcomes: list[tuple[Any, Exception | None]] = []
         try:
@@ -374,13 +384,14 @@ class Writer:
         except BaseException:
             tx.rollback()
             raise
-        return outcomes, tx.batch.transitions
+        return outcomes, tx.batch
 
-    def _notify(self, transitions: list[TransitionRow]) -> None:
-        if not transitions:
+    @staticmethod
+    def _notify(listeners: Sequence[Callable[[list[Any]], None]], rows: list[Any]) -> None:
+        if not rows:
             return
-        for listener in self._listeners:
+        for listener in listeners:
             try:
-                listener(transitions)
+                listener(rows)
             except Exception:
                 log.exception("commit_listener_failed")

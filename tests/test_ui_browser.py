@@ -193,6 +193,26 @@ async def test_a_callback_appears_on_the_open_task_list_without_a_reload(tmp_pat
         b.assert_no_console_errors()
 
 
+async def test_a_duplicate_callback_updates_the_open_task_page_without_a_reload(
+    tmp_path: Path,
+) -> None:
+    # A duplicate records no transition, only its raw callback: the task's counts change.
+    async with start_rig(tmp_path) as rig, browser_page() as b:
+        body = task_body("tx-dup", "succeed", "kh-dup")
+        assert (await rig.receiver.post_callback("kh-dup", body)).status_code == 200
+        await b.page.goto(rig.sign_in_link())
+        await b.page.goto(f"{rig.receiver.url}/ui/tasks/tx-dup")
+        await b.page.locator("#live-state", has_text="Live").wait_for()
+        summary = b.page.locator("#task-summary")
+        assert "1 new" in await summary.inner_text()
+        assert "duplicate" not in await summary.inner_text()
+        await b.page.evaluate("() => { window.notReloaded = true; }")
+        assert (await rig.receiver.post_callback("kh-dup", body)).status_code == 200
+        await b.page.locator("#task-summary", has_text="1 duplicate").wait_for(timeout=10_000)
+        assert await b.page.evaluate("() => window.notReloaded") is True
+        b.assert_no_console_errors()
+
+
 async def test_a_replay_form_with_a_wrong_csrf_token_is_refused(tmp_path: Path) -> None:
     async with start_rig(tmp_path) as rig, browser_page() as b:
         sub = await rig.submit(Route.IMAGES_GENERATIONS, IMAGE)
