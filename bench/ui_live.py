@@ -1,6 +1,7 @@
 """Benchmark: how soon an open dashboard shows a committed callback (issue 12: "within a second").
 
-Run it from the repository root, in the project's virtualenv, with Debian's ``chromium``::
+Run it from the repository root, in the project's virtualenv with its test extra
+(``pip install '.[test]'``: Playwright), and Debian's ``chromium``::
 
     python bench/ui_live.py                  # 40 callbacks, one every 0.5 s
     python bench/ui_live.py --callbacks 100 --interval 0.2

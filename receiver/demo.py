@@ -182,7 +182,9 @@ async def run_demo(
             print(
                 f"\ndashboard  {link}\n(a one-time sign-in link, valid for "
                 f"{ONCE_MAX_AGE_S // 60} minutes; the simulator and the receiver run until "
-                f"Ctrl-C)\nThe database and the downloads are kept in {tmp}",
+                f"Ctrl-C)\napi token  {svc.credentials.api_token}\n(this run's own: it signs "
+                f"in to {receiver_url}/ui/ again, and the CLI's --url {receiver_url} takes it "
+                f"as KLING_HOOKS_API_TOKEN)\nThe database and the downloads are kept in {tmp}",
                 file=out,
                 flush=True,
             )

@@ -167,18 +167,26 @@ async def test_demo_serve_prints_a_signed_in_link_to_every_task_until_interrupte
                 assert line, "".join(lines)
                 lines.append(line)
         link = line.split()[1]
+        await proc.stdout.readline()  # what the link is
+        token = (await proc.stdout.readline()).decode().split()
         external_ids = re.findall(r"^(kh-\w+)\s", "".join(lines), re.MULTILINE)
+        base = link.split("/ui/")[0]
         async with httpx.AsyncClient(follow_redirects=True, timeout=10) as http:
             listing = await http.get(link)
             again = await http.get(link)  # one-time: refused the second time
-            pages = [(await http.get(f"{link.split('/ui/')[0]}/ui/tasks/{e}")).text
+            pages = [(await http.get(f"{base}/ui/tasks/{e}")).text
                      for e in external_ids]  # fmt: skip
+        async with httpx.AsyncClient(timeout=10) as other:  # another browser, later
+            signed = await other.post(
+                f"{base}/ui/sign-in", data={"secret": token[2]}, headers={"Origin": base}
+            )
     finally:
         proc.send_signal(signal.SIGINT)
         code = await proc.wait()
     assert code == 0
     assert len(external_ids) == 5 and all(e in listing.text for e in external_ids)
     assert again.status_code == 403
+    assert token[:2] == ["api", "token"] and signed.status_code == 303  # the printed token
     assert sum("/ui/files/" in p for p in pages) == 4  # every succeeded task's files
     assert all("Replay" in p for p in pages)  # and its deliveries
 

@@ -36,7 +36,7 @@
             region.innerHTML = next.innerHTML;
           }
         }
-        say("Live: updated " + new Date().toLocaleTimeString());
+        say("Live: updated " + new Date().toISOString().slice(11, 19) + "Z");
       }
     } catch (_error) {
       say("Live updates paused");
