@@ -180,6 +180,22 @@ async def test_replaying_a_dead_delivery_from_its_button_changes_its_state_on_th
         b.assert_no_console_errors()
 
 
+async def test_replaying_every_dead_letter_from_the_deliveries_page(tmp_path: Path) -> None:
+    async with start_rig(tmp_path) as rig, browser_page() as b:
+        await b.page.goto(rig.sign_in_link())
+        await b.page.goto(f"{rig.receiver.url}/ui/deliveries")
+        replay_all = b.page.get_by_role("button", name="Replay every dead delivery")
+        assert await replay_all.count() == 0  # nothing to replay yet
+        await rig.submit(Route.IMAGES_GENERATIONS, IMAGE)
+        await settle(rig, 2)
+        await replay_all.wait_for(timeout=10_000)  # the live update brought it
+        await replay_all.click()
+        assert "1 delivery replayed" in await b.page.locator(".notice").inner_text()
+        await rig.outcomes.ended(3)
+        assert len(rig.flaky.events) == 2  # the dead attempt, and the replay
+        b.assert_no_console_errors()
+
+
 async def test_a_callback_appears_on_the_open_task_list_without_a_reload(tmp_path: Path) -> None:
     async with start_rig(tmp_path) as rig, browser_page() as b:
         await b.page.goto(rig.sign_in_link())
