@@ -170,6 +170,12 @@ def report(
     parts = [table.markdown(rows, rounds), "", "Notes:"]
     parts += notes.lines(ctx, rounds, orders, args.load_before)
     parts += ["", "Targets (medians):", *targets.target_lines(rows, rounds)]
+    if args.quick:
+        parts.append(
+            f"(--quick: {sizes.connections:,} connections, a download of "
+            f"{sizes.download_bytes:,} bytes and a database of {tasks:,} tasks: the verdicts "
+            "say nothing of the targets' own sizes)"
+        )
     if ctx.problems:
         parts += ["", f"PROBLEMS ({len(ctx.problems)}):", *(f"- {p}" for p in ctx.problems)]
     return "\n".join(parts)
