@@ -4,7 +4,11 @@ The second backend behind the names of ``receiver.store``; every statement of it
 package. What every backend keeps is listed in DESIGN.md ("What every storage backend must
 keep").
 
-* ``database``: connections, and the migrations (``migrations/``) under an advisory lock.
+* ``database``: connections, and the migrations (``migrations/``) under an advisory lock;
+* ``records``: callbacks and registrations, decided inside the statements (forward-only by
+  rank, dedupe by the unique key, outbox rows in the same transaction);
+* ``transaction``: a group-commit batch behind the writer's protocol, a savepoint per
+  operation.
 
 The driver is psycopg 3 (``psycopg``, with ``psycopg_pool``), not asyncpg, for what this
 project needs of one:
@@ -29,15 +33,19 @@ from receiver.store.postgres.database import (
     SCHEMA_VERSION,
     PgConnection,
     connect,
+    connect_writer,
     migrate,
     schema_version,
 )
+from receiver.store.postgres.transaction import PgTransaction
 
 __all__ = [
     "MIGRATION_LOCK",
     "SCHEMA_VERSION",
     "PgConnection",
+    "PgTransaction",
     "connect",
+    "connect_writer",
     "migrate",
     "schema_version",
 ]

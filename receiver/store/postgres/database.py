@@ -92,3 +92,19 @@ def migrate(conn: PgConnection) -> int:
     finally:
         if not conn.broken:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+def connect_writer(url: str) -> PgConnection:
+    """The writer's connection (:func:`connect`), with the schema migrated (:func:`migrate`);
+    to be used only on the thread that opened it, like SQLite's.
+
+    Raises:
+        SchemaTooNew, psycopg.Error: from the migrations or the connection (then closed).
+    """
+    conn = connect(url)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
