@@ -22,6 +22,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     Field,
     PrivateAttr,
@@ -71,6 +73,45 @@ def duration_ms(value: str) -> int:
     return round(float(found[1]) * _UNIT_S[found[2]] * 1000)
 
 
+#: The URL schemes libpq takes for Postgres (its documented connection URIs).
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_database_url(url: str) -> None:
+    """Check a Postgres connection URL as libpq would read it, before anything connects.
+
+    Args:
+        url: ``postgresql://[user[:password]@][host][:port][/dbname][?param=value...]``
+            (libpq's connection URI, PostgreSQL docs "Connection Strings", 34.1.1).
+
+    Raises:
+        ValueError: not a ``postgresql://`` (or ``postgres://``) URL, one libpq cannot
+            parse, a port that is not a number in [1, 65535], or no database name (libpq
+            would take the user's name: kling-hooks wants it said); the message quotes the
+            URL with any password masked.
+    """
+    shown = _masked(url)
+    if not url.startswith(_POSTGRES_SCHEMES):
+        raise ValueError(
+            f"{shown!r} is not a postgresql:// URL (postgresql://user:password@host:5432/dbname)"
+        )
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        # libpq's message can quote the URL: say what is wrong without it.
+        raise ValueError(f"{shown!r} is not a connection URL libpq can read") from exc
+    for port in str(params.get("port") or "5432").split(","):
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{shown!r} has port {port!r}, not a number in [1, 65535]")
+    if not params.get("dbname"):
+        raise ValueError(f"{shown!r} names no database: end it with /DBNAME")
+
+
+def _masked(url: str) -> str:
+    """``url`` with the password between ``user:`` and ``@`` replaced by ``***``."""
+    return re.sub(r"^([a-z]+://[^:@/]*:)[^@/]*@", r"\1***@", url)
+
+
 # The TOML file of the Settings being built now: set by load_settings for one construction.
 # pydantic-settings chooses sources per class (settings_customise_sources), not per call.
 _toml_file: ContextVar[Path | None] = ContextVar("kling_hooks_toml_file", default=None)
@@ -97,6 +138,9 @@ class Settings(BaseSettings):
     kling_hooks_secret: SecretStr | None = None
     kling_hooks_api_token: SecretStr | None = None
     kling_hooks_db: Path = Path("kling-hooks.db")
+    # postgresql://user:password@host:port/dbname selects Postgres (receiver.store.postgres);
+    # unset, KLING_HOOKS_DB (SQLite) is the store. A secret: the URL may hold a password.
+    kling_hooks_database_url: SecretStr | None = None
     kling_hooks_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     kling_hooks_busy_timeout_ms: int = Field(default=5000, ge=0)
     kling_hooks_retry_after_s: int = Field(default=5, ge=1)
@@ -150,6 +194,13 @@ class Settings(BaseSettings):
         # A blank token would let "Authorization: Bearer" through; a blank secret signs nothing.
         if value is not None and not value.get_secret_value().replace(",", "").strip():
             raise ValueError("must not be blank (unset it instead)")
+        return value
+
+    @field_validator("kling_hooks_database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_database_url(value.get_secret_value())
         return value
 
     @field_validator("kling_hooks_retention")

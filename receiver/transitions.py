@@ -45,11 +45,24 @@ class TaskRow:
     updated_at: int | None = None
 
 
+class Applies(Protocol):
+    """What applies a callback or a registration: the in-memory :class:`Batch` (SQLite), or a
+    backend that decides in the database (``receiver.store.postgres.records``)."""
+
+    def apply_callback(self, cb: IncomingCallback) -> Verdict:
+        """Record one callback; returns its verdict. Raises :class:`TaskConflict`."""
+        ...
+
+    def apply_registration(self, reg: Registration) -> Verdict:
+        """Record one registration; returns its verdict. Raises :class:`TaskConflict`."""
+        ...
+
+
 class HasBatch(Protocol):
     """What an operation of this module needs of the writer's transaction: its batch."""
 
     @property
-    def batch(self) -> Batch: ...
+    def batch(self) -> Applies: ...
 
 
 @dataclass(frozen=True)

@@ -40,28 +40,32 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import psycopg
 import structlog
 
 from receiver import store
 from receiver.errors import StoreUnavailable
-from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe
-from receiver.transitions import Batch, CallbackRow, TransitionRow
+from receiver.pending import Pending
+from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe, postgres
+from receiver.store.transaction import Begin, CommittedBatch
+from receiver.transitions import CallbackRow, TransitionRow
 
 log = structlog.get_logger("kling_hooks.writer")
 
 T = TypeVar("T")
+C = TypeVar("C")
 CommitListener = Callable[[list[TransitionRow]], None]
 #: ``listener(callbacks)``: the raw callbacks a commit stored, whatever their verdict.
 CallbackListener = Callable[[list[CallbackRow]], None]
 
 
 def _unavailable(exc: Exception) -> Exception:
-    """``exc`` for the caller: a ``sqlite3.Error`` as :class:`StoreUnavailable`, naming it."""
-    if isinstance(exc, sqlite3.Error):
+    """``exc`` for the caller: a ``sqlite3.Error`` or a ``psycopg.Error`` as
+    :class:`StoreUnavailable`, naming it."""
+    if isinstance(exc, (sqlite3.Error, psycopg.Error)):
         return StoreUnavailable(f"database error: {exc}")
     return exc
 
@@ -74,36 +78,14 @@ def _no_plugins(task_status: str, route: str | None) -> list[str]:
     return []
 
 
-#: Per operation type: whether it is a ConnectionOp.
-_ALONE: dict[type, bool] = {}
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A queued operation, its caller's future, and what it gave (set before the commit)."""
-
-    op: WriteOp[Any] | ConnectionOp[Any]
-    future: asyncio.Future[Any]
-    result: Any = None
-    error: Exception | None = field(default=None)
-    #: A ConnectionOp, run alone. Found once per type, by the method it has: ``isinstance``
-    #: with a runtime-checkable Protocol costs about 8 µs, and this is the callback path.
-    alone: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        kind = type(self.op)
-        alone = _ALONE.get(kind)
-        if alone is None:
-            alone = _ALONE[kind] = callable(getattr(self.op, "run_alone", None))
-        self.alone = alone
-
-    def resolve(self) -> None:
-        if self.future.done():
-            return
-        if self.error is not None:
-            self.future.set_exception(self.error)
-        else:
-            self.future.set_result(self.result)
+async def _on_own_thread(connect: Callable[[], C]) -> tuple[C, ThreadPoolExecutor]:
+    """``connect()`` run on a new one-thread executor, which then owns the connection."""
+    thread = ThreadPoolExecutor(1, thread_name_prefix="kling-hooks-writer")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(thread, connect), thread
+    except BaseException:
+        thread.shutdown(wait=False)
+        raise
 
 
 class Writer:
@@ -112,27 +94,31 @@ class Writer:
     Build it with :meth:`open`.
 
     Args:
-        conn: A connection from :func:`receiver.store.connect_writer`, migrated, opened on
-            ``thread``'s one thread (every statement runs there).
+        conn: A connection from :func:`receiver.store.connect_writer` (or, with
+            ``begin=PgTransaction.begin``, :func:`receiver.store.postgres.connect`), migrated,
+            opened on ``thread``'s one thread (every statement runs there).
         thread: A one-thread executor that owns ``conn``; the writer shuts it down.
         router: Names the plugins that want a new transition; one outbox row is written for
             each, in the transition's transaction. Default: no plugins.
         max_batch: Most operations in one transaction.
         probe_interval_s: Least time between two write probes of :meth:`writable`, seconds.
         clock_s: A monotonic clock, seconds (when the last probe ran).
+        begin: Opens a batch's transaction on ``conn``: SQLite's by default.
     """
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        conn: sqlite3.Connection | postgres.PgConnection,
         thread: ThreadPoolExecutor,
         *,
+        begin: Begin = Transaction.begin,
         router: Router = _no_plugins,
         max_batch: int = 256,
         probe_interval_s: float = 1.0,
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conn = conn
+        self._begin = begin
         self._thread = thread
         self._router = router
         self._max_batch = max_batch
@@ -143,9 +129,9 @@ class Writer:
         self._last_attempt_s = clock_s()
         # Filled on the event loop, emptied on the writer's thread (which blocks on it when
         # there is nothing to do: no polling); None asks the thread to stop.
-        self._inbox: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
         # What this turn of the event loop submitted: handed over as one list at its end.
-        self._outgoing: list[_Pending] = []
+        self._outgoing: list[Pending] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Future[None] | None = None
         self._listeners: list[CommitListener] = []
@@ -173,15 +159,38 @@ class Writer:
             await store.migrate(migrating)
         finally:
             await migrating.close()
-        thread = ThreadPoolExecutor(1, thread_name_prefix="kling-hooks-writer")
-        try:
-            conn = await asyncio.get_running_loop().run_in_executor(
-                thread, lambda: store.connect_writer(path, busy_timeout_ms=busy_timeout_ms)
-            )
-        except BaseException:
-            thread.shutdown(wait=False)
-            raise
+        conn, thread = await _on_own_thread(
+            lambda: store.connect_writer(path, busy_timeout_ms=busy_timeout_ms)
+        )
         return cls(conn, thread, router=router, probe_interval_s=probe_interval_s, clock_s=clock_s)
+
+    @classmethod
+    async def open_postgres(
+        cls,
+        url: str,
+        *,
+        router: Router = _no_plugins,
+        probe_interval_s: float = 1.0,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> Writer:
+        """Connect to the Postgres database ``url`` on the writer's own thread, apply its
+        migrations (under their advisory lock: replicas starting together migrate once), and
+        return a writer (not yet started) whose batches are
+        :class:`~receiver.store.postgres.PgTransaction`. Other arguments as the class's.
+
+        Raises:
+            SchemaTooNew, psycopg.Error: from the migrations or the connection.
+        """
+
+        conn, thread = await _on_own_thread(lambda: postgres.connect_writer(url))
+        return cls(
+            conn,
+            thread,
+            begin=postgres.PgTransaction.begin,
+            router=router,
+            probe_interval_s=probe_interval_s,
+            clock_s=clock_s,
+        )
 
     @property
     def running(self) -> bool:
@@ -281,7 +290,7 @@ class Writer:
         future: asyncio.Future[T] = self._loop.create_future()
         if not self._outgoing:  # the first of this turn: hand them all over after it
             self._loop.call_soon(self._hand_over)
-        self._outgoing.append(_Pending(op, future))
+        self._outgoing.append(Pending(op, future))
         return await future
 
     def _hand_over(self) -> None:
@@ -297,7 +306,7 @@ class Writer:
         most ``max_batch`` operations), hand the outcome back to the event loop, and start on
         what came meanwhile at once (the next transaction never waits for the loop to deliver
         the last one's answers). A ConnectionOp ends the batch before it and runs alone."""
-        backlog: collections.deque[_Pending] = collections.deque()
+        backlog: collections.deque[Pending] = collections.deque()
         stopping = False
         while backlog or not stopping:
             if not backlog:
@@ -317,7 +326,7 @@ class Writer:
             if backlog[0].alone:
                 self._run_alone(backlog.popleft())
                 continue
-            pending: list[_Pending] = []
+            pending: list[Pending] = []
             while backlog and not backlog[0].alone and len(pending) < self._max_batch:
                 pending.append(backlog.popleft())
             self._commit(pending)
@@ -327,16 +336,16 @@ class Writer:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(callback, *args)
 
-    def _run_alone(self, p: _Pending) -> None:
+    def _run_alone(self, p: Pending) -> None:
         op = cast(ConnectionOp[Any], p.op)
         try:
-            p.result = op.run_alone(self._conn)
+            p.result = op.run_alone(cast(sqlite3.Connection, self._conn))
         except Exception as exc:
             p.error = _unavailable(exc)
             self._answer(_log_alone_failed, exc, type(op).__name__)
         self._answer(p.resolve)
 
-    def _commit(self, pending: list[_Pending]) -> None:
+    def _commit(self, pending: list[Pending]) -> None:
         self._last_attempt_s = self._clock_s()
         # A batch holds no ConnectionOp (_serve ends it before one); zip checks that.
         ops = [cast(WriteOp[Any], p.op) for p in pending if not p.alone]
@@ -349,7 +358,7 @@ class Writer:
             p.result, p.error = result, error
         self._answer(self._committed, pending, batch)
 
-    def _committed(self, pending: list[_Pending], batch: Batch) -> None:
+    def _committed(self, pending: list[Pending], batch: CommittedBatch) -> None:
         """On the event loop: a batch committed; answer its callers, then the listeners."""
         self._last_commit_ok = True
         for p in pending:
@@ -357,7 +366,7 @@ class Writer:
         self._notify(self._listeners, batch.transitions)
         self._notify(self._callback_listeners, batch.callbacks)
 
-    def _failed(self, pending: list[_Pending], exc: Exception) -> None:
+    def _failed(self, pending: list[Pending], exc: Exception) -> None:
         """On the event loop: a batch did not commit; nothing of it was stored."""
         self._last_commit_ok = False
         log.error("commit_failed", error=str(exc), operations=len(pending))
@@ -368,11 +377,11 @@ class Writer:
 
     def _transaction(
         self, ops: Sequence[WriteOp[Any]]
-    ) -> tuple[list[tuple[Any, Exception | None]], Batch]:
+    ) -> tuple[list[tuple[Any, Exception | None]], CommittedBatch]:
         """One batch's whole transaction, on the writer's thread: ``(result, error)`` of each
         operation in order, and the batch (its new transitions and raw callbacks). Raises
         when the batch did not commit (it was rolled back)."""
-        tx = Transaction.begin(self._conn, ops, self._router)
+        tx = self._begin(self._conn, ops, self._router)
         outcomes: list[tuple[Any, Exception | None]] = []
         try:
             for op in ops:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real receiver under uvicorn on 127.0.0.1 with a temporary SQLite file."""
+"""Shared fixtures: a real receiver under uvicorn on 127.0.0.1 with a temporary SQLite file;
+a real Postgres server and a fresh database on it (``tests/pg_support.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from receiver.serving import receiver_options, running
 from receiver.store.deliveries import Job, Outcome
 from submitter.protocol import now_ms
 from submitter.tokens import CallbackTokens
+from tests import pg_support
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 SECRET = "test-secret-one"
@@ -111,6 +113,21 @@ async def start_receiver(
 async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
     async with start_receiver(make_settings(tmp_path)) as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The admin URL of a Postgres server shared by this worker's tests (skipped without
+    one, failed in CI: ``tests/pg_support.py``)."""
+    with pg_support.server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """The URL of a new, empty database of its own for this test."""
+    with pg_support.fresh_database(pg_server) as url:
+        yield url
 
 
 def task_body(

@@ -91,10 +91,17 @@ async def test_a_relative_plugin_path_in_the_file_is_relative_to_the_file(tmp_pa
     )
 
 
+#: Settings not documented yet because nothing runs on them: KLING_HOOKS_DATABASE_URL (issue 13,
+#: the Postgres backend) is checked at start-up, and every command refuses it until it works end
+#: to end; its README row and example line come with that.
+UNFINISHED = {"kling_hooks_database_url"}
+
+
 def test_the_readme_settings_table_names_every_setting() -> None:
     documented = set(re.findall(r"^\| `([A-Z_]+)`", README.read_text(), re.MULTILINE))
     documented |= set(re.findall(r"`, `([A-Z_]+)` \|", README.read_text()))
-    missing = {n.upper() for n in Settings.model_fields} - {"PLUGINS"} - documented
+    names = set(Settings.model_fields) - UNFINISHED
+    missing = {n.upper() for n in names} - {"PLUGINS"} - documented
     assert not missing, f"README's settings table lacks {sorted(missing)}"
 
 
@@ -103,7 +110,8 @@ async def test_the_example_config_file_names_every_setting_and_passes_check(
 ) -> None:
     example = Path(__file__).parent.parent / "systemd" / "config.toml.example"
     text = example.read_text()
-    missing = [n for n in Settings.model_fields if n != "plugins" and n not in text]
+    names = [n for n in Settings.model_fields if n not in UNFINISHED]
+    missing = [n for n in names if n != "plugins" and n not in text]
     assert not missing, f"systemd/config.toml.example does not mention {missing}"
     run = await kling_hooks("config", "check", str(example), env=cli_env(), cwd=tmp_path)
     assert (run.code, run.err) == (0, ""), run

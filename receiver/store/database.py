@@ -80,8 +80,10 @@ class DatabaseLock:
         self.release()
 
 
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("receiver.store") / "migrations"
+def migration_files(package: str = "receiver.store") -> list[tuple[int, str]]:
+    """``[(number, sql)]`` of ``package``'s ``migrations/NNNN_*.sql``, in order (the SQLite
+    ones by default; ``receiver.store.postgres`` has its own)."""
+    folder = resources.files(package) / "migrations"
     found = [
         (int(p.name.split("_", 1)[0]), p.read_text())
         for p in folder.iterdir()
@@ -149,7 +151,7 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
     _check_version(version, "the database")
-    for number, sql in _migrations():
+    for number, sql in migration_files():
         if number <= version:
             continue
         await conn.execute("BEGIN IMMEDIATE")

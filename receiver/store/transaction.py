@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from receiver.store.batches import Router, load_batch, write_batch
-from receiver.transitions import Batch
+from receiver.transitions import Batch, CallbackRow, TransitionRow
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -52,6 +52,44 @@ class ConnectionOp(Protocol[T_co]):
         """Do the work on the writer's connection, on its thread (autocommit mode, no
         transaction open)."""
         ...
+
+
+class CommittedBatch(Protocol):
+    """What the writer reads of a batch once its operations ran: its new transitions and
+    the raw callbacks it stored (for the commit listeners)."""
+
+    @property
+    def transitions(self) -> list[TransitionRow]: ...
+
+    @property
+    def callbacks(self) -> list[CallbackRow]: ...
+
+
+class OpenTransaction(Protocol):
+    """One batch's transaction, as a backend opens it (:class:`~receiver.store.Transaction`
+    for SQLite, :class:`~receiver.store.postgres.PgTransaction`)."""
+
+    @property
+    def batch(self) -> CommittedBatch:
+        """``batch.transitions`` and ``batch.callbacks``, once the operations ran."""
+        ...
+
+    def run(self, op: WriteOp[T]) -> T:
+        """Run one operation; what it raises is for it alone."""
+        ...
+
+    def commit(self) -> None:
+        """Write what is left and commit; raises when the batch did not commit."""
+        ...
+
+    def rollback(self) -> None:
+        """Undo the batch; never raises."""
+        ...
+
+
+#: ``begin(conn, ops, router)``: open one batch's transaction on the writer's connection
+#: (:meth:`Transaction.begin`, ``PgTransaction.begin``).
+Begin = Callable[[Any, Sequence[WriteOp[object]], Router], OpenTransaction]
 
 
 class Transaction:

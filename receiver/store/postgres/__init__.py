@@ -1,0 +1,51 @@
+"""The Postgres store (``KLING_HOOKS_DATABASE_URL``): several receivers share one database.
+
+The second backend behind the names of ``receiver.store``; every statement of it lives in this
+package. What every backend keeps is listed in DESIGN.md ("What every storage backend must
+keep").
+
+* ``database``: connections, and the migrations (``migrations/``) under an advisory lock;
+* ``records``: callbacks and registrations, decided inside the statements (forward-only by
+  rank, dedupe by the unique key, outbox rows in the same transaction);
+* ``transaction``: a group-commit batch behind the writer's protocol, a savepoint per
+  operation.
+
+The driver is psycopg 3 (``psycopg``, with ``psycopg_pool``), not asyncpg, for what this
+project needs of one:
+
+* **the single writer stays one design.** ``receiver.writer`` runs each group-commit batch as
+  one call on its own thread, on a plain blocking connection; psycopg has a blocking
+  ``Connection`` as well as an ``AsyncConnection``, so a Postgres batch is the same plain
+  function on a connection that a SQLite batch is (one thread hop per batch). asyncpg is
+  asyncio only: the writer would need a second, event-loop implementation of group commit;
+* **LISTEN/NOTIFY**: ``Connection.notifies()`` (blocking or async) wakes a replica when
+  another commits new deliveries, with no polling;
+* **a pool** for the status API's reads: ``psycopg_pool.AsyncConnectionPool``;
+* **bulk writes**: ``executemany`` runs in pipeline mode (one round trip for many rows), and
+  ``COPY`` is there for ``migrate-store``;
+* **prepared statements**: a statement run ``prepare_threshold`` times (5) is prepared on the
+  server by itself; asyncpg prepares every statement too, psycopg's is as good for the hot
+  path's few fixed statements.
+"""
+
+from receiver.store.postgres.database import (
+    MIGRATION_LOCK,
+    SCHEMA_VERSION,
+    PgConnection,
+    connect,
+    connect_writer,
+    migrate,
+    schema_version,
+)
+from receiver.store.postgres.transaction import PgTransaction
+
+__all__ = [
+    "MIGRATION_LOCK",
+    "SCHEMA_VERSION",
+    "PgConnection",
+    "PgTransaction",
+    "connect",
+    "connect_writer",
+    "migrate",
+    "schema_version",
+]

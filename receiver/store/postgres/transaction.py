@@ -1,0 +1,130 @@
+"""One group-commit transaction on Postgres, behind the writer's protocol
+(``receiver.store.transaction``: :class:`~receiver.store.transaction.WriteOp`).
+
+The writer (``receiver.writer``) runs a Postgres batch exactly as a SQLite one: on its own
+thread, one call per batch, ``begin``, each operation's ``run``, one ``COMMIT``. The
+difference is inside: task operations (callbacks, registrations) are decided by the database
+at once (:class:`~receiver.store.postgres.records.Records`, this transaction's ``batch``),
+not loaded and applied in memory, since other replicas write the same rows. Every operation
+runs in a savepoint of its own, so that one that fails (a ``TaskConflict``, a value Postgres
+cannot store) undoes only its own writes, never the batch it shares.
+
+An operation whose SQL is SQLite's (``receiver.store.deliveries``) has a Postgres statement
+here only when it is listed in :data:`POSTGRES_OPS`; any other fails alone with
+``StoreUnavailable`` (the claims, outcomes, recovery and replays of deliveries are not on
+Postgres yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import psycopg
+
+from receiver.errors import StoreUnavailable
+from receiver.store.batches import Router
+from receiver.store.postgres.records import Records
+from receiver.store.probe import PROBE_KEY, WriteProbe
+from receiver.store.transaction import WriteOp
+from receiver.transitions import HasBatch
+
+T = TypeVar("T")
+
+
+def _probe(op: WriteProbe, conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (%s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (PROBE_KEY, str(op.at_ms)),
+    )
+
+
+#: The first key of the task locks (``pg_advisory_xact_lock(int, int)``, a key space apart
+#: from the migrations' one-bigint lock): the bytes of ``"khtk"``.
+TASK_LOCKS = int.from_bytes(b"khtk", "big")
+
+#: Operations with statements of their own on Postgres, by type: ``run(op, conn)``.
+POSTGRES_OPS: dict[type, Callable[[Any, psycopg.Connection[Any]], Any]] = {WriteProbe: _probe}
+
+
+class PgTransaction:
+    """An open transaction on the writer's Postgres connection (the writer's thread only).
+
+    Attributes:
+        conn: The connection (autocommit mode; this class opens and ends the transaction).
+        batch: Records the batch's callbacks and registrations; ``batch.transitions`` holds
+            the new transitions once the operations ran.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], router: Router) -> None:
+        self.conn = conn
+        self.batch = Records(conn, router)
+
+    @classmethod
+    def begin(
+        cls, conn: psycopg.Connection[Any], ops: Sequence[WriteOp[object]], router: Router
+    ) -> PgTransaction:
+        """``BEGIN`` (READ COMMITTED: each statement sees what other replicas committed;
+        the rank and the unique keys are compared under the row locks the writes take), then
+        take the batch's task locks in one order.
+
+        Two replicas' batches that touch the same tasks in different orders would otherwise
+        deadlock on the tasks' rows and unique keys, and Postgres would fail one callback
+        with it (Kling does not retry). So the batch first takes a transaction advisory lock
+        per task it names (``pg_advisory_xact_lock(TASK_LOCKS, hashtext(task_id))``), in
+        sorted task_id order, in one statement: every replica takes them in the same order,
+        and a task's writes are serialised across replicas for the rest of the transaction.
+        (Two task_ids with the same hash share a lock: they wait, no more.)
+        """
+        conn.execute("BEGIN")
+        try:
+            names = sorted({k[0] for op in ops if (k := op.task_keys) is not None})
+            if names:
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(n))"
+                    " FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)",
+                    (TASK_LOCKS, names),
+                )
+        except BaseException:
+            cls(conn, router).rollback()
+            raise
+        return cls(conn, router)
+
+    def run(self, op: WriteOp[T]) -> T:
+        """Run one operation in a savepoint of its own; what it raises is raised again for
+        it alone, its writes undone.
+
+        Raises:
+            StoreUnavailable: the operation has no Postgres statements yet.
+        """
+        self.conn.execute("SAVEPOINT op")
+        # What the operation added to the batch's lists goes with its writes when it fails:
+        # the commit listeners hear only of rows that were committed.
+        kept = len(self.batch.transitions), len(self.batch.callbacks)
+        try:
+            if op.task_keys is not None:
+                result = cast(Callable[[HasBatch], T], op.run)(self)
+            elif (own := POSTGRES_OPS.get(type(op))) is not None:
+                result = own(op, self.conn)
+            else:
+                raise StoreUnavailable(f"{type(op).__name__} does not run on Postgres yet")
+        except BaseException:
+            del self.batch.transitions[kept[0] :], self.batch.callbacks[kept[1] :]
+            self.conn.execute("ROLLBACK TO op")
+            self.conn.execute("RELEASE op")
+            raise
+        self.conn.execute("RELEASE op")
+        return result
+
+    def commit(self) -> None:
+        """``COMMIT``; it returns once the server has flushed the WAL
+        (``synchronous_commit = on``)."""
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """``ROLLBACK``, ignoring a connection that is already broken."""
+        try:
+            self.conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass

@@ -1,0 +1,92 @@
+"""``KLING_HOOKS_DATABASE_URL``: a Postgres URL is checked at start-up; unset, SQLite is the
+store as before."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from receiver.config import ConfigError, load_settings
+from tests.conftest import KLING_HOOKS
+
+
+def test_unset_database_url_keeps_sqlite_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KLING_HOOKS_DATABASE_URL", raising=False)
+    settings = load_settings()
+    assert settings.kling_hooks_database_url is None
+    assert settings.kling_hooks_db == Path("kling-hooks.db")
+
+
+def test_postgres_url_is_read_as_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://hooks:pw@db.internal:5433/kling_hooks?sslmode=require"
+    monkeypatch.setenv("KLING_HOOKS_DATABASE_URL", url)
+    value = load_settings().kling_hooks_database_url
+    assert isinstance(value, SecretStr) and value.get_secret_value() == url
+    assert "pw" not in repr(load_settings())
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("mysql://hooks:pw@db/kling", "is not a postgresql:// URL"),
+        ("sqlite:kling-hooks.db", "is not a postgresql:// URL"),
+        ("postgresql://hooks:pw@db:five/kling", "has port 'five'"),
+        ("postgresql://hooks:pw@db:5432", "names no database"),
+        ("postgresql://db/kling?nosuchparam=1", "not a connection URL libpq can read"),
+    ],
+)
+def test_bad_database_url_names_the_variable_and_masks_the_password(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    monkeypatch.setenv("KLING_HOOKS_DATABASE_URL", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("bad setting: KLING_HOOKS_DATABASE_URL: ")
+    assert says in message
+    assert ":pw@" not in message
+
+
+async def test_serve_with_a_bad_database_url_stops_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
+    env["KLING_HOOKS_DATABASE_URL"] = "postgres://hooks:hunter2@db:5432"
+    proc = await asyncio.create_subprocess_exec(
+        str(KLING_HOOKS),
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().splitlines() == [
+        "error: bad setting: KLING_HOOKS_DATABASE_URL: 'postgres://hooks:***@db:5432'"
+        " names no database: end it with /DBNAME"
+    ]
+    assert not (tmp_path / "kling-hooks.db").exists()
+
+
+async def test_serve_on_postgres_is_refused_until_the_backend_is_complete(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
+    env["KLING_HOOKS_DATABASE_URL"] = "postgresql://hooks@127.0.0.1:5432/kling_hooks"
+    proc = await asyncio.create_subprocess_exec(
+        str(KLING_HOOKS),
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "the Postgres backend is not complete yet" in err.decode()
+    assert not (tmp_path / "kling-hooks.db").exists()
