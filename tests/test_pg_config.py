@@ -51,22 +51,23 @@ def test_bad_database_url_names_the_variable_and_masks_the_password(
     assert ":pw@" not in message
 
 
-async def test_serve_with_a_bad_database_url_stops_with_one_line(tmp_path: Path) -> None:
+async def serve_on(tmp_path: Path, url: str) -> tuple[int | None, str]:
+    """``kling-hooks serve`` in ``tmp_path`` with ``KLING_HOOKS_DATABASE_URL=url`` (and no
+    other ``KLING_`` variable): its exit code and stderr, once it ended."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
-    env["KLING_HOOKS_DATABASE_URL"] = "postgres://hooks:hunter2@db:5432"
+    env["KLING_HOOKS_DATABASE_URL"] = url
     proc = await asyncio.create_subprocess_exec(
-        str(KLING_HOOKS),
-        "serve",
-        "--port",
-        "0",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+        str(KLING_HOOKS), "serve", "--port", "0", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert err.decode().splitlines() == [
+    return proc.returncode, err.decode()
+
+
+async def test_serve_with_a_bad_database_url_stops_with_one_line(tmp_path: Path) -> None:
+    code, err = await serve_on(tmp_path, "postgres://hooks:hunter2@db:5432")
+    assert code == 2
+    assert err.splitlines() == [
         "error: bad setting: KLING_HOOKS_DATABASE_URL: 'postgres://hooks:***@db:5432'"
         " names no database: end it with /DBNAME"
     ]
@@ -74,19 +75,7 @@ async def test_serve_with_a_bad_database_url_stops_with_one_line(tmp_path: Path)
 
 
 async def test_serve_on_postgres_is_refused_until_the_backend_is_complete(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
-    env["KLING_HOOKS_DATABASE_URL"] = "postgresql://hooks@127.0.0.1:5432/kling_hooks"
-    proc = await asyncio.create_subprocess_exec(
-        str(KLING_HOOKS),
-        "serve",
-        "--port",
-        "0",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert "the Postgres backend is not complete yet" in err.decode()
+    code, err = await serve_on(tmp_path, "postgresql://hooks@127.0.0.1:5432/kling_hooks")
+    assert code == 2
+    assert "the Postgres backend is not complete yet" in err
     assert not (tmp_path / "kling-hooks.db").exists()
