@@ -4,10 +4,23 @@ future, and what it gave, set on the writer's thread and resolved on the event l
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
+from receiver.errors import StoreUnavailable
 from receiver.store import ConnectionOp, WriteOp
+
+
+def for_caller(exc: Exception) -> Exception:
+    """``exc`` as an operation's caller gets it: a ``sqlite3.Error`` or a ``psycopg.Error``
+    as :class:`~receiver.errors.StoreUnavailable`, naming it; anything else as it is."""
+    if isinstance(exc, (sqlite3.Error, psycopg.Error)):
+        return StoreUnavailable(f"database error: {exc}")
+    return exc
+
 
 #: Per operation type: whether it is a ConnectionOp.
 _ALONE: dict[type, bool] = {}

@@ -43,12 +43,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import psycopg
 import structlog
 
 from receiver import store
 from receiver.errors import StoreUnavailable
-from receiver.pending import Pending
+from receiver.pending import Pending, for_caller
 from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe, postgres
 from receiver.store.transaction import Begin, CommittedBatch
 from receiver.transitions import CallbackRow, TransitionRow
@@ -60,14 +59,6 @@ C = TypeVar("C")
 CommitListener = Callable[[list[TransitionRow]], None]
 #: ``listener(callbacks)``: the raw callbacks a commit stored, whatever their verdict.
 CallbackListener = Callable[[list[CallbackRow]], None]
-
-
-def _unavailable(exc: Exception) -> Exception:
-    """``exc`` for the caller: a ``sqlite3.Error`` or a ``psycopg.Error`` as
-    :class:`StoreUnavailable`, naming it."""
-    if isinstance(exc, (sqlite3.Error, psycopg.Error)):
-        return StoreUnavailable(f"database error: {exc}")
-    return exc
 
 
 def _log_alone_failed(exc: Exception, op: str) -> None:
@@ -341,7 +332,7 @@ class Writer:
         try:
             p.result = op.run_alone(cast(sqlite3.Connection, self._conn))
         except Exception as exc:
-            p.error = _unavailable(exc)
+            p.error = for_caller(exc)
             self._answer(_log_alone_failed, exc, type(op).__name__)
         self._answer(p.resolve)
 
@@ -388,7 +379,7 @@ class Writer:
                 try:
                     outcomes.append((tx.run(op), None))
                 except Exception as exc:  # this operation's own failure
-                    outcomes.append((None, _unavailable(exc)))
+                    outcomes.append((None, for_caller(exc)))
             tx.commit()
         except BaseException:
             tx.rollback()
