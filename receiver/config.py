@@ -22,8 +22,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from psycopg import ProgrammingError
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     Field,
     PrivateAttr,
@@ -95,6 +93,10 @@ def check_database_url(url: str) -> None:
         raise ValueError(
             f"{shown!r} is not a postgresql:// URL (postgresql://user:password@host:5432/dbname)"
         )
+    # psycopg is loaded only when a URL is given: SQLite's receivers never need it.
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         params = conninfo_to_dict(url)
     except ProgrammingError as exc:

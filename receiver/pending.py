@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from dataclasses import dataclass, field
 from typing import Any
-
-import psycopg
 
 from receiver.errors import StoreUnavailable
 from receiver.store import ConnectionOp, WriteOp
@@ -17,7 +16,10 @@ from receiver.store import ConnectionOp, WriteOp
 def for_caller(exc: Exception) -> Exception:
     """``exc`` as an operation's caller gets it: a ``sqlite3.Error`` or a ``psycopg.Error``
     as :class:`~receiver.errors.StoreUnavailable`, naming it; anything else as it is."""
-    if isinstance(exc, (sqlite3.Error, psycopg.Error)):
+    # psycopg is imported only by the Postgres backend: with it unloaded, no psycopg.Error
+    # can have been raised (SQLite's receivers never load it).
+    psycopg = sys.modules.get("psycopg")
+    if isinstance(exc, sqlite3.Error) or (psycopg is not None and isinstance(exc, psycopg.Error)):
         return StoreUnavailable(f"database error: {exc}")
     return exc
 

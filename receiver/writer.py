@@ -41,24 +41,26 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
 from receiver import store
 from receiver.errors import StoreUnavailable
 from receiver.pending import Pending, for_caller
-from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe, postgres
+from receiver.store import ConnectionOp, Router, Transaction, WriteOp, WriteProbe
 from receiver.store.transaction import Begin, CommittedBatch
 from receiver.transitions import CallbackRow, TransitionRow
+
+if TYPE_CHECKING:  # psycopg is loaded for Postgres only
+    from receiver.store.postgres import PgConnection
 
 log = structlog.get_logger("kling_hooks.writer")
 
 T = TypeVar("T")
 C = TypeVar("C")
 CommitListener = Callable[[list[TransitionRow]], None]
-#: ``listener(callbacks)``: the raw callbacks a commit stored, whatever their verdict.
-CallbackListener = Callable[[list[CallbackRow]], None]
+CallbackListener = Callable[[list[CallbackRow]], None]  # every raw callback a commit stored
 
 
 def _log_alone_failed(exc: Exception, op: str) -> None:
@@ -99,7 +101,7 @@ class Writer:
 
     def __init__(
         self,
-        conn: sqlite3.Connection | postgres.PgConnection,
+        conn: sqlite3.Connection | PgConnection,
         thread: ThreadPoolExecutor,
         *,
         begin: Begin = Transaction.begin,
@@ -172,6 +174,7 @@ class Writer:
         Raises:
             SchemaTooNew, psycopg.Error: from the migrations or the connection.
         """
+        from receiver.store import postgres  # psycopg is loaded for Postgres only
 
         conn, thread = await _on_own_thread(lambda: postgres.connect_writer(url))
         return cls(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,13 @@ async def test_serve_on_postgres_is_refused_until_the_backend_is_complete(tmp_pa
     assert code == 2
     assert "the Postgres backend is not complete yet" in err
     assert not (tmp_path / "kling-hooks.db").exists()
+
+
+def test_a_sqlite_receiver_never_loads_psycopg() -> None:
+    # psycopg and libpq cost about 9 MiB of RSS: only the Postgres backend imports them.
+    code = (
+        "import sys, receiver.app, receiver.cli, receiver.config, receiver.writer\n"
+        "receiver.config.Settings(kling_hooks_database_url=None)\n"
+        "sys.exit('psycopg' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
