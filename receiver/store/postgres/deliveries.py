@@ -22,6 +22,17 @@ What differs is that a claim is leased to one replica (:class:`Replica`; schema 
 
 Lease times are the replicas' own clocks (``now_ms`` of the operations, Unix ms), as
 ``next_attempt_at`` is.
+
+Limits, for the dispatcher's wiring to keep in mind:
+
+* A Finish is matched to its claim by replica, not by attempt. If an attempt outlives its
+  lease (a lease shorter than the plugin's ``timeout_s``), is recovered elsewhere and then
+  claimed again by the same replica, that first attempt's late Finish is taken for the new
+  one. A lease longer than ``timeout_s`` rules it out.
+* ``Claimed.next_due_at`` counts due rows that another replica's open batch has locked (they
+  are due now, so the dispatcher looks again at once), and not the running rows' lease
+  expiries: a sweep of expired leases while a replica runs must be scheduled on its own.
+  ``Recover`` cannot be that sweep, since it also takes back this replica's own claims.
 """
 
 from __future__ import annotations
