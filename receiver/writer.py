@@ -53,7 +53,7 @@ from receiver.store.transaction import Begin, CommittedBatch
 from receiver.transitions import CallbackRow, TransitionRow
 
 if TYPE_CHECKING:  # psycopg is loaded for Postgres only
-    from receiver.store.postgres import PgConnection
+    from receiver.store.postgres import PgConnection, Replica
 
 log = structlog.get_logger("kling_hooks.writer")
 
@@ -87,9 +87,8 @@ class Writer:
     Build it with :meth:`open`.
 
     Args:
-        conn: A connection from :func:`receiver.store.connect_writer` (or, with
-            ``begin=PgTransaction.begin``, :func:`receiver.store.postgres.connect`), migrated,
-            opened on ``thread``'s one thread (every statement runs there).
+        conn: A migrated connection (:func:`receiver.store.connect_writer`; Postgres's, with
+            ``begin=PgTransaction.opener(replica)``), opened on ``thread``'s one thread.
         thread: A one-thread executor that owns ``conn``; the writer shuts it down.
         router: Names the plugins that want a new transition; one outbox row is written for
             each, in the transition's transaction. Default: no plugins.
@@ -162,14 +161,15 @@ class Writer:
         cls,
         url: str,
         *,
+        replica: Replica | None = None,
         router: Router = _no_plugins,
         probe_interval_s: float = 1.0,
         clock_s: Callable[[], float] = time.monotonic,
     ) -> Writer:
         """Connect to the Postgres database ``url`` on the writer's own thread, apply its
         migrations (under their advisory lock: replicas starting together migrate once), and
-        return a writer (not yet started) whose batches are
-        :class:`~receiver.store.postgres.PgTransaction`. Other arguments as the class's.
+        return a writer (not yet started) whose batches, ``PgTransaction``, claim deliveries
+        as ``replica`` (default: ``Replica()``, ``receiver.store.postgres``). Others as above.
 
         Raises:
             SchemaTooNew, psycopg.Error: from the migrations or the connection.
@@ -180,7 +180,7 @@ class Writer:
         return cls(
             conn,
             thread,
-            begin=postgres.PgTransaction.begin,
+            begin=postgres.PgTransaction.opener(replica or postgres.Replica()),
             router=router,
             probe_interval_s=probe_interval_s,
             clock_s=clock_s,

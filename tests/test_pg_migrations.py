@@ -68,7 +68,8 @@ def test_a_database_newer_than_this_program_is_refused_and_left_alone(pg_url: st
     with postgres.connect(pg_url) as conn:
         postgres.migrate(conn)
         conn.execute("INSERT INTO schema_migrations (version) VALUES (99)")
-        with pytest.raises(SchemaTooNew, match=r"schema version 99, newer than .* \(1\)"):
+        known = rf"\({postgres.SCHEMA_VERSION}\)"
+        with pytest.raises(SchemaTooNew, match=rf"schema version 99, newer than .* {known}"):
             postgres.migrate(conn)
         assert postgres.schema_version(conn) == 99
         # the lock was given back: another session takes it at once

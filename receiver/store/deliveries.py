@@ -83,7 +83,9 @@ _EVENT_SOURCES = {
     "created_at": "k",
 }
 _EVENT_COLUMNS = ("idempotency_key", "saved_files")  # derived, not stored
-_EVENT_SQL = (
+#: The events of deliveries, by id: ``{marks}`` is the ids' placeholders (SQL that Postgres
+#: runs too, with its own placeholders: ``receiver.store.postgres.deliveries``).
+EVENT_SQL = (
     "SELECT d.plugin, "
     + select_list(
         [n for n in Event.__dataclass_fields__ if n not in _EVENT_COLUMNS],
@@ -139,8 +141,13 @@ def _next_due(conn: sqlite3.Connection, plugins: list[str]) -> int | None:
 
 
 def _load_jobs(conn: sqlite3.Connection, ids: list[int]) -> list[Job]:
-    rows = [decode(r) for r in conn.execute(_EVENT_SQL.format(marks=marks(len(ids))), ids)]
-    files = saved_files(conn, sorted({r["task_id"] for r in rows}))
+    rows = [decode(r) for r in conn.execute(EVENT_SQL.format(marks=marks(len(ids))), ids)]
+    return jobs_of(rows, saved_files(conn, sorted({r["task_id"] for r in rows})))
+
+
+def jobs_of(rows: list[dict[str, Any]], files: dict[str, list[SavedFile]]) -> list[Job]:
+    """The jobs of :data:`EVENT_SQL`'s rows (decoded: ``receiver.store.rows.decode``), each
+    event with its task's saved files (``{task_id: [SavedFile]}``), in the rows' order."""
     jobs = []
     for r in rows:
         plugin = r.pop("plugin")
@@ -162,11 +169,15 @@ def saved_files(conn: sqlite3.Connection, task_ids: list[str]) -> dict[str, list
     return found
 
 
-_FILE_COLUMNS = ["task_id", "delivery_id", *SavedFile.__dataclass_fields__, "saved_at"]
+#: A saved file's columns, in the order of :data:`UPSERT_FILE_SET`'s values.
+FILE_COLUMNS = ["task_id", "delivery_id", *SavedFile.__dataclass_fields__, "saved_at"]
+#: The latest save of a (task, url) replaces the one before (the ``ON CONFLICT`` clause).
+UPSERT_FILE_SET = " ON CONFLICT (task_id, url) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in FILE_COLUMNS if c not in ("task_id", "url")
+)
 _UPSERT_FILE = (
-    f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({marks(len(_FILE_COLUMNS))})"
-    " ON CONFLICT (task_id, url) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _FILE_COLUMNS if c not in ("task_id", "url"))
+    f"INSERT INTO files ({', '.join(FILE_COLUMNS)}) VALUES ({marks(len(FILE_COLUMNS))})"
+    + UPSERT_FILE_SET
 )
 
 

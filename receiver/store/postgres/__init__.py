@@ -7,6 +7,8 @@ keep").
 * ``database``: connections, and the migrations (``migrations/``) under an advisory lock;
 * ``records``: callbacks and registrations, decided inside the statements (forward-only by
   rank, dedupe by the unique key, outbox rows in the same transaction);
+* ``deliveries``: the outbox's claims (``FOR UPDATE SKIP LOCKED``, leased to a
+  :class:`Replica`), outcomes, recovery of expired leases, and replays;
 * ``transaction``: a group-commit batch behind the writer's protocol, a savepoint per
   operation.
 
@@ -37,13 +39,16 @@ from receiver.store.postgres.database import (
     migrate,
     schema_version,
 )
+from receiver.store.postgres.deliveries import DEFAULT_LEASE_MS, Replica
 from receiver.store.postgres.transaction import PgTransaction
 
 __all__ = [
+    "DEFAULT_LEASE_MS",
     "MIGRATION_LOCK",
     "SCHEMA_VERSION",
     "PgConnection",
     "PgTransaction",
+    "Replica",
     "connect",
     "connect_writer",
     "migrate",

@@ -21,7 +21,7 @@ from receiver.errors import SchemaTooNew
 from receiver.store.database import migration_files
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql`` of this package.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: The advisory lock key the migrations hold (``pg_advisory_lock``, one bigint): the bytes of
 #: ``"klinghks"``, so that it cannot be mistaken for another application's.

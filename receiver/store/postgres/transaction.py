@@ -9,14 +9,16 @@ not loaded and applied in memory, since other replicas write the same rows. Ever
 runs in a savepoint of its own, so that one that fails (a ``TaskConflict``, a value Postgres
 cannot store) undoes only its own writes, never the batch it shares.
 
-An operation whose SQL is SQLite's (``receiver.store.deliveries``) has a Postgres statement
-here only when it is listed in :data:`POSTGRES_OPS`; any other fails alone with
-``StoreUnavailable`` (the claims, outcomes, recovery and replays of deliveries are not on
-Postgres yet).
+An operation whose SQL is SQLite's has Postgres statements only when it is listed in
+:data:`POSTGRES_OPS`: the write probe, and the outbox's claims, outcomes, recovery and replays
+(``receiver.store.postgres.deliveries``, which lease each claim to the transaction's
+:class:`~receiver.store.postgres.deliveries.Replica`). Any other (retention's) fails alone with
+``StoreUnavailable``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -24,15 +26,16 @@ import psycopg
 
 from receiver.errors import StoreUnavailable
 from receiver.store.batches import Router
+from receiver.store.postgres.deliveries import DELIVERY_OPS, Replica
 from receiver.store.postgres.records import Records
 from receiver.store.probe import PROBE_KEY, WriteProbe
-from receiver.store.transaction import WriteOp
+from receiver.store.transaction import Begin, WriteOp
 from receiver.transitions import HasBatch
 
 T = TypeVar("T")
 
 
-def _probe(op: WriteProbe, conn: psycopg.Connection[Any]) -> None:
+def _probe(op: WriteProbe, conn: psycopg.Connection[Any], replica: Replica) -> None:
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (%s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -44,8 +47,11 @@ def _probe(op: WriteProbe, conn: psycopg.Connection[Any]) -> None:
 #: from the migrations' one-bigint lock): the bytes of ``"khtk"``.
 TASK_LOCKS = int.from_bytes(b"khtk", "big")
 
-#: Operations with statements of their own on Postgres, by type: ``run(op, conn)``.
-POSTGRES_OPS: dict[type, Callable[[Any, psycopg.Connection[Any]], Any]] = {WriteProbe: _probe}
+#: Operations with statements of their own on Postgres, by type: ``run(op, conn, replica)``.
+POSTGRES_OPS: dict[type, Callable[[Any, psycopg.Connection[Any], Replica], Any]] = {
+    WriteProbe: _probe,
+    **DELIVERY_OPS,
+}
 
 
 class PgTransaction:
@@ -55,15 +61,28 @@ class PgTransaction:
         conn: The connection (autocommit mode; this class opens and ends the transaction).
         batch: Records the batch's callbacks and registrations; ``batch.transitions`` holds
             the new transitions once the operations ran.
+        replica: Who claims the batch's deliveries, and for how long.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], router: Router) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], router: Router, replica: Replica) -> None:
         self.conn = conn
         self.batch = Records(conn, router)
+        self.replica = replica
+
+    @classmethod
+    def opener(cls, replica: Replica) -> Begin:
+        """``begin`` for the writer (``receiver.writer.Writer``'s ``begin``), with the
+        batches' deliveries claimed as ``replica``."""
+        return functools.partial(cls.begin, replica=replica)
 
     @classmethod
     def begin(
-        cls, conn: psycopg.Connection[Any], ops: Sequence[WriteOp[object]], router: Router
+        cls,
+        conn: psycopg.Connection[Any],
+        ops: Sequence[WriteOp[object]],
+        router: Router,
+        *,
+        replica: Replica,
     ) -> PgTransaction:
         """``BEGIN`` (READ COMMITTED: each statement sees what other replicas committed;
         the rank and the unique keys are compared under the row locks the writes take), then
@@ -87,9 +106,9 @@ class PgTransaction:
                     (TASK_LOCKS, names),
                 )
         except BaseException:
-            cls(conn, router).rollback()
+            cls(conn, router, replica).rollback()
             raise
-        return cls(conn, router)
+        return cls(conn, router, replica)
 
     def run(self, op: WriteOp[T]) -> T:
         """Run one operation in a savepoint of its own; what it raises is raised again for
@@ -106,7 +125,7 @@ class PgTransaction:
             if op.task_keys is not None:
                 result = cast(Callable[[HasBatch], T], op.run)(self)
             elif (own := POSTGRES_OPS.get(type(op))) is not None:
-                result = own(op, self.conn)
+                result = own(op, self.conn, self.replica)
             else:
                 raise StoreUnavailable(f"{type(op).__name__} does not run on Postgres yet")
         except BaseException:

@@ -1,0 +1,260 @@
+"""The outbox's write operations on Postgres, where several replicas claim from one table.
+
+The operations are SQLite's (``receiver.store.deliveries``: :class:`Claim`, :class:`Finish`,
+:class:`Recover`, :class:`Redeliver`), with the same arguments, results and states; here are
+their statements for a shared database (:data:`DELIVERY_OPS`, run by
+:class:`~receiver.store.postgres.PgTransaction` in the batch's transaction, a savepoint each).
+What differs is that a claim is leased to one replica (:class:`Replica`; schema version 2):
+
+* **Claim** locks the due rows with ``SELECT ... FOR UPDATE SKIP LOCKED``: a row another
+  replica's open batch has locked is skipped, not waited for, so two replicas claiming at
+  once never get the same delivery. The claimed rows are ``running`` with ``claimed_by`` (the
+  replica's ``replica_id``) and ``lease_expires_at = now_ms + lease``.
+* **Finish** stores an outcome only while the replica still holds the claim (``running`` and
+  ``claimed_by`` it). A Finish that comes after its lease was recovered by another replica
+  changes nothing, its files included: the delivery is the other replica's now.
+* **Recover** makes due again (or ``dead``, after the last attempt: SQLite's rule) the
+  running deliveries whose lease has expired, whoever claimed them, and, as SQLite's does at
+  start-up, those still claimed under this replica's own ``replica_id`` (a previous run of it
+  stopped during them), expired or not. A running row with no lease (copied in from SQLite)
+  counts as expired.
+* **Redeliver** is SQLite's, filter for filter.
+
+Lease times are the replicas' own clocks (``now_ms`` of the operations, Unix ms), as
+``next_attempt_at`` is.
+
+Limits, for the dispatcher's wiring to keep in mind:
+
+* A Finish is matched to its claim by replica, not by attempt. If an attempt outlives its
+  lease (a lease shorter than the plugin's ``timeout_s``), is recovered elsewhere and then
+  claimed again by the same replica, that first attempt's late Finish is taken for the new
+  one. A lease longer than ``timeout_s`` rules it out.
+* ``Claimed.next_due_at`` counts due rows that another replica's open batch has locked (they
+  are due now, so the dispatcher looks again at once), and not the running rows' lease
+  expiries: a sweep of expired leases while a replica runs must be scheduled on its own.
+  ``Recover`` cannot be that sweep, since it also takes back this replica's own claims.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import astuple, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from receiver.errors import DeliveryNotFound, DeliveryRunning, PluginNotLoaded
+from receiver.models import DeliveryState, SavedFile
+from receiver.store.deliveries import (
+    EVENT_SQL,
+    FILE_COLUMNS,
+    UPSERT_FILE_SET,
+    Claim,
+    Claimed,
+    Finish,
+    Job,
+    Recover,
+    Redeliver,
+    jobs_of,
+)
+from receiver.store.rows import decode
+
+#: The default lease, ms: the downloader's default ``timeout_s`` (900 s) and a minute.
+DEFAULT_LEASE_MS = 960_000
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Who claims deliveries on Postgres, and for how long.
+
+    Attributes:
+        replica_id: This receiver's name in ``deliveries.claimed_by``. It must be distinct
+            for every replica of one database (two on one host need names of their own) and
+            the same across a replica's restarts: at start, :class:`Recover` takes back what
+            is still claimed under it. Default: the host name.
+        lease_ms: How long a claim holds, ms; once ``now_ms`` passes ``lease_expires_at``,
+            any replica's :class:`Recover` makes the delivery due again. It must exceed the
+            plugin's ``timeout_s``, plus the time to record the outcome and the replicas'
+            clock skew: a shorter lease lets a slow attempt run on two replicas at once.
+            Default :data:`DEFAULT_LEASE_MS`.
+        plugin_lease_ms: A plugin's own lease, ms, by plugin name (a plugin with a short
+            ``timeout_s`` is recovered sooner); others get ``lease_ms``.
+    """
+
+    replica_id: str = field(default_factory=socket.gethostname)
+    lease_ms: int = DEFAULT_LEASE_MS
+    plugin_lease_ms: Mapping[str, int] = field(default_factory=dict)
+
+    def lease_for(self, plugin: str) -> int:
+        """The lease of a claim of ``plugin``'s deliveries, ms."""
+        return self.plugin_lease_ms.get(plugin, self.lease_ms)
+
+
+_CLAIM = (
+    "WITH due AS (SELECT id FROM deliveries WHERE plugin = %(plugin)s"
+    " AND state IN ('pending', 'failed') AND next_attempt_at <= %(now)s"
+    " ORDER BY next_attempt_at, id LIMIT %(free)s FOR UPDATE SKIP LOCKED)"
+    " UPDATE deliveries d SET state = 'running', attempts = d.attempts + 1,"
+    " next_attempt_at = NULL, updated_at = %(now)s, claimed_by = %(replica)s,"
+    " lease_expires_at = %(expires)s FROM due WHERE d.id = due.id RETURNING d.id"
+)
+
+
+def claim(op: Claim, conn: psycopg.Connection[Any], replica: Replica) -> Claimed:
+    """:class:`Claim` on Postgres: at most ``slots[plugin]`` due deliveries of each plugin,
+    skipping those another replica's batch has locked, leased to ``replica``."""
+    ids: list[int] = []
+    left: list[str] = []
+    for plugin, free in op.slots.items():
+        if free <= 0:
+            continue
+        args = {
+            "plugin": plugin,
+            "now": op.now_ms,
+            "free": free,
+            "replica": replica.replica_id,
+            "expires": op.now_ms + replica.lease_for(plugin),
+        }
+        got = [int(r[0]) for r in conn.execute(_CLAIM, args).fetchall()]
+        ids += got
+        if len(got) < free:
+            left.append(plugin)
+    jobs = _load_jobs(conn, ids) if ids else []
+    return Claimed(jobs, _next_due(conn, left) if left else None)
+
+
+def _next_due(conn: psycopg.Connection[Any], plugins: list[str]) -> int | None:
+    row = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'failed')"
+        " AND plugin = ANY(%s)",
+        (plugins,),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _load_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> list[Job]:
+    cur = conn.cursor(row_factory=dict_row)
+    rows = [decode(r) for r in cur.execute(EVENT_SQL.format(marks=_marks(len(ids))), ids)]
+    return jobs_of(rows, saved_files(conn, sorted({r["task_id"] for r in rows})))
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+def saved_files(conn: psycopg.Connection[Any], task_ids: list[str]) -> dict[str, list[SavedFile]]:
+    """The files recorded for each of ``task_ids``, by id: ``{task_id: [SavedFile]}``."""
+    names = ", ".join(SavedFile.__dataclass_fields__)
+    found: dict[str, list[SavedFile]] = {}
+    for r in conn.execute(
+        f"SELECT task_id, {names} FROM files WHERE task_id = ANY(%s) ORDER BY id", (task_ids,)
+    ):
+        found.setdefault(r[0], []).append(SavedFile(*tuple(r)[1:]))
+    return found
+
+
+_FINISH = (
+    "UPDATE deliveries SET state = %s, next_attempt_at = %s, last_error = %s, updated_at = %s,"
+    " claimed_by = NULL, lease_expires_at = NULL"
+    " WHERE id = %s AND state = 'running' AND claimed_by = %s"
+)
+_UPSERT_FILE = (
+    f"INSERT INTO files ({', '.join(FILE_COLUMNS)}) VALUES ({_marks(len(FILE_COLUMNS))})"
+    + UPSERT_FILE_SET
+)
+
+
+def finish(op: Finish, conn: psycopg.Connection[Any], replica: Replica) -> None:
+    """:class:`Finish` on Postgres: the outcome and its files (upserted by (task, url), as on
+    SQLite) are stored only while ``replica`` holds the claim; otherwise nothing is."""
+    o = op.outcome
+    error = None if o.state is DeliveryState.DONE else o.last_error
+    cur = conn.execute(
+        _FINISH,
+        (o.state, o.next_attempt_at, error, op.now_ms, op.delivery_id, replica.replica_id),
+    )
+    if cur.rowcount and o.files:
+        conn.cursor().executemany(
+            _UPSERT_FILE,
+            [(op.task_id, op.delivery_id, *astuple(f), op.now_ms) for f in o.files],
+        )
+
+
+#: Running rows that are the recovering replica's to take back: its lease ran out (or it has
+#: none), or it is claimed under the recovering replica's own name.
+_RECOVERABLE = (
+    "state = 'running' AND (COALESCE(lease_expires_at, 0) <= %(now)s OR claimed_by = %(replica)s)"
+)
+_RECOVER_DEAD = (
+    "UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, last_error = %(error)s,"
+    " updated_at = %(now)s, claimed_by = NULL, lease_expires_at = NULL"
+    f" WHERE {_RECOVERABLE} AND plugin = %(plugin)s AND attempts >= %(allowed)s"
+)
+_RECOVER_DUE = (
+    "UPDATE deliveries SET state = 'failed', next_attempt_at = %(now)s, last_error = %(error)s,"
+    f" updated_at = %(now)s, claimed_by = NULL, lease_expires_at = NULL WHERE {_RECOVERABLE}"
+)
+
+
+def recover(op: Recover, conn: psycopg.Connection[Any], replica: Replica) -> int:
+    """:class:`Recover` on Postgres: the running deliveries whose lease expired by
+    ``now_ms``, and those claimed under ``replica``'s own name, become due at ``now_ms``,
+    their interrupted attempt counted; ``dead`` when it was the plugin's last. Returns how
+    many were recovered."""
+    base = {"now": op.now_ms, "replica": replica.replica_id}
+    dead = 0
+    for plugin, allowed in op.attempts_allowed.items():
+        error = f"{op.reason} (its last attempt)"
+        args = {**base, "error": error, "plugin": plugin, "allowed": allowed}
+        dead += conn.execute(_RECOVER_DEAD, args).rowcount
+    return dead + conn.execute(_RECOVER_DUE, {**base, "error": op.reason}).rowcount
+
+
+def redeliver(op: Redeliver, conn: psycopg.Connection[Any], replica: Replica) -> int:
+    """:class:`Redeliver` on Postgres: the same delivery or filter, the same errors."""
+    if op.delivery_id is not None:
+        _check_one(op, conn, op.delivery_id)
+    where, args = ["state != 'running'"], list[Any]()
+    if op.loaded is not None:
+        where.append("plugin = ANY(%s)")
+        args.append(sorted(op.loaded))
+    for column, value in (
+        ("id = %s", op.delivery_id),
+        ("state = %s", op.state),
+        ("plugin = %s", op.plugin),
+        ("created_at >= %s", op.since_ms),
+    ):
+        if value is not None:
+            where.append(column)
+            args.append(value)
+    return conn.execute(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = %s,"
+        f" updated_at = %s WHERE {' AND '.join(where)}",
+        [op.now_ms, op.now_ms, *args],
+    ).rowcount
+
+
+def _check_one(op: Redeliver, conn: psycopg.Connection[Any], delivery_id: int) -> None:
+    row = conn.execute(
+        "SELECT state, plugin FROM deliveries WHERE id = %s", (delivery_id,)
+    ).fetchone()
+    if row is None:
+        raise DeliveryNotFound(f"no delivery with id {delivery_id}")
+    if row[0] == DeliveryState.RUNNING:
+        raise DeliveryRunning(f"delivery {delivery_id} is running now")
+    if op.loaded is not None and row[1] not in op.loaded:
+        raise PluginNotLoaded(
+            f"delivery {delivery_id} belongs to plugin {row[1]!r}, which is not "
+            f"loaded: enable [plugins.{row[1]}] and restart, then replay it"
+        )
+
+
+#: ``run(op, conn, replica)`` of each delivery operation, by its type.
+DELIVERY_OPS: dict[type, Callable[[Any, psycopg.Connection[Any], Replica], Any]] = {
+    Claim: claim,
+    Finish: finish,
+    Recover: recover,
+    Redeliver: redeliver,
+}
