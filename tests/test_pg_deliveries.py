@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from receiver.models import DeliveryState, SavedFile
 from receiver.store.deliveries import Claim, Finish, Job, Outcome, Recover, Redeliver
 from receiver.store.postgres import Replica
 from receiver.writer import Writer
-from tests.test_pg_writes import callback, rows
+from tests.test_pg_writes import callback, rows, started_writers
 
 SLACK = {"slack": 3}  # attempts allowed, by plugin (Recover's argument)
 
@@ -25,22 +24,11 @@ def _slack_only(task_status: str, route: str | None) -> list[str]:
     return ["slack"]
 
 
-@contextlib.asynccontextmanager
-async def replicas(url: str, *names: str, lease_ms: int = 1_000) -> AsyncIterator[list[Writer]]:
+def replicas(
+    url: str, *names: str, lease_ms: int = 1_000
+) -> contextlib.AbstractAsyncContextManager[list[Writer]]:
     """A started writer per name, each claiming as ``Replica(name, lease_ms)``."""
-    writers = await asyncio.gather(
-        *(
-            Writer.open_postgres(url, replica=Replica(n, lease_ms), router=_slack_only)
-            for n in names
-        )
-    )
-    for w in writers:
-        w.start()
-    try:
-        yield list(writers)
-    finally:
-        for w in writers:
-            await w.close()
+    return started_writers(url, [Replica(n, lease_ms) for n in names], _slack_only)
 
 
 async def _tasks(w: Writer, count: int) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -20,7 +20,8 @@ import pytest
 from receiver.errors import StoreUnavailable, TaskConflict
 from receiver.models import Verdict
 from receiver.parsing import parse_callback
-from receiver.store import WriteProbe
+from receiver.store import Router, WriteProbe
+from receiver.store.postgres import Replica
 from receiver.store.retention import PruneWindow
 from receiver.transitions import IncomingCallback, Registration, TransitionRow
 from receiver.writer import Writer
@@ -32,12 +33,19 @@ def _two_plugins(task_status: str, route: str | None) -> list[str]:
     return ["downloader", "slack"] if task_status in ("succeed", "failed") else ["slack"]
 
 
+def replicas(url: str, count: int = 2) -> contextlib.AbstractAsyncContextManager[list[Writer]]:
+    """``count`` started writers on the database ``url`` (replicas ``r0``, ``r1``...)."""
+    return started_writers(url, [Replica(f"r{i}") for i in range(count)], _two_plugins)
+
+
 @contextlib.asynccontextmanager
-async def replicas(url: str, count: int = 2) -> AsyncIterator[list[Writer]]:
-    """``count`` started writers on the database ``url``, opened together (they migrate it
-    once, under the advisory lock)."""
+async def started_writers(
+    url: str, names: Sequence[Replica], router: Router
+) -> AsyncIterator[list[Writer]]:
+    """A started writer on the database ``url`` for each replica, opened together (they
+    migrate it once, under the advisory lock); closed when the block ends."""
     writers = await asyncio.gather(
-        *(Writer.open_postgres(url, router=_two_plugins) for _ in range(count))
+        *(Writer.open_postgres(url, replica=r, router=router) for r in names)
     )
     for w in writers:
         w.start()

@@ -20,6 +20,7 @@ Times are Unix ms.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -275,38 +276,49 @@ class Redeliver(DeliveryOp[int]):
     since_ms: int | None = None
     loaded: frozenset[str] | None = None
 
+    #: The one delivery's state and plugin (``{m}``: the driver's parameter mark).
+    FIND_SQL = "SELECT state, plugin FROM deliveries WHERE id = {m}"
+
     def apply(self, conn: sqlite3.Connection) -> int:
         if self.delivery_id is not None:
-            self._check_one(conn, self.delivery_id)
-        where, args = ["state != 'running'"], list[Any]()
-        if self.loaded is not None:
-            where.append(f"plugin IN ({marks(len(self.loaded))})")
-            args.extend(sorted(self.loaded))
-        for column, value in (
-            ("id = ?", self.delivery_id),
-            ("state = ?", self.state),
-            ("plugin = ?", self.plugin),
-            ("created_at >= ?", self.since_ms),
-        ):
-            if value is not None:
-                where.append(column)
-                args.append(value)
-        return conn.execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-            f" updated_at = ? WHERE {' AND '.join(where)}",
-            [self.now_ms, self.now_ms, *args],
-        ).rowcount
+            self.check_found(conn.execute(self.FIND_SQL.format(m="?"), (self.delivery_id,)))
+        sql, args = self.update_sql("?")
+        return conn.execute(sql, args).rowcount
 
-    def _check_one(self, conn: sqlite3.Connection, delivery_id: int) -> None:
-        row = conn.execute(
-            "SELECT state, plugin FROM deliveries WHERE id = ?", (delivery_id,)
-        ).fetchone()
+    def check_found(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Raise as the class docstring says for ``delivery_id``, given what
+        :data:`FIND_SQL` found (every backend runs the same check)."""
+        row = next(iter(rows), None)
         if row is None:
-            raise DeliveryNotFound(f"no delivery with id {delivery_id}")
+            raise DeliveryNotFound(f"no delivery with id {self.delivery_id}")
         if row[0] == DeliveryState.RUNNING:
-            raise DeliveryRunning(f"delivery {delivery_id} is running now")
+            raise DeliveryRunning(f"delivery {self.delivery_id} is running now")
         if self.loaded is not None and row[1] not in self.loaded:
             raise PluginNotLoaded(
-                f"delivery {delivery_id} belongs to plugin {row[1]!r}, which is not "
+                f"delivery {self.delivery_id} belongs to plugin {row[1]!r}, which is not "
                 f"loaded: enable [plugins.{row[1]}] and restart, then replay it"
             )
+
+    def update_sql(self, mark: str) -> tuple[str, list[Any]]:
+        """The replay's ``UPDATE`` and its arguments, with ``mark`` as the driver's parameter
+        mark (``?`` for sqlite3, ``%s`` for psycopg)."""
+        where, args = ["state != 'running'"], list[Any]()
+        if self.loaded is not None:
+            where.append(f"plugin IN ({', '.join([mark] * len(self.loaded))})")
+            args.extend(sorted(self.loaded))
+        for column, value in (
+            ("id", self.delivery_id),
+            ("state", self.state),
+            ("plugin", self.plugin),
+        ):
+            if value is not None:
+                where.append(f"{column} = {mark}")
+                args.append(value)
+        if self.since_ms is not None:
+            where.append(f"created_at >= {mark}")
+            args.append(self.since_ms)
+        sql = (
+            f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = {mark},"
+            f" updated_at = {mark} WHERE {' AND '.join(where)}"
+        )
+        return sql, [self.now_ms, self.now_ms, *args]

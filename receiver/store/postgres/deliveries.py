@@ -45,7 +45,6 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from receiver.errors import DeliveryNotFound, DeliveryRunning, PluginNotLoaded
 from receiver.models import DeliveryState, SavedFile
 from receiver.store.deliveries import (
     EVENT_SQL,
@@ -213,42 +212,12 @@ def recover(op: Recover, conn: psycopg.Connection[Any], replica: Replica) -> int
 
 
 def redeliver(op: Redeliver, conn: psycopg.Connection[Any], replica: Replica) -> int:
-    """:class:`Redeliver` on Postgres: the same delivery or filter, the same errors."""
+    """:class:`Redeliver` on Postgres: the same delivery or filter, the same errors (the
+    statement and the checks are the operation's own)."""
     if op.delivery_id is not None:
-        _check_one(op, conn, op.delivery_id)
-    where, args = ["state != 'running'"], list[Any]()
-    if op.loaded is not None:
-        where.append("plugin = ANY(%s)")
-        args.append(sorted(op.loaded))
-    for column, value in (
-        ("id = %s", op.delivery_id),
-        ("state = %s", op.state),
-        ("plugin = %s", op.plugin),
-        ("created_at >= %s", op.since_ms),
-    ):
-        if value is not None:
-            where.append(column)
-            args.append(value)
-    return conn.execute(
-        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = %s,"
-        f" updated_at = %s WHERE {' AND '.join(where)}",
-        [op.now_ms, op.now_ms, *args],
-    ).rowcount
-
-
-def _check_one(op: Redeliver, conn: psycopg.Connection[Any], delivery_id: int) -> None:
-    row = conn.execute(
-        "SELECT state, plugin FROM deliveries WHERE id = %s", (delivery_id,)
-    ).fetchone()
-    if row is None:
-        raise DeliveryNotFound(f"no delivery with id {delivery_id}")
-    if row[0] == DeliveryState.RUNNING:
-        raise DeliveryRunning(f"delivery {delivery_id} is running now")
-    if op.loaded is not None and row[1] not in op.loaded:
-        raise PluginNotLoaded(
-            f"delivery {delivery_id} belongs to plugin {row[1]!r}, which is not "
-            f"loaded: enable [plugins.{row[1]}] and restart, then replay it"
-        )
+        op.check_found(conn.execute(Redeliver.FIND_SQL.format(m="%s"), (op.delivery_id,)))
+    sql, args = op.update_sql("%s")
+    return conn.execute(sql, args).rowcount
 
 
 #: ``run(op, conn, replica)`` of each delivery operation, by its type.
