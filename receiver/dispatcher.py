@@ -5,7 +5,7 @@ delivery (a slot came free) and by a replay; otherwise it sleeps exactly until t
 scheduled retry. It never polls the database. Each claimed delivery runs in its own task,
 under its plugin's ``timeout_s``, with at most ``concurrency`` running per plugin, so a
 plugin that raises or hangs delays no other plugin. Outcomes are written back through the
-writer (``receiver.store.deliveries.Finish``).
+writer (``receiver.store.deliveries.Finish``, fenced by the attempt it reports).
 
 Crash safety: a delivery is claimed (``running``) before its handler starts and marked
 ``done`` only after it returns, so a kill at any moment leaves it ``running``, and
@@ -260,7 +260,13 @@ class Dispatcher:
         )
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
-        op = Finish(job.event.delivery_id, job.event.task_id, outcome, self._clock_ms())
+        op = Finish(
+            job.event.delivery_id,
+            job.event.task_id,
+            outcome,
+            self._clock_ms(),
+            attempt=job.event.attempt,
+        )
         try:
             await self._writer.submit(op)
         except StoreUnavailable as exc:

@@ -184,12 +184,22 @@ _UPSERT_FILE = (
 
 @dataclass(frozen=True)
 class Finish(DeliveryOp[None]):
-    """Store an attempt's :class:`Outcome` (and the files it saved) for a running delivery."""
+    """Store an attempt's :class:`Outcome` (and the files it saved) for a running delivery.
+
+    Args:
+        attempt: Which attempt ended (the event's ``attempt``, the claim's ``attempts``).
+            Where replicas share a store (Postgres) the outcome counts only if the delivery
+            is still at that attempt, so the late outcome of an earlier attempt changes
+            nothing. SQLite ignores it: one dispatcher owns every running row there, and a
+            running row is never claimed again before that dispatcher restarts. None (the
+            default): any attempt.
+    """
 
     delivery_id: int
     task_id: str
     outcome: Outcome
     now_ms: int
+    attempt: int | None = None
 
     @property
     def one_statement(self) -> bool:

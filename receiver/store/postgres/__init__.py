@@ -39,13 +39,14 @@ from receiver.store.postgres.database import (
     migrate,
     schema_version,
 )
-from receiver.store.postgres.deliveries import DEFAULT_LEASE_MS, Replica
+from receiver.store.postgres.deliveries import DEFAULT_LEASE_MS, ExpireLeases, Replica
 from receiver.store.postgres.transaction import PgTransaction
 
 __all__ = [
     "DEFAULT_LEASE_MS",
     "MIGRATION_LOCK",
     "SCHEMA_VERSION",
+    "ExpireLeases",
     "PgConnection",
     "PgTransaction",
     "Replica",
