@@ -1,20 +1,27 @@
 """Leases on Postgres while the replicas keep running: a Finish is fenced by its attempt, and
 the periodic sweep (``ExpireLeases``) releases expired leases, reported by
-``Claimed.next_due_at`` (``receiver.store.postgres.deliveries``)."""
+``Claimed.next_due_at`` (``receiver.store.postgres.deliveries``). SQLite, with no leases,
+keeps its Finish as it was."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
 
 from receiver.dispatcher import Dispatcher
+from receiver.errors import StoreUnavailable
 from receiver.models import DeliveryState, SavedFile
 from receiver.plugins import PluginSettings
 from receiver.plugins.registry import LoadedPlugin
 from receiver.store.deliveries import Claim, Finish, Outcome
 from receiver.store.postgres import ExpireLeases
+from receiver.writer import Writer
 from tests.conftest import RecordingPlugin
-from tests.test_pg_deliveries import SLACK, _claim_one, _state, _tasks, replicas
-from tests.test_pg_writes import rows
+from tests.test_pg_deliveries import SLACK, _claim_one, _slack_only, _state, _tasks, replicas
+from tests.test_pg_writes import callback, rows
 
 
 async def test_a_late_finish_of_an_earlier_attempt_by_the_same_replica_is_ignored(
@@ -90,3 +97,20 @@ async def test_an_expired_lease_is_swept_while_its_replica_still_runs(pg_url: st
     assert (state, attempts, due, claimed_by, lease) == ("dead", 1, None, None, None)
     assert isinstance(error, str) and error.startswith("lease expired")
     assert error.endswith("(its last attempt)")
+
+
+async def test_sqlite_ignores_the_finishs_attempt_and_has_no_sweep(tmp_path: Path) -> None:
+    db = tmp_path / "kling-hooks.db"
+    writer = await Writer.open(db, router=_slack_only)
+    writer.start()
+    try:
+        await writer.submit(callback("t-0", "succeed"))
+        job = await _claim_one(writer, 10)
+        with pytest.raises(StoreUnavailable):
+            await writer.submit(ExpireLeases(20, SLACK))
+        done = Outcome(DeliveryState.DONE)
+        await writer.submit(Finish(job.event.delivery_id, "t-0", done, 30, attempt=7))
+    finally:
+        await writer.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT state, attempts FROM deliveries").fetchall() == [("done", 1)]
