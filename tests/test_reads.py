@@ -222,13 +222,21 @@ async def test_pages_walk_every_matching_task_once_newest_first(tmp_path: Path) 
     assert nothing == {"tasks": [], "next_cursor": None}
 
 
+async def migrated(tmp_path: Path) -> Path:
+    """A new database in ``tmp_path``, at the current schema."""
+    db = tmp_path / "kling-hooks.db"
+    conn = await connect(db)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return db
+
+
 async def test_the_read_pool_reads_on_as_many_connections_at_once_as_its_size(
     tmp_path: Path,
 ) -> None:
-    db = tmp_path / "kling-hooks.db"
-    conn = await connect(db)
-    await migrate(conn)
-    pool = ReadPool(db, size=3)
+    pool = ReadPool(await migrated(tmp_path), size=3)
     barrier = threading.Barrier(3, timeout=10)
     seen: list[int] = []
 
@@ -241,7 +249,6 @@ async def test_the_read_pool_reads_on_as_many_connections_at_once_as_its_size(
         counts = await asyncio.gather(*(pool.run(read) for _ in range(3)))
     finally:
         await pool.close()
-        await conn.close()
     assert counts == [0, 0, 0]
     assert len(set(seen)) == 3  # three connections
 
@@ -249,10 +256,7 @@ async def test_the_read_pool_reads_on_as_many_connections_at_once_as_its_size(
 async def test_the_read_pool_refuses_writes_and_reports_failures_as_store_unavailable(
     tmp_path: Path,
 ) -> None:
-    db = tmp_path / "kling-hooks.db"
-    conn = await connect(db)
-    await migrate(conn)
-    pool = ReadPool(db, size=1)
+    pool = ReadPool(await migrated(tmp_path), size=1)
     try:
         with pytest.raises(StoreUnavailable, match="readonly"):
             await pool.run(lambda c: c.execute("DELETE FROM tasks"))
@@ -262,7 +266,6 @@ async def test_the_read_pool_refuses_writes_and_reports_failures_as_store_unavai
     finally:
         await pool.close()
         await pool.close()  # idempotent
-        await conn.close()
     with pytest.raises(StoreUnavailable, match="closed"):
         await pool.run(lambda c: c.execute("SELECT 1"))
 
