@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -65,7 +66,7 @@ async def measure(base: str, callbacks: int, interval_s: float, timeout_s: float
         live = "document.getElementById('live-state')?.textContent === 'Live'"
         await page.wait_for_function(live)
         for path, body in items:
-            task_id = body.split(b'"task_id":"', 1)[1].split(b'"', 1)[0].decode()
+            task_id = json.loads(body)["task_id"]
             seen = page.evaluate(
                 """([id, limit]) => new Promise((resolve) => {
                     const start = performance.now();
