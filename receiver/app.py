@@ -11,8 +11,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Scope
 
-from receiver import credentials, store
+from receiver import store
 from receiver.api import API_ROUTES
+from receiver.backends import open_store
 from receiver.callbacks import CALLBACK_ROUTES, CallbackFastPath
 from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
@@ -25,7 +26,6 @@ from receiver.request_ids import RequestIds, choose_request_id
 from receiver.responses import http_exception, internal_error
 from receiver.services import Services
 from receiver.ui import dashboard_routes
-from receiver.writer import Writer
 from submitter.protocol import now_ms
 from submitter.tokens import CALLBACK_PATH
 
@@ -43,8 +43,8 @@ async def open_services(
     *,
     locked: bool = False,
 ) -> AsyncIterator[Services]:
-    """Take the database's lock, open it, start the writer and the dispatcher, yield them;
-    stop them after.
+    """Take the database's lock (SQLite's: on Postgres, replicas share the database), open
+    it, start the writer and the dispatcher, yield them; stop them after.
 
     Args:
         locked: The caller holds the database's lock already (``serve`` takes it before
@@ -52,8 +52,12 @@ async def open_services(
 
     Raises:
         DatabaseLocked: another process owns the database; nothing was opened.
-        StoreUnavailable: the database cannot be opened, migrated or recovered.
+        StoreUnavailable: the database cannot be opened, reached, migrated or recovered.
     """
+    if settings.kling_hooks_database_url is not None:
+        async with _started(settings, plugins, clock_ms) as services:
+            yield services
+        return
     lock = store.DatabaseLock(settings.kling_hooks_db)
     if not locked:
         lock.acquire()  # before any migration or recovery
@@ -68,48 +72,62 @@ async def open_services(
 async def _started(
     settings: Settings, plugins: Sequence[LoadedPlugin], clock_ms: Callable[[], int]
 ) -> AsyncIterator[Services]:
-    db = settings.kling_hooks_db
-    writer = await Writer.open(
-        db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms, router=make_router(plugins)
-    )
-    readers = store.ReadPool(db, busy_timeout_ms=settings.kling_hooks_busy_timeout_ms)
-    dispatcher = Dispatcher(
-        writer,
-        plugins,
-        clock_ms=clock_ms,
-        grace_s=settings.kling_hooks_shutdown_grace_s,
-        log_done=settings.kling_hooks_log_level == "debug",
-    )
-    metrics = Metrics(db=db, plugins=[p.name for p in plugins], clock_ms=clock_ms)
-    dispatcher.add_listener(metrics.delivery_finished)
-    feed = LiveFeed()
-    try:
-        creds = await credentials.resolve_from_file(settings)  # migrated: Writer.open
-        if creds.api_token_generated:
-            log.warning("api_token_generated", how_to_read=f"kling-hooks token --db {db}")
-        writer.start()
-        writer.add_listener(lambda _transitions: dispatcher.wake())
-        writer.add_listener(feed.on_commit)  # the dashboard's live updates
-        writer.add_callback_listener(feed.on_callbacks)
-        dispatcher.add_listener(feed.on_outcome)
-        await dispatcher.start()
-        yield Services(
-            settings=settings,
-            plugins=tuple(plugins),
-            credentials=creds,
-            writer=writer,
-            reader=store.Reader(readers),
-            dispatcher=dispatcher,
+    async with open_store(settings, plugins, make_router(plugins)) as opened:
+        writer = opened.writer
+        dispatcher = Dispatcher(
+            writer,
+            plugins,
             clock_ms=clock_ms,
-            metrics=metrics,
-            dashboard=store.DashboardReader(readers),
-            feed=feed,
+            grace_s=settings.kling_hooks_shutdown_grace_s,
+            log_done=settings.kling_hooks_log_level == "debug",
+            sweep=opened.sweep,
         )
-    finally:
-        feed.close()
-        await dispatcher.close()
-        await writer.close()
-        await readers.close()
+        metrics = Metrics(
+            db=opened.sqlite_path, plugins=[p.name for p in plugins], clock_ms=clock_ms
+        )
+        dispatcher.add_listener(metrics.delivery_finished)
+        feed = LiveFeed()
+        if opened.credentials.api_token_generated:
+            log.warning("api_token_generated", how_to_read=_how_to_read_token(settings))
+        async with contextlib.AsyncExitStack() as running:
+            writer.start()
+            writer.add_listener(lambda _transitions: dispatcher.wake())
+            writer.add_listener(feed.on_commit)  # the dashboard's live updates
+            writer.add_callback_listener(feed.on_callbacks)
+            dispatcher.add_listener(feed.on_outcome)
+            running.callback(feed.close)
+            running.push_async_callback(dispatcher.close)
+            if opened.listen is not None:  # other replicas' new deliveries, retries, leases
+                await running.enter_async_context(opened.listen(dispatcher.wake_at))
+            await dispatcher.start()
+            yield Services(
+                settings=settings,
+                plugins=tuple(plugins),
+                credentials=opened.credentials,
+                writer=writer,
+                reader=opened.reader,
+                dispatcher=dispatcher,
+                clock_ms=clock_ms,
+                metrics=metrics,
+                dashboard=opened.dashboard,
+                feed=feed,
+            )
+
+
+def _how_to_read_token(settings: Settings) -> str:
+    """The command that prints the API token the receiver just generated."""
+    if settings.kling_hooks_database_url is not None:
+        return "kling-hooks token (with the same KLING_HOOKS_DATABASE_URL)"
+    return f"kling-hooks token --db {settings.kling_hooks_db}"
+
+
+def _store_label(settings: Settings) -> str:
+    """Where the receiver's data is, for its start-up line (no password)."""
+    if settings.kling_hooks_database_url is None:
+        return str(settings.kling_hooks_db)
+    from receiver.store.postgres import describe
+
+    return describe(settings.kling_hooks_database_url.get_secret_value())
 
 
 def _count_overload(scope: Scope) -> None:
@@ -156,7 +174,7 @@ def create_app(
         async with open_services(settings, enabled, clock_ms, locked=database_locked) as services:
             log.info(
                 "receiver_started",
-                db=str(settings.kling_hooks_db),
+                db=_store_label(settings),
                 public_url=settings.public_url,
                 plugins=[p.name for p in enabled],
             )

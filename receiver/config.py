@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     # postgresql://user:password@host:port/dbname selects Postgres (receiver.store.postgres);
     # unset, KLING_HOOKS_DB (SQLite) is the store. A secret: the URL may hold a password.
     kling_hooks_database_url: SecretStr | None = None
+    # Postgres only: this replica's name in the outbox's claims (unset: the host name; each
+    # replica of one database needs its own, kept across its restarts), and how many
+    # connections serve the status API's and the dashboard's reads.
+    kling_hooks_replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,64}$")
+    kling_hooks_pg_pool_size: int = Field(default=4, ge=1, le=100)
     kling_hooks_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     kling_hooks_busy_timeout_ms: int = Field(default=5000, ge=0)
     kling_hooks_retry_after_s: int = Field(default=5, ge=1)

@@ -2,17 +2,23 @@
 
 Each comes from its environment variable (``KLING_HOOKS_SECRET``, ``KLING_HOOKS_API_TOKEN``)
 or, when that is unset, is generated once and kept in the database's ``meta`` table, so the
-submitter (same database) and the receiver agree without configuration.
+submitter (same database) and the receiver agree without configuration. On Postgres
+(``KLING_HOOKS_DATABASE_URL``) the table is the shared database's: every replica reads the
+same secrets, and replicas starting together create each one once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosqlite
 
 from receiver import store
 from receiver.config import ConfigError, Settings
+from receiver.errors import StoreUnavailable
 from submitter.tokens import CallbackTokens, new_secret, parse_secrets
 
 
@@ -30,15 +36,24 @@ class Credentials:
         object.__setattr__(self, "tokens", CallbackTokens(self.secrets))
 
 
-async def resolve(settings: Settings, conn: aiosqlite.Connection | None) -> Credentials:
-    """Read or create both secrets; ``conn`` (open, migrated) is needed only for those the
-    environment does not set.
+#: ``meta(key)``: the stored value of ``key``, created with a new secret if absent, and
+#: whether it was created just now.
+Meta = Callable[[str], Awaitable[tuple[str, bool]]]
+
+
+async def resolve(
+    settings: Settings, conn: aiosqlite.Connection | None, *, meta: Meta | None = None
+) -> Credentials:
+    """Read or create both secrets; the database (``conn``, open and migrated; or ``meta``,
+    another store's) is needed only for those the environment does not set.
 
     Raises:
-        ValueError: a secret must come from the database and ``conn`` is None.
+        ValueError: a secret must come from the database and neither was given.
     """
 
     async def from_db(key: str) -> tuple[str, bool]:
+        if meta is not None:
+            return await meta(key)
         if conn is None:
             raise ValueError(f"{key} is not configured and no database was given")
         return await store.get_or_create_meta(conn, key, new_secret)
@@ -66,6 +81,8 @@ async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> 
     """
     if settings.kling_hooks_secret is not None and settings.kling_hooks_api_token is not None:
         return await resolve(settings, None)
+    if settings.kling_hooks_database_url is not None:
+        return await _resolve_postgres(settings, must_exist=must_exist)
     path = settings.kling_hooks_db
     if must_exist and not path.exists():
         needed = "KLING_HOOKS_API_TOKEN"
@@ -83,6 +100,45 @@ async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> 
         return await resolve(settings, conn)
     finally:
         await conn.close()
+
+
+async def _resolve_postgres(settings: Settings, *, must_exist: bool) -> Credentials:
+    """:func:`resolve_from_file` on Postgres: the shared database's ``meta`` table (migrated
+    first, unless ``must_exist``: then a database no receiver made is refused).
+
+    Raises:
+        ConfigError: ``must_exist`` and the database holds no kling-hooks schema.
+        StoreUnavailable: the server cannot be reached.
+    """
+    import psycopg
+
+    from receiver.store import postgres  # psycopg is loaded for Postgres only
+
+    assert settings.kling_hooks_database_url is not None
+    url = settings.kling_hooks_database_url.get_secret_value()
+    try:
+        conn = await asyncio.to_thread(postgres.connect, url)
+    except psycopg.Error as exc:
+        raise postgres.unreachable(exc) from None
+    try:
+        if must_exist:
+            if await asyncio.to_thread(postgres.schema_version, conn) == 0:
+                raise ConfigError(
+                    "KLING_HOOKS_DATABASE_URL: the database holds no kling-hooks schema: start"
+                    " a receiver on it first, or set KLING_HOOKS_SECRET and KLING_HOOKS_API_TOKEN"
+                )
+        else:
+            await asyncio.to_thread(postgres.migrate, conn)
+
+        async def meta(key: str) -> tuple[str, bool]:
+            get = functools.partial(postgres.get_or_create_meta, conn, key, new_secret)
+            return await asyncio.to_thread(get)
+
+        return await resolve(settings, None, meta=meta)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"Postgres: {exc}") from None
+    finally:
+        conn.close()
 
 
 async def api_token_from_file(settings: Settings) -> str:

@@ -1,16 +1,23 @@
 """The dispatcher: runs due outbox deliveries through their plugins, outside any request.
 
 It is woken by the writer's commit listener when new deliveries are committed, by a finished
-delivery (a slot came free) and by a replay; otherwise it sleeps exactly until the next
-scheduled retry. It never polls the database. Each claimed delivery runs in its own task,
-under its plugin's ``timeout_s``, with at most ``concurrency`` running per plugin, so a
-plugin that raises or hangs delays no other plugin. Outcomes are written back through the
-writer (``receiver.store.deliveries.Finish``, fenced by the attempt it reports).
+delivery (a slot came free), by a replay, and on Postgres by another replica's notification
+(:meth:`Dispatcher.wake_at`, ``receiver.store.postgres.wakeups``); otherwise it sleeps
+exactly until the next scheduled retry, or lease expiry. It never polls the database. Each
+claimed delivery runs in its own task, under its plugin's ``timeout_s``, with at most
+``concurrency`` running per plugin, so a plugin that raises or hangs delays no other plugin.
+Outcomes are written back through the writer (``receiver.store.deliveries.Finish``, fenced
+by the attempt it reports).
 
 Crash safety: a delivery is claimed (``running``) before its handler starts and marked
 ``done`` only after it returns, so a kill at any moment leaves it ``running``, and
 :meth:`Dispatcher.start` makes it due again. A handler may see an event twice, never zero
 times.
+
+Replicas (Postgres): each claim is leased, and a dispatcher given a ``sweep`` operation
+(``ExpireLeases``) runs it, in the same commit as its claim, once the earliest lease or
+retry it knows of has come: the deliveries of a replica that died are released and claimed
+by the others then.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -26,8 +34,9 @@ from receiver.errors import StoreUnavailable
 from receiver.models import DeliveryState, SavedFile
 from receiver.plugins import Plugin, PluginError
 from receiver.plugins.registry import LoadedPlugin
-from receiver.retry import MAX_ERROR_CHARS, outcome_of
+from receiver.retry import MAX_ERROR_CHARS, check_files, outcome_of
 from receiver.store.deliveries import Claim, Claimed, Finish, Job, Outcome, Recover
+from receiver.store.transaction import WriteOp
 from receiver.writer import Writer
 
 log = structlog.get_logger("kling_hooks.dispatcher")
@@ -35,6 +44,8 @@ log = structlog.get_logger("kling_hooks.dispatcher")
 #: ``listener(job, outcome)``, called after an attempt's outcome has committed.
 DeliveryListener = Callable[[Job, Outcome], None]
 STORE_RETRY_S = 1.0
+#: ``sweep(now_ms, attempts_allowed)``: the operation that releases expired leases.
+Sweep = Callable[[int, dict[str, int]], WriteOp[int]]
 CANCEL_WAIT_S = 2.0
 
 
@@ -60,6 +71,8 @@ class Dispatcher:
         rng: Source of retry jitter.
         log_done: Log each done delivery (``delivery_done``, at debug level:
             ``KLING_HOOKS_LOG_LEVEL=debug``); failures and dead letters are always logged.
+        sweep: Releases the deliveries whose lease expired (Postgres's ``ExpireLeases``);
+            None where claims hold no lease (SQLite: one receiver, recovered at start).
     """
 
     def __init__(
@@ -71,6 +84,7 @@ class Dispatcher:
         grace_s: float = 10.0,
         rng: random.Random | None = None,
         log_done: bool = False,
+        sweep: Sweep | None = None,
     ) -> None:
         names = [p.name for p in plugins]
         if len(set(names)) != len(names):
@@ -87,6 +101,10 @@ class Dispatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._unrecorded: list[tuple[Job, Outcome]] = []
         self._listeners: list[DeliveryListener] = []
+        self._sweep = sweep
+        self._sweep_at = 0  # Unix ms: the earliest lease or retry known (sweep once passed)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # the loop's time the timer is set for
 
     def add_listener(self, listener: DeliveryListener) -> None:
         """Call ``listener(job, outcome)`` after each attempt's outcome is committed."""
@@ -95,6 +113,27 @@ class Dispatcher:
     def wake(self) -> None:
         """Look for due deliveries now (new outbox rows were committed, or a replay)."""
         self._wake.set()
+
+    def wake_at(self, due_ms: int) -> None:
+        """Look for due deliveries at ``due_ms`` (Unix ms; now if it has passed): another
+        replica committed deliveries, a retry or a lease that become actionable then. A
+        later time than the one the dispatcher sleeps until changes nothing."""
+        now_ms = self._clock_ms()
+        self._sweep_at = min(self._sweep_at, due_ms)
+        if due_ms <= now_ms:
+            self._wake.set()
+        else:
+            self._arm((due_ms - now_ms) / 1000)
+
+    def _arm(self, delay_s: float) -> None:
+        """Wake in ``delay_s`` seconds, unless the timer is set for sooner already."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay_s
+        if self._timer is not None and not self._timer.cancelled() and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = loop.call_at(at, self._wake.set), at
 
     def is_started(self, name: str) -> bool:
         """Whether plugin ``name`` started (its ``start()`` returned) and so gets deliveries."""
@@ -110,11 +149,7 @@ class Dispatcher:
         Raises:
             StoreUnavailable: the recovery could not commit.
         """
-        allowed = {
-            name: 1 + len(slot.plugin.settings.retry_schedule_s)
-            for name, slot in self._slots.items()
-        }
-        recovered = await self._writer.submit(Recover(self._clock_ms(), allowed))
+        recovered = await self._writer.submit(Recover(self._clock_ms(), self._attempts_allowed()))
         if recovered:
             log.warning("deliveries_recovered", count=recovered)
         for name, slot in self._slots.items():
@@ -130,6 +165,8 @@ class Dispatcher:
         (they are recorded ``failed``, due at once after a restart); stop every plugin."""
         self._stopping = True
         self._wake.set()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._loop_task is not None:
             await self._loop_task
         if self._running:
@@ -159,12 +196,12 @@ class Dispatcher:
                 break
             # Until woken, or until the next retry is due (a timer sets the same event:
             # wait_for would make a task of every wait).
-            timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             if timeout_s is not None:
-                timer = asyncio.get_running_loop().call_later(timeout_s, self._wake.set)
+                self._arm(timeout_s)
             await self._wake.wait()
-            if timer is not None:
-                timer.cancel()
 
     async def _dispatch_due(self) -> float | None:
         """Claim and start what is due; returns how long to sleep unless woken (None: until
@@ -174,7 +211,7 @@ class Dispatcher:
         timeout_s: float | None = None
         if slots:
             try:
-                claimed = await self._writer.submit(Claim(slots, self._clock_ms()))
+                claimed = await self._claim(slots)
             except StoreUnavailable as exc:
                 log.error("claim_failed", error=str(exc))
                 claimed = Claimed([], self._clock_ms() + int(STORE_RETRY_S * 1000))
@@ -182,9 +219,41 @@ class Dispatcher:
                 self._spawn(job)
             if claimed.next_due_at is not None:
                 timeout_s = max(0.0, (claimed.next_due_at - self._clock_ms()) / 1000)
+                self._sweep_at = min(self._sweep_at, claimed.next_due_at)
         if self._unrecorded:
             timeout_s = STORE_RETRY_S if timeout_s is None else min(timeout_s, STORE_RETRY_S)
         return timeout_s
+
+    async def _claim(self, slots: dict[str, int]) -> Claimed:
+        """Claim up to ``slots`` deliveries per plugin; when the earliest lease or retry known
+        has come, sweep the expired leases first, in the same commit (both are submitted in
+        one turn of the loop, so the writer batches them in order)."""
+        now_ms = self._clock_ms()
+        claim = self._writer.submit(Claim(slots, now_ms))
+        if self._sweep is None or now_ms < self._sweep_at:
+            return await claim
+        self._sweep_at = 2**62  # until a claim or a notification tells of a sooner one
+        swept: Any
+        swept, claimed = await asyncio.gather(
+            self._writer.submit(self._sweep(now_ms, self._attempts_allowed())),
+            claim,
+            return_exceptions=True,
+        )
+        if isinstance(swept, BaseException):
+            log.error("lease_sweep_failed", error=str(swept))
+            self._sweep_at = now_ms
+        elif swept:
+            log.warning("deliveries_lease_expired", count=swept)
+        if isinstance(claimed, BaseException):
+            raise claimed
+        return claimed
+
+    def _attempts_allowed(self) -> dict[str, int]:
+        """Per plugin, how many attempts a delivery gets (``1 + len(retry_schedule_s)``)."""
+        return {
+            name: 1 + len(slot.plugin.settings.retry_schedule_s)
+            for name, slot in self._slots.items()
+        }
 
     def _spawn(self, job: Job) -> None:
         slot = self._slots[job.plugin]
@@ -231,7 +300,7 @@ class Dispatcher:
         try:
             async with asyncio.timeout(settings.timeout_s):
                 returned = tuple(await slot.plugin.handle(job.event) or ())
-            _check_files(returned)
+            check_files(returned)
             files = returned
         except asyncio.CancelledError:
             if not self._stopping:  # the handler's own cancellation: an ordinary failure
@@ -247,7 +316,7 @@ class Dispatcher:
         if isinstance(error, PluginError):
             files = error.saved_files
             try:
-                _check_files(files)
+                check_files(files)
             except TypeError as bad:
                 error, files = bad, ()
         return outcome_of(
@@ -315,21 +384,4 @@ class Dispatcher:
                 error=outcome.last_error,
                 next_attempt_at=outcome.next_attempt_at,
                 **fields,
-            )
-
-
-def _check_files(files: tuple[object, ...]) -> None:
-    """Raises TypeError unless every item is a :class:`SavedFile` that SQLite can store."""
-    for f in files:
-        if not (
-            isinstance(f, SavedFile)
-            and isinstance(f.url, str)
-            and isinstance(f.path, str)
-            and isinstance(f.sha256, str)
-            and isinstance(f.bytes, int)
-            and 0 <= f.bytes < 2**63
-        ):
-            raise TypeError(
-                "handle() must return None or SavedFile(url: str, path: str, bytes: int, "
-                f"sha256: str) items, got {f!r}"[:300]
             )

@@ -22,6 +22,7 @@ metric                                             type       labels
 ``kling_hooks_delivery_oldest_pending_age_seconds``  gauge    ``plugin``
 ``kling_hooks_deliveries_dead``                    gauge      ``plugin``
 ``kling_hooks_database_size_bytes``                gauge      (none): the SQLite file + its WAL
+                                                              (SQLite only)
 ``kling_hooks_build_info``                         gauge      ``version``, ``python``, ``sqlite``
 =================================================  =========  =================================
 
@@ -90,7 +91,8 @@ class Metrics:
     """The metrics of one receiver, in a registry of its own.
 
     Args:
-        db: The SQLite file (its size and its ``-wal``'s are reported).
+        db: The SQLite file (its size and its ``-wal``'s are reported); None on Postgres,
+            whose size is the server's to report.
         plugins: The enabled plugins' names; their series exist from start-up on, at 0.
         clock_ms: The wall clock, Unix ms (the age of the oldest pending delivery).
 
@@ -98,7 +100,9 @@ class Metrics:
         registry: The ``CollectorRegistry`` of the counters, the histogram and the build info.
     """
 
-    def __init__(self, *, db: Path, plugins: Sequence[str], clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, *, db: Path | None, plugins: Sequence[str], clock_ms: Callable[[], int]
+    ) -> None:
         self._db = db
         self._plugins = tuple(plugins)
         self._clock_ms = clock_ms
@@ -200,7 +204,9 @@ class Metrics:
             StoreUnavailable: the database did not answer that query.
         """
         outbox = _outbox_families(await reader.backlog(), self._plugins, self._clock_ms())
-        computed = [*self._callback_families(), *outbox, self._database_size()]
+        computed = [*self._callback_families(), *outbox]
+        if self._db is not None:
+            computed.append(self._database_size(self._db))
         return generate_latest(_Scrape(self.registry, computed))
 
     def _callback_families(self) -> list[Metric]:
@@ -221,9 +227,10 @@ class Metrics:
         )
         return [callbacks, latency]
 
-    def _database_size(self) -> Metric:
+    @staticmethod
+    def _database_size(db: Path) -> Metric:
         size = 0
-        for path in (self._db, self._db.with_name(self._db.name + "-wal")):
+        for path in (db, db.with_name(db.name + "-wal")):
             try:
                 size += os.stat(path).st_size
             except FileNotFoundError:

@@ -68,3 +68,24 @@ def describe_error(error: BaseException) -> str:
     detail = str(error)
     text = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
     return text[:MAX_ERROR_CHARS]
+
+
+def check_files(files: tuple[object, ...]) -> None:
+    """Check what a plugin's ``handle()`` returned (or its ``PluginError`` carried).
+
+    Raises:
+        TypeError: an item is not a :class:`SavedFile` that the store can keep.
+    """
+    for f in files:
+        if not (
+            isinstance(f, SavedFile)
+            and isinstance(f.url, str)
+            and isinstance(f.path, str)
+            and isinstance(f.sha256, str)
+            and isinstance(f.bytes, int)
+            and 0 <= f.bytes < 2**63
+        ):
+            raise TypeError(
+                "handle() must return None or SavedFile(url: str, path: str, bytes: int, "
+                f"sha256: str) items, got {f!r}"[:300]
+            )

@@ -53,7 +53,7 @@ from receiver.store.transaction import Begin, CommittedBatch
 from receiver.transitions import CallbackRow, TransitionRow
 
 if TYPE_CHECKING:  # psycopg is loaded for Postgres only
-    from receiver.store.postgres import PgConnection, Replica
+    from receiver.store.postgres import Replica, WriterConnection
 
 log = structlog.get_logger("kling_hooks.writer")
 
@@ -100,7 +100,7 @@ class Writer:
 
     def __init__(
         self,
-        conn: sqlite3.Connection | PgConnection,
+        conn: sqlite3.Connection | WriterConnection,
         thread: ThreadPoolExecutor,
         *,
         begin: Begin = Transaction.begin,

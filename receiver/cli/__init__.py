@@ -30,7 +30,13 @@ import httpx
 from receiver.cli import care, config, kling, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
-from receiver.errors import BackupError, DatabaseLocked, NotADatabase, SchemaTooNew
+from receiver.errors import (
+    BackupError,
+    DatabaseLocked,
+    NotADatabase,
+    SchemaTooNew,
+    StoreUnavailable,
+)
 from receiver.status_client import ApiError
 from submitter.errors import AuthNotConfigured, InvalidRequest, SubmitterError
 
@@ -124,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SchemaTooNew,
         NotADatabase,
         BackupError,
+        StoreUnavailable,
         httpx.HTTPError,
     ) as exc:
         click.echo(f"error: {exc}", err=True)

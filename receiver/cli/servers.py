@@ -4,6 +4,7 @@ Kling simulator) and ``demo`` (both, with a Slack sink, for one task per route).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import socket
@@ -70,8 +71,14 @@ def serve(
         kling_hooks_port=port,
     )
     inherited = inherited_sockets(fd, os.environ, os.getpid())  # before any child starts
-    with DatabaseLock(settings.kling_hooks_db):  # one owner: a second serve stops here
-        check_schema(settings.kling_hooks_db)  # a newer release's database: one line, exit 1
+    with contextlib.ExitStack() as owned:
+        if settings.kling_hooks_database_url is None:  # Postgres: replicas share it, no lock
+            owned.enter_context(DatabaseLock(settings.kling_hooks_db))  # a second serve stops
+            check_schema(settings.kling_hooks_db)  # a newer release's database: one line
+        else:  # unreachable, or a newer release's schema: one line, exit 1
+            from receiver.store.postgres import check_reachable
+
+            check_reachable(settings.kling_hooks_database_url.get_secret_value())
         server = Server(
             uvicorn.Config(
                 create_app(settings, database_locked=True, on_started=_freeze_start_up),

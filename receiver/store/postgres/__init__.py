@@ -34,10 +34,15 @@ from receiver.store.postgres.database import (
     MIGRATION_LOCK,
     SCHEMA_VERSION,
     PgConnection,
+    WriterConnection,
+    check_reachable,
     connect,
     connect_writer,
+    describe,
+    get_or_create_meta,
     migrate,
     schema_version,
+    unreachable,
 )
 from receiver.store.postgres.deliveries import DEFAULT_LEASE_MS, ExpireLeases, Replica
 from receiver.store.postgres.transaction import PgTransaction
@@ -50,8 +55,13 @@ __all__ = [
     "PgConnection",
     "PgTransaction",
     "Replica",
+    "WriterConnection",
+    "check_reachable",
     "connect",
     "connect_writer",
+    "describe",
+    "get_or_create_meta",
     "migrate",
     "schema_version",
+    "unreachable",
 ]

@@ -14,10 +14,13 @@ is applied once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
+import psycopg.conninfo
 from psycopg.rows import TupleRow
 
-from receiver.errors import SchemaTooNew
+from receiver.errors import SchemaTooNew, StoreUnavailable
 from receiver.store.database import migration_files
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql`` of this package.
@@ -33,13 +36,21 @@ _PACKAGE = "receiver.store.postgres"
 PgConnection = psycopg.Connection[TupleRow]
 
 
+#: How long a connection attempt may take, seconds, unless the URL says (``connect_timeout``):
+#: libpq's default is to wait for ever, and a callback must get its 503 instead.
+CONNECT_TIMEOUT_S = 5
+
+
 def connect(url: str) -> PgConnection:
     """A connection to ``url`` in autocommit mode (a transaction is opened explicitly), whose
-    commits wait for the server's WAL flush (``synchronous_commit = on``).
+    commits wait for the server's WAL flush (``synchronous_commit = on``); an attempt gives up
+    after :data:`CONNECT_TIMEOUT_S` unless the URL sets ``connect_timeout``.
 
     Raises:
         psycopg.OperationalError: the server cannot be reached or refuses the connection.
     """
+    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
+        url = psycopg.conninfo.make_conninfo(url, connect_timeout=CONNECT_TIMEOUT_S)
     conn = psycopg.connect(url, autocommit=True)
     conn.execute("SET synchronous_commit = on")
     return conn
@@ -94,17 +105,96 @@ def migrate(conn: PgConnection) -> int:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
-def connect_writer(url: str) -> PgConnection:
-    """The writer's connection (:func:`connect`), with the schema migrated (:func:`migrate`);
-    to be used only on the thread that opened it, like SQLite's.
+class WriterConnection:
+    """The writer's connection (:func:`connect`), opened with the schema migrated
+    (:func:`migrate`), and opened again when it was lost (the server restarted, a failover):
+    the receiver recovers without a restart. Used only on the writer's thread, like SQLite's.
 
     Raises:
-        SchemaTooNew, psycopg.Error: from the migrations or the connection (then closed).
+        SchemaTooNew, psycopg.Error: from the migrations or the first connection.
     """
-    conn = connect(url)
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn = connect(url)
+        try:
+            migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def current(self) -> PgConnection:
+        """The open connection; a lost one is replaced first (its transaction was lost with
+        it: nothing of it was committed).
+
+        Raises:
+            StoreUnavailable: the server cannot be reached now (the next call tries again).
+        """
+        if self._conn.closed or self._conn.broken:
+            self._conn.close()
+            try:
+                self._conn = connect(self._url)
+            except psycopg.Error as exc:
+                raise unreachable(exc) from None
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def connect_writer(url: str) -> WriterConnection:
+    """The writer's connection: :class:`WriterConnection` (arguments and errors its own)."""
+    return WriterConnection(url)
+
+
+def describe(url: str) -> str:
+    """``host:port/dbname`` of ``url``, for logs and messages (never the password)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    host, port = info.get("host") or "localhost", info.get("port") or "5432"
+    return f"postgresql://{host}:{port}/{info.get('dbname') or info.get('user') or ''}"
+
+
+def unreachable(exc: psycopg.Error) -> StoreUnavailable:
+    """The error to report when the server cannot be reached or refuses us: libpq's first
+    line (it names the host and port, never the password)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StoreUnavailable(f"Postgres: {first}")
+
+
+def get_or_create_meta(
+    conn: PgConnection, key: str, factory: Callable[[], str]
+) -> tuple[str, bool]:
+    """Read ``meta[key]``, creating it with ``factory()`` if absent: atomic across replicas
+    (``ON CONFLICT DO NOTHING``, then the row that won).
+
+    Returns:
+        ``(value, created)``.
+    """
+    cur = conn.execute(
+        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+        (key, factory()),
+    )
+    row = conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+    assert row is not None
+    return str(row[0]), cur.rowcount == 1
+
+
+def check_reachable(url: str) -> None:
+    """Connect to ``url`` and bring its schema up to date, then disconnect: what ``serve``
+    checks before it starts, so that a server it cannot use stops it with one line.
+
+    Raises:
+        StoreUnavailable: the server cannot be reached, refuses us, or a migration failed.
+        SchemaTooNew: the database is newer than this program.
+    """
+    try:
+        conn = connect(url)
+    except psycopg.Error as exc:
+        raise unreachable(exc) from None
     try:
         migrate(conn)
-    except BaseException:
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"Postgres: the migrations failed: {exc}") from None
+    finally:
         conn.close()
-        raise
-    return conn

@@ -141,6 +141,8 @@ class Records:
         transitions: The new transitions recorded so far, with their database ids (the
             writer's commit listeners get them).
         callbacks: The raw callbacks stored so far, whatever their verdict.
+        outbox_due_at: When the earliest outbox row written so far is due, Unix ms (None:
+            none was); the batch's notification to the other replicas says so.
     """
 
     def __init__(self, conn: psycopg.Connection[Any], router: Router) -> None:
@@ -148,6 +150,7 @@ class Records:
         self._router = router
         self.transitions: list[TransitionRow] = []
         self.callbacks: list[CallbackRow] = []
+        self.outbox_due_at: int | None = None
 
     def apply_callback(self, cb: IncomingCallback) -> Verdict:
         """Record one callback and, when it moves its task forward, its transition and
@@ -235,6 +238,8 @@ class Records:
         ]
         if rows:
             self.conn.cursor().executemany(_INSERT_DELIVERY, rows)
+            due = self.outbox_due_at
+            self.outbox_due_at = t.received_at if due is None else min(due, t.received_at)
 
 
 def _conflict(task: TaskRow) -> TaskConflict:

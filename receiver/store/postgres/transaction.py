@@ -26,8 +26,10 @@ import psycopg
 
 from receiver.errors import StoreUnavailable
 from receiver.store.batches import Router
+from receiver.store.postgres.database import WriterConnection
 from receiver.store.postgres.deliveries import DELIVERY_OPS, Replica
 from receiver.store.postgres.records import Records
+from receiver.store.postgres.wakeups import due_after, notify
 from receiver.store.probe import PROBE_KEY, WriteProbe
 from receiver.store.transaction import Begin, WriteOp
 from receiver.transitions import HasBatch
@@ -68,6 +70,7 @@ class PgTransaction:
         self.conn = conn
         self.batch = Records(conn, router)
         self.replica = replica
+        self._due_at: int | None = None  # of the delivery operations; task ones: batch's
 
     @classmethod
     def opener(cls, replica: Replica) -> Begin:
@@ -78,7 +81,7 @@ class PgTransaction:
     @classmethod
     def begin(
         cls,
-        conn: psycopg.Connection[Any],
+        writer_conn: WriterConnection,
         ops: Sequence[WriteOp[object]],
         router: Router,
         *,
@@ -95,7 +98,14 @@ class PgTransaction:
         sorted task_id order, in one statement: every replica takes them in the same order,
         and a task's writes are serialised across replicas for the rest of the transaction.
         (Two task_ids with the same hash share a lock: they wait, no more.)
+
+        A connection that was lost is replaced first (``WriterConnection.current``).
+
+        Raises:
+            StoreUnavailable: the server cannot be reached.
+            psycopg.Error: ``BEGIN`` or the locks failed (the transaction is rolled back).
         """
+        conn = writer_conn.current()
         conn.execute("BEGIN")
         try:
             names = sorted({k[0] for op in ops if (k := op.task_keys) is not None})
@@ -121,15 +131,19 @@ class PgTransaction:
         # What the operation added to the batch's lists goes with its writes when it fails:
         # the commit listeners hear only of rows that were committed.
         kept = len(self.batch.transitions), len(self.batch.callbacks)
+        kept_due = self.batch.outbox_due_at
         try:
             if op.task_keys is not None:
                 result = cast(Callable[[HasBatch], T], op.run)(self)
             elif (own := POSTGRES_OPS.get(type(op))) is not None:
                 result = own(op, self.conn, self.replica)
+                if (due := due_after(op, result, self.replica)) is not None:
+                    self._due_at = due if self._due_at is None else min(self._due_at, due)
             else:
                 raise StoreUnavailable(f"{type(op).__name__} does not run on Postgres yet")
         except BaseException:
             del self.batch.transitions[kept[0] :], self.batch.callbacks[kept[1] :]
+            self.batch.outbox_due_at = kept_due
             self.conn.execute("ROLLBACK TO op")
             self.conn.execute("RELEASE op")
             raise
@@ -137,8 +151,12 @@ class PgTransaction:
         return result
 
     def commit(self) -> None:
-        """``COMMIT``; it returns once the server has flushed the WAL
-        (``synchronous_commit = on``)."""
+        """``COMMIT``, with the batch's one notification to the other replicas when it made
+        a delivery actionable (``receiver.store.postgres.wakeups``); it returns once the
+        server has flushed the WAL (``synchronous_commit = on``)."""
+        due = [d for d in (self._due_at, self.batch.outbox_due_at) if d is not None]
+        if due:
+            notify(self.conn, min(due), self.replica)
         self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
