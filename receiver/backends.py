@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from receiver.store.reads import StatusReads
 
 #: On Postgres, a claim's lease is its plugin's ``timeout_s`` and this margin, ms: the time to
-#: record the outcome, and the replicas' clock skew.
-LEASE_MARGIN_MS = 60_000
+#: record the outcome, and the replicas' clock skew (NTP keeps it under a second).
+LEASE_MARGIN_MS = 10_000
 
 
 @dataclass(frozen=True)

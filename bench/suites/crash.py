@@ -8,6 +8,11 @@ At random moments (once a random share of the callbacks is acknowledged, plus a 
 the receiver is killed with SIGKILL and started again on the same database and port, at least
 3 times. Once every callback is acknowledged, the suite waits until the outbox is empty.
 
+On Postgres (``database_url``), ``replicas`` receivers share the database and one listening
+socket (one URL in front of them, as a load balancer gives: ``ServeProcess``'s ``sock``), and
+each kill takes a replica chosen at random, which is then started again under its own
+replica id; the others go on serving meanwhile.
+
 Figures: acknowledged, stored (acknowledged callbacks whose task is in the database), lost
 (must be 0), deliveries done, deliveries not done at the end (must be 0: not ``done``, or never
 written), and duplicate deliveries per plugin (allowed: at-least-once; counted at the sinks).
@@ -29,7 +34,7 @@ from pathlib import Path
 from bench.processes import free_port, outbox
 from bench.suites import Report
 from bench.suites.load import CallbackLoad, poll_until
-from bench.suites.serve_process import SECRET, ServeProcess
+from bench.suites.serve_process import SECRET, ServeProcess, shared_socket
 from bench.workload import succeed_body
 from submitter.media import png_bytes
 from tests.sinks import Sink, start_sink
@@ -80,9 +85,45 @@ concurrency = 8
     return config
 
 
-def stored_ids(db: Path) -> set[str]:
+def stored_ids(db: Path | str) -> set[str]:
+    """The external_task_ids stored in ``db``: a SQLite file, or a Postgres URL."""
+    if isinstance(db, str):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            return {r[0] for r in pg.execute("SELECT external_task_id FROM tasks")}
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         return {r[0] for r in conn.execute("SELECT external_task_id FROM tasks")}
+
+
+def outbox_of(db: Path | str) -> tuple[int, int]:
+    """``(deliveries, of which done)`` in ``db``: a SQLite file, or a Postgres URL."""
+    if isinstance(db, Path):
+        return outbox(db)
+    import psycopg
+
+    with psycopg.connect(db) as pg:
+        row = pg.execute(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'done') FROM deliveries"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _servers(config: Path, database_url: str | None, replicas: int) -> list[ServeProcess]:
+    """One receiver on its own port (SQLite), or ``replicas`` on one socket (Postgres)."""
+    if database_url is None:
+        return [ServeProcess(config, free_port())]
+    sock = shared_socket()
+    return [
+        ServeProcess(
+            config,
+            0,
+            {"KLING_HOOKS_DATABASE_URL": database_url, "KLING_HOOKS_REPLICA_ID": f"replica-{n}"},
+            sock=sock,
+        )
+        for n in range(replicas)
+    ]
 
 
 def duplicates(keys: list[str]) -> int:
@@ -90,26 +131,39 @@ def duplicates(keys: list[str]) -> int:
     return sum(n - 1 for n in collections.Counter(keys).values())
 
 
-async def killer(server: ServeProcess, load: CallbackLoad, sizes: Sizes, rng: random.Random) -> int:
-    """SIGKILL and restart ``server`` ``sizes.kills`` times at random points; returns how many."""
+async def killer(
+    servers: list[ServeProcess], load: CallbackLoad, sizes: Sizes, rng: random.Random
+) -> int:
+    """SIGKILL and restart one of ``servers``, chosen at random, ``sizes.kills`` times at
+    random points; returns how many."""
     shares = sorted(rng.uniform(0.1, 0.9) for _ in range(sizes.kills))
     for share in shares:
         while len(load.acked) < share * sizes.callbacks:
             load.acked_changed.clear()
             await load.acked_changed.wait()
         await asyncio.sleep(rng.uniform(0, 0.3))
+        server = rng.choice(servers)
         await server.kill()
         await asyncio.sleep(rng.uniform(0, 0.3))
         await server.start()
     return len(shares)
 
 
-async def run(full: bool, workdir: Path) -> Report:
-    """N callbacks, >= 3 SIGKILLs and restarts, then an empty outbox; see the module doc."""
+async def run(
+    full: bool, workdir: Path, *, database_url: str | None = None, replicas: int = 1
+) -> Report:
+    """N callbacks, >= 3 SIGKILLs and restarts, then an empty outbox; see the module doc.
+
+    Args:
+        database_url: A Postgres database (empty) to run on, instead of a SQLite file.
+        replicas: How many receivers share it (Postgres only).
+    """
     sizes = FULL if full else REDUCED
     rng = random.Random()
     image = png_bytes(8, 8)
-    db = workdir / "crash.db"
+    db: Path | str = workdir / "crash.db" if database_url is None else database_url
+    if database_url is None and replicas != 1:
+        raise ValueError("replicas share a Postgres database: give database_url")
     started = time.monotonic()
     async with start_sink() as slack, start_sink() as hook, start_sink() as files:
         for i in range(sizes.callbacks):
@@ -120,18 +174,23 @@ async def run(full: bool, workdir: Path) -> Report:
             doc["task_result"] = {"images": [{"index": 0, "url": f"{files.url}/r/{index}.png"}]}
             return json.dumps(doc).encode()
 
-        server = ServeProcess(write_config(workdir, slack, hook), free_port())
-        await server.start()
+        config = write_config(workdir, slack, hook)
+        servers = _servers(config, database_url, replicas)
         try:
+            await asyncio.gather(*(s.start() for s in servers))
             load = CallbackLoad(
-                server.url, SECRET, "crash", sizes.callbacks, sizes.concurrency, body_of
+                servers[0].url, SECRET, "crash", sizes.callbacks, sizes.concurrency, body_of
             )
-            kills, _ = await asyncio.gather(killer(server, load, sizes, rng), load.run())
+            kills, _ = await asyncio.gather(killer(servers, load, sizes, rng), load.run())
             expected = len(PLUGINS) * sizes.callbacks
-            await poll_until(lambda: outbox(db) == (expected, expected), sizes.drain_timeout_s, 0.5)
+            await poll_until(
+                lambda: outbox_of(db) == (expected, expected), sizes.drain_timeout_s, 0.5
+            )
         finally:
-            await server.stop()
-        total, done = outbox(db)
+            await asyncio.gather(*(s.stop() for s in servers))
+            if servers[0].sock is not None:
+                servers[0].sock.close()
+        total, done = outbox_of(db)
         slack_keys = [
             m.group().decode() if (m := TASK.search(r.body)) else "" for r in slack.requests
         ]
@@ -160,6 +219,8 @@ async def run(full: bool, workdir: Path) -> Report:
         f"{sizes.callbacks:,} distinct callbacks at concurrency {sizes.concurrency}; "
         f"plugins {', '.join(PLUGINS)}; {total:,} outbox rows"
     )
+    if database_url is not None:
+        report.notes.append(f"Postgres, {replicas} replica(s) behind one listening socket")
     if kills < 3:
         report.figures["SIGKILLs short of 3"] = 3 - kills
         report.must_be_zero += ("SIGKILLs short of 3",)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,16 +29,29 @@ START_TIMEOUT_S = 30.0
 class ServeProcess:
     """One ``serve`` on ``port`` with ``config``; :meth:`start` again after :meth:`kill`.
 
+    With ``sock`` (a listening socket this process holds), it serves on that socket instead
+    (``serve --fd``), and so may several replicas at once: the kernel hands each connection
+    to one of them, and connections wait in the backlog while one restarts (one URL in front
+    of them all, as a load balancer or systemd's socket gives).
+
     Attributes:
         lines: Every stderr line of every run, decoded (the secrets suite scans them).
         events: Those lines that are JSON objects.
         starts: How many times it was started.
     """
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        env: dict[str, str] | None = None,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.config = config
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.sock = sock
+        self.port = port if sock is None else sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
         self.env.update(
             KLING_HOOKS_SECRET=SECRET,
@@ -59,28 +73,32 @@ class ServeProcess:
         return self.proc.pid
 
     async def start(self) -> None:
-        """Start it and wait until uvicorn listens (its "Uvicorn running on" line).
+        """Start it and wait until it serves: uvicorn's "Uvicorn running on" line (on an
+        inherited socket, which uvicorn does not name: the receiver's ``receiver_started``).
 
         Raises:
             RuntimeError: it exited first, or did not listen within START_TIMEOUT_S.
         """
+        where = ["--port", str(self.port)]
+        if self.sock is not None:
+            where = ["--fd", str(self.sock.fileno())]
         self.proc = await asyncio.create_subprocess_exec(
             str(KLING_HOOKS),
             "serve",
             "--config",
             str(self.config),
-            "--port",
-            str(self.port),
+            *where,
             env=self.env,
             cwd=self.config.parent,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            pass_fds=() if self.sock is None else (self.sock.fileno(),),
         )
         self.starts += 1
         self._reader = asyncio.create_task(self._read(self.proc))
         seen = len(self.events)
         try:
-            await self.until(lambda e: "Uvicorn running on" in str(e.get("event")), seen)
+            await self.until(_serving if self.sock is not None else _listening, seen)
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"serve did not start: {self.lines[-5:]}") from exc
 
@@ -149,6 +167,26 @@ class ServeProcess:
             await self.proc.wait()
         if self._reader is not None:
             await self._reader
+
+
+def _listening(event: dict[str, Any]) -> bool:
+    """uvicorn bound its port (after the receiver's start-up)."""
+    return "Uvicorn running on" in str(event.get("event"))
+
+
+def _serving(event: dict[str, Any]) -> bool:
+    """The receiver started on an inherited socket: it serves requests from now on."""
+    return event.get("event") == "receiver_started"
+
+
+def shared_socket() -> socket.socket:
+    """A listening TCP socket on a free loopback port, for :class:`ServeProcess` ``sock``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextlib.asynccontextmanager
