@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from receiver.models import Pruned
-from receiver.store import ConnectionOp, Reader, WriteOp
+from receiver.store import ConnectionOp, StatusReads, WriteOp
 from receiver.store.retention import (
     AUTO_VACUUM_INCREMENTAL,
     Checkpoint,
@@ -74,7 +74,7 @@ class _Batches:
 
 async def prune(
     writer: Writer,
-    reader: Reader,
+    reader: StatusReads,
     *,
     cutoff_ms: int,
     dry_run: bool = False,
@@ -95,7 +95,9 @@ async def prune(
             bound to its ``request_id``); default this module's.
         vacuum: Then give the free pages back: in steps of ``vacuum_pages`` on a database
             with ``auto_vacuum = INCREMENTAL``, else with one full ``VACUUM`` (which also
-            turns it incremental; callbacks wait while it runs).
+            turns it incremental; callbacks wait while it runs). Ignored (the answer's
+            ``vacuum`` is ``none``) where the database reclaims space itself
+            (:attr:`~receiver.store.retention.Space.reclaims_itself`: Postgres).
         window_rows: Rows one batch looks at.
         clock_s: A monotonic clock in seconds (batch durations).
         should_stop: Asked before each batch; True ends the prune there, as the writer's
@@ -119,7 +121,7 @@ async def prune(
             table: await _prune_table(batches, table, cutoff_ms, window_rows)
             for table in ("callbacks", "deliveries")
         }
-        if vacuum and await batches.go_on():
+        if vacuum and not before.reclaims_itself and await batches.go_on():
             mode = await _vacuum(batches, reader, vacuum_pages)
     after = await reader.space()
     answer = Pruned(
@@ -154,7 +156,9 @@ async def _prune_table(batches: _Batches, table: Table, cutoff_ms: int, window: 
     return deleted
 
 
-async def _vacuum(batches: _Batches, reader: Reader, pages: int) -> Literal["incremental", "full"]:
+async def _vacuum(
+    batches: _Batches, reader: StatusReads, pages: int
+) -> Literal["incremental", "full"]:
     """Give the free pages back (until told to stop), then checkpoint so that the file
     shrinks."""
     if (await reader.space()).auto_vacuum != AUTO_VACUUM_INCREMENTAL:
