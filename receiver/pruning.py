@@ -1,6 +1,11 @@
 """``POST /prune``'s work: remove old rows batch by batch through the writer, then give the
 free pages back; what goes and what stays is ``receiver.store.retention``'s rule.
 
+On Postgres the batches are the same operations (``receiver.store.postgres.retention`` runs
+them), and no vacuum step follows: the reader's :class:`~receiver.store.retention.Space`
+says ``reclaims_itself`` (autovacuum makes the deleted rows' space reusable), and the
+answer's ``vacuum`` is ``none``.
+
 Each batch is one operation the single writer commits, so a callback that arrives while
 prune runs waits for one batch at most, never for the whole removal. Nothing here writes SQL.
 

@@ -7,7 +7,7 @@ are fetched with the SELECT lists of the one row mapping (``receiver.store.rows`
 :func:`select_list` of the models' fields) and rendered in Python by its twin of SQLite's
 ``json_object`` (:func:`json_text`), field by field in the models' order: the same text, byte
 for byte (``tests/test_pg_reads.py``). (A model's ``model_dump_json`` would say the same JSON
-value in another text: SQLite keeps a stored JSON column's ``\u00e9`` escapes.) The other
+value in another text: SQLite keeps a stored JSON column's ``\\u00e9`` escapes.) The other
 reads build their models from the rows, as SQLite's reader does.
 
 Text sorts as SQLite's does (byte order, ``COLLATE "C"``), whatever the database's collation.
