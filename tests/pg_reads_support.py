@@ -23,7 +23,7 @@ from receiver.models import DeliveryState, SavedFile
 from receiver.store import DashboardReader, DashboardReads, Reader, ReadPool, StatusReads
 from receiver.store.deliveries import Claim, Finish, Outcome, Redeliver
 from receiver.store.postgres import PgDashboardReader, PgReader, PgReadPool, Replica
-from receiver.transitions import Registration
+from receiver.transitions import IncomingCallback, Registration
 from receiver.writer import Writer
 from submitter.protocol import TaskStatus
 from tests.test_pg_writes import callback
@@ -118,6 +118,20 @@ async def pg_backend(url: str) -> AsyncIterator[Backend]:
         await writer.close()
 
 
+#: The task_ids of the history.
+TASK_IDS = ["t-1", "t-2", "t-3", "ext-2", *(f"p-{n}" for n in range(6))]
+
+
+@contextlib.asynccontextmanager
+async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Backend, Backend]]:
+    """The history (:func:`write_history`) written to a SQLite file in ``tmp_path`` and to the
+    Postgres database ``pg_url``: ``(sqlite, postgres)``."""
+    async with sqlite_backend(tmp_path / "kling-hooks.db") as lite, pg_backend(pg_url) as pg:
+        await write_history(lite.writer)
+        await write_history(pg.writer)
+        yield lite, pg
+
+
 def _registration(
     task_id: str, ext: str, route: str, request: object, minute: float
 ) -> Registration:
@@ -130,7 +144,7 @@ async def write_history(w: Writer) -> None:
     callbacks with a duplicate, a stale one and a failed task, paged tasks, then deliveries
     claimed and finished (done with files, failed, dead, still running) and a replay."""
     done = {"task_result": AWKWARD_RESULT, "task_status_msg": TEXT}
-    ops = [
+    ops: list[Registration | IncomingCallback] = [
         _registration("t-1", "ext-1", "images/generations", {"prompt": TEXT, "n": 1}, 0),
         callback("t-1", "processing", "ext-1", at(1)),
         callback(

@@ -5,16 +5,14 @@ letters, every delivery not done, done ones a file names); on Postgres no vacuum
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from receiver.models import Pruned
 from receiver.pruning import prune
-from tests.pg_reads_support import Backend, at, pg_backend, sqlite_backend, write_history
-from tests.test_pg_reads import TASK_IDS
+from tests.pg_reads_support import TASK_IDS, Backend, at, both
 
 TABLES = ("tasks", "transitions", "callbacks", "deliveries", "files")
 #: What a prune answers alike on both backends (not sizes, durations or the vacuum mode).
@@ -22,23 +20,20 @@ SAME = {"dry_run", "complete", "cutoff_ms", "callbacks", "deliveries", "dead_kep
 SAME |= {"kept_for_files", "batches"}
 
 
-@contextlib.asynccontextmanager
-async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Backend, Backend]]:
-    async with sqlite_backend(tmp_path / "kling-hooks.db") as lite, pg_backend(pg_url) as pg:
-        await write_history(lite.writer)
-        await write_history(pg.writer)
-        yield lite, pg
-
-
-async def pruned(b: Backend, cutoff_ms: int, **kw: bool) -> Pruned:
-    return await prune(b.writer, b.reader, cutoff_ms=cutoff_ms, window_rows=3, **kw)
+async def pruned(
+    b: Backend, cutoff_ms: int, *, dry_run: bool = False, vacuum: bool = False
+) -> Pruned:
+    """``prune`` on ``b`` in windows of 3 rows."""
+    return await prune(
+        b.writer, b.reader, cutoff_ms=cutoff_ms, dry_run=dry_run, vacuum=vacuum, window_rows=3
+    )
 
 
 def counts(b: Backend) -> dict[str, int]:
     return {t: b.count(t) for t in TABLES}
 
 
-def pg_rows(url: str, sql: str) -> list[tuple[object, ...]]:
+def pg_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(sql).fetchall()
 

@@ -16,21 +16,10 @@ import psycopg
 import pytest
 
 from receiver.errors import StoreUnavailable
-from receiver.models import DeliveryState, TaskPage
+from receiver.models import DeliveryState, ListedDelivery, TaskPage
 from receiver.store.postgres import PgDashboardReader, PgReader, PgReadPool
 from submitter.protocol import Route, TaskStatus
-from tests.pg_reads_support import Backend, at, pg_backend, sqlite_backend, write_history
-
-TASK_IDS = ["t-1", "t-2", "t-3", "ext-2", *(f"p-{n}" for n in range(6))]
-
-
-@contextlib.asynccontextmanager
-async def both(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[Backend, Backend]]:
-    """The history written to a SQLite file and to a Postgres database."""
-    async with sqlite_backend(tmp_path / "kling-hooks.db") as lite, pg_backend(pg_url) as pg:
-        await write_history(lite.writer)
-        await write_history(pg.writer)
-        yield lite, pg
+from tests.pg_reads_support import TASK_IDS, Backend, at, both
 
 
 async def walk_tasks(
@@ -38,7 +27,8 @@ async def walk_tasks(
 ) -> list[str]:
     """Every page of ``GET /tasks`` from the first, as its JSON text, with the cursor (this
     backend's row id of the page's last task, checked) written as that task's task_id."""
-    pages, cursor = [], None
+    pages: list[str] = []
+    cursor: int | None = None
     while True:
         text = await b.reader.task_page(
             task_status=task_status,
@@ -57,8 +47,12 @@ async def walk_tasks(
         cursor = int(page.next_cursor)
 
 
-async def walk_deliveries(b: Backend, limit: int, **filters: object) -> list[object]:
-    pages, cursor = [], None
+async def walk_deliveries(
+    b: Backend, limit: int, **filters: DeliveryState | str | None
+) -> list[tuple[list[ListedDelivery], int | None]]:
+    """Every page of ``GET /deliveries`` from the first: ``(deliveries, next_cursor)``."""
+    pages: list[tuple[list[ListedDelivery], int | None]] = []
+    cursor: int | None = None
     while True:
         found, cursor = await b.reader.list_deliveries(
             limit=limit,
@@ -91,18 +85,18 @@ async def test_every_status_read_answers_the_same_on_postgres_as_on_sqlite(
         filters: list[tuple[TaskStatus | None, Route | None, int | None]] = [
             (None, None, None),
             (TaskStatus.SUCCEED, None, None),
-            (None, "videos/text2video", None),
-            (TaskStatus.SUBMITTED, "images/generations", None),
+            (None, Route.VIDEOS_TEXT2VIDEO, None),
+            (TaskStatus.SUBMITTED, Route.IMAGES_GENERATIONS, None),
             (TaskStatus.FAILED, None, None),
             (None, None, at(6.1)),  # latest transition before t-3's duplicate
         ]
         for task_status, route, before in filters:
             for limit in (1, 2, 3, 500):
-                expected = await walk_tasks(lite, task_status, route, limit, before)
+                pages = await walk_tasks(lite, task_status, route, limit, before)
                 got = await walk_tasks(pg, task_status, route, limit, before)
-                assert got == expected, (task_status, route, before, limit)
+                assert got == pages, (task_status, route, before, limit)
 
-        for kw in [
+        deliveries_filters: list[dict[str, DeliveryState | str | None]] = [
             {},
             {"state": DeliveryState.DONE},
             {"state": DeliveryState.DEAD},
@@ -111,13 +105,14 @@ async def test_every_status_read_answers_the_same_on_postgres_as_on_sqlite(
             {"state": DeliveryState.PENDING, "plugin": "slack"},
             {"other_than": DeliveryState.DEAD},
             {"plugin": "downloader"},
-        ]:
+        ]
+        for kw in deliveries_filters:
             for limit in (1, 3, 500):
                 full = {"state": None, "plugin": None, **kw}
                 expected = await walk_deliveries(lite, limit, **full)
                 assert await walk_deliveries(pg, limit, **full) == expected, (kw, limit)
         everything = await walk_deliveries(pg, 500, state=None, plugin=None)
-        states = {d.state for d in everything[0][0]}  # type: ignore[index]
+        states = {d.state for d in everything[0][0]}
         assert states == set(DeliveryState)  # the history has every state
 
         backlog = await lite.reader.backlog()
