@@ -18,6 +18,7 @@ import pytest
 from receiver.errors import StoreUnavailable
 from receiver.models import DeliveryState, ListedDelivery, TaskPage
 from receiver.store.postgres import PgDashboardReader, PgReader, PgReadPool
+from receiver.store.postgres.pool import PgAsyncConnection
 from submitter.protocol import Route, TaskStatus
 from tests.pg_reads_support import TASK_IDS, Backend, at, both
 
@@ -294,3 +295,33 @@ async def test_reads_fail_while_postgres_is_away_and_recover_by_themselves(pg_ur
     finally:
         await pool.close()
         await gate.shut()
+
+
+async def test_size_reads_run_at_once_and_one_more_waits_at_most_the_timeout(
+    pg_url: str,
+) -> None:
+    pool = await PgReadPool.open(pg_url, size=2, timeout_s=1)
+    holding: list[int] = []
+    both_in = asyncio.Event()
+
+    async def blocked(conn: PgAsyncConnection) -> int:
+        """Holds its connection until the test's advisory lock is free (one statement)."""
+        holding.append(1)
+        if len(holding) == 2:
+            both_in.set()
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(42)")
+        return 1
+
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_advisory_lock(42)")
+            reads = [asyncio.create_task(pool.run(blocked)) for _ in range(2)]
+            async with asyncio.timeout(30):
+                await both_in.wait()  # two reads hold a connection each, at once
+            with pytest.raises(StoreUnavailable, match="no Postgres read connection within 1"):
+                await pool.run(blocked)  # every connection is busy: it waits 1 s, no more
+            assert len(holding) == 2
+            admin.execute("SELECT pg_advisory_unlock(42)")
+            assert await asyncio.gather(*reads) == [1, 1]
+    finally:
+        await pool.close()
