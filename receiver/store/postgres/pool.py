@@ -16,16 +16,17 @@ What a read meets when the database is away:
 
 Every connection is in autocommit mode: each statement reads what was committed when it began
 (READ COMMITTED), as the SQLite read connections do; a read that needs one snapshot for
-several statements opens a ``REPEATABLE READ`` transaction (:meth:`PgReadPool.snapshot`).
+several statements sends them in one ``REPEATABLE READ`` transaction
+(:meth:`PgReadPool.snapshot`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import TupleRow
+from psycopg.rows import TupleRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from receiver.errors import StoreUnavailable
@@ -34,6 +35,9 @@ T = TypeVar("T")
 
 #: An async connection of the pool; its rows are tuples.
 PgAsyncConnection = psycopg.AsyncConnection[TupleRow]
+
+#: A statement and its arguments (a sequence for ``%s`` marks, a mapping for ``%(name)s``).
+Query = tuple[str, Sequence[Any] | Mapping[str, Any]]
 
 #: Read connections of a receiver, unless its setting says otherwise.
 DEFAULT_SIZE = 4
@@ -103,16 +107,29 @@ class PgReadPool:
         except psycopg.Error as exc:  # PoolClosed is one too
             raise StoreUnavailable(str(exc)) from exc
 
-    async def snapshot(self, read: Callable[[PgAsyncConnection], Awaitable[T]]) -> T:
-        """:meth:`run` with every statement of ``read`` in one ``REPEATABLE READ, READ ONLY``
-        transaction: one committed snapshot (``GET /tasks/{id}`` reads five tables)."""
+    async def snapshot(self, statements: Mapping[str, Query]) -> dict[str, list[dict[str, Any]]]:
+        """Run every ``(sql, args)`` of ``statements`` in one ``REPEATABLE READ, READ ONLY``
+        transaction (one committed snapshot: ``GET /tasks/{id}`` reads five tables), sent in
+        one pipeline (``BEGIN``, the statements, ``COMMIT``: one round trip).
 
-        async def in_snapshot(conn: PgAsyncConnection) -> T:
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                return await read(conn)
+        Returns:
+            Each statement's rows as ``{column: value}``, by the statement's name.
 
-        return await self.run(in_snapshot)
+        Raises:
+            StoreUnavailable: as :meth:`run`.
+        """
+
+        async def read(conn: PgAsyncConnection) -> dict[str, list[dict[str, Any]]]:
+            async with conn.pipeline():
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursors = {}
+                for name, (sql, args) in statements.items():
+                    cursors[name] = cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(sql, args)
+                await conn.execute("COMMIT")
+                return {name: await cur.fetchall() for name, cur in cursors.items()}
+
+        return await self.run(read)
 
     async def close(self) -> None:
         """Close every connection (reads in flight finish first). Idempotent."""

@@ -97,8 +97,10 @@ class PgReader:
 
     async def task_answer(self, id_: str) -> str | None:
         """``GET /tasks/{id}``'s answer, :class:`Task` JSON text, or None; read from one
-        snapshot (``REPEATABLE READ``), its statements sent in one pipeline."""
-        return await self._pool.snapshot(lambda conn: _task_answer(conn, id_))
+        snapshot (``REPEATABLE READ``), its statements sent in one round trip."""
+        args = {"id": id_}
+        found = await self._pool.snapshot({n: (sql, args) for n, sql in _TASK_READS.items()})
+        return _task_answer(found)
 
     async def get_task(self, id_: str) -> Task | None:
         """:meth:`task_answer` as a validated :class:`Task`, or None."""
@@ -171,7 +173,8 @@ class PgReader:
     async def prunable(self, cutoff_ms: int) -> retention.Prunable:
         """What ``prune`` would remove before ``cutoff_ms`` (Unix ms), counted, and the old
         deliveries it keeps (``Reader.prunable``)."""
-        return await self._pool.snapshot(lambda conn: pg_retention.prunable(conn, cutoff_ms))
+        found = await self._pool.snapshot(pg_retention.prunable_queries(cutoff_ms))
+        return retention.Prunable(**{n: int(rows[0]["count"]) for n, rows in found.items()})
 
     async def space(self) -> retention.Space:
         """The database's size (``pg_database_size``, bytes), no free-byte count (0), and
@@ -193,16 +196,8 @@ class PgReader:
         return await self._pool.run(read)
 
 
-async def _task_answer(conn: PgAsyncConnection, id_: str) -> str | None:
-    """:meth:`PgReader.task_answer` on ``conn``, inside its snapshot."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    async with conn.pipeline():
-        cursors = {}
-        for name, sql in _TASK_READS.items():
-            cursors[name] = cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql, {"id": id_})
-        for name, cur in cursors.items():
-            found[name] = await cur.fetchall()
+def _task_answer(found: dict[str, list[dict[str, Any]]]) -> str | None:
+    """:meth:`PgReader.task_answer`'s text from the rows of :data:`_TASK_READS`."""
     if not found["task"]:
         return None
     callbacks = {r["verdict"]: r["n"] for r in found["callbacks"]}

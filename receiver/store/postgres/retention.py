@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from receiver.store.postgres.deliveries import Replica
+from receiver.store.postgres.pool import Query
 from receiver.store.retention import Prunable, PruneWindow, Windowed, prunable_sql
 
 
@@ -31,15 +32,12 @@ def prune_window(op: PruneWindow, conn: psycopg.Connection[Any], replica: Replic
     return op.windowed(seen, conn.execute(*op.delete_sql("%s", seen)).rowcount)
 
 
-async def prunable(conn: psycopg.AsyncConnection[Any], cutoff_ms: int) -> Prunable:
-    """What :func:`prune_window` would remove before ``cutoff_ms`` (Unix ms), counted, and
-    the old deliveries it keeps (``receiver.store.retention.prunable``'s counts).
-
-    Raises:
-        psycopg.Error: a count failed.
-    """
-    counts = []
-    for sql in prunable_sql("%s"):
-        row = await (await conn.execute(sql, (cutoff_ms,))).fetchone()
-        counts.append(int(row[0]) if row else 0)
-    return Prunable(*counts)
+def prunable_queries(cutoff_ms: int) -> dict[str, Query]:
+    """The counts of :class:`~receiver.store.retention.Prunable` before ``cutoff_ms`` (Unix
+    ms), by field, in its order: ``receiver.store.retention.prunable_sql``'s statements, each
+    of one row whose column ``count`` is the count, for
+    :meth:`~receiver.store.postgres.pool.PgReadPool.snapshot`."""
+    return {
+        name: (sql, (cutoff_ms,))
+        for name, sql in zip(Prunable.__dataclass_fields__, prunable_sql("%s"), strict=True)
+    }
