@@ -15,7 +15,6 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from receiver import credentials, store
 from receiver.config import Settings
@@ -23,11 +22,9 @@ from receiver.credentials import Credentials
 from receiver.dispatcher import Sweep
 from receiver.plugins.registry import LoadedPlugin
 from receiver.store.batches import Router
+from receiver.store.dashboard import DashboardReads
+from receiver.store.reads import StatusReads
 from receiver.writer import Writer
-
-if TYPE_CHECKING:
-    from receiver.store.dashboard import DashboardReads
-    from receiver.store.reads import StatusReads
 
 #: On Postgres, a claim's lease is its plugin's ``timeout_s`` and this margin, ms: the time to
 #: record the outcome, and the replicas' clock skew (NTP keeps it under a second).
@@ -119,6 +116,9 @@ async def _postgres(
     import psycopg
 
     from receiver.store import postgres
+    from receiver.store.postgres.dashboard import PgDashboardReader
+    from receiver.store.postgres.pool import PgReadPool
+    from receiver.store.postgres.reads import PgReader
     from receiver.store.postgres.wakeups import Listener
 
     assert settings.kling_hooks_database_url is not None
@@ -131,7 +131,7 @@ async def _postgres(
     except psycopg.Error as exc:
         raise postgres.unreachable(exc) from None
     try:
-        pool = await postgres.open_read_pool(url, size=settings.kling_hooks_pg_pool_size)
+        pool = await PgReadPool.open(url, size=settings.kling_hooks_pg_pool_size)
     except BaseException:
         await writer.close()
         raise
@@ -149,8 +149,8 @@ async def _postgres(
 
         yield OpenStore(
             writer=writer,
-            reader=postgres.PgReader(pool),
-            dashboard=postgres.PgDashboardReader(pool),
+            reader=PgReader(pool),
+            dashboard=PgDashboardReader(pool),
             credentials=creds,
             label=postgres.describe(url),
             sweep=postgres.ExpireLeases,

@@ -56,7 +56,7 @@ from prometheus_client.utils import floatToGoString
 
 from receiver import __version__
 from receiver.models import Backlog, DeliveryState, Verdict
-from receiver.store import Reader
+from receiver.store import StatusReads
 from receiver.store.deliveries import Job, Outcome
 
 #: The ``Content-Type`` of ``GET /metrics``: Prometheus' text format 0.0.4.
@@ -194,7 +194,7 @@ class Metrics:
             series = self._attempts.labels(job.plugin, outcome.state.value)
         series.inc()
 
-    async def scrape(self, reader: Reader) -> bytes:
+    async def scrape(self, reader: StatusReads) -> bytes:
         """Every metric in Prometheus' text format (:data:`CONTENT_TYPE`), UTF-8.
 
         Args:

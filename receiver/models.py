@@ -230,7 +230,8 @@ class Pruned(Ok):
     """``POST /prune``: what was removed (or, with ``dry_run``, would be), and the space.
 
     Sizes are the database's pages (``page_count * page_size``), as committed; the file on
-    disk follows at the next WAL checkpoint, which a vacuum runs at its end.
+    disk follows at the next WAL checkpoint, which a vacuum runs at its end. On Postgres they
+    are ``pg_database_size``, and ``free_bytes_after`` is 0 (not counted there).
 
     ``complete`` is False when the prune ended early, between two batches, because the
     receiver began to stop or the client went away: the counts are what was removed until
@@ -253,7 +254,8 @@ class Pruned(Ok):
     longest_batch_ms: float = Field(description="the slowest one, queued to committed")
     vacuum: Literal["none", "incremental", "full"] = Field(
         description="how free pages were given back: incremental steps, or one full VACUUM "
-        "(a database made before schema 4); none without vacuum"
+        "(a database made before schema 4); none without vacuum, and on Postgres (autovacuum "
+        "makes the space reusable by itself)"
     )
     size_bytes_before: int
     size_bytes_after: int

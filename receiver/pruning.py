@@ -1,6 +1,11 @@
 """``POST /prune``'s work: remove old rows batch by batch through the writer, then give the
 free pages back; what goes and what stays is ``receiver.store.retention``'s rule.
 
+On Postgres the batches are the same operations (``receiver.store.postgres.retention`` runs
+them), and no vacuum step follows: the reader's :class:`~receiver.store.retention.Space`
+says ``reclaims_itself`` (autovacuum makes the deleted rows' space reusable), and the
+answer's ``vacuum`` is ``none``.
+
 Each batch is one operation the single writer commits, so a callback that arrives while
 prune runs waits for one batch at most, never for the whole removal. Nothing here writes SQL.
 
@@ -21,7 +26,7 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from receiver.models import Pruned
-from receiver.store import ConnectionOp, Reader, WriteOp
+from receiver.store import ConnectionOp, StatusReads, WriteOp
 from receiver.store.retention import (
     AUTO_VACUUM_INCREMENTAL,
     Checkpoint,
@@ -74,7 +79,7 @@ class _Batches:
 
 async def prune(
     writer: Writer,
-    reader: Reader,
+    reader: StatusReads,
     *,
     cutoff_ms: int,
     dry_run: bool = False,
@@ -95,7 +100,9 @@ async def prune(
             bound to its ``request_id``); default this module's.
         vacuum: Then give the free pages back: in steps of ``vacuum_pages`` on a database
             with ``auto_vacuum = INCREMENTAL``, else with one full ``VACUUM`` (which also
-            turns it incremental; callbacks wait while it runs).
+            turns it incremental; callbacks wait while it runs). Ignored (the answer's
+            ``vacuum`` is ``none``) where the database reclaims space itself
+            (:attr:`~receiver.store.retention.Space.reclaims_itself`: Postgres).
         window_rows: Rows one batch looks at.
         clock_s: A monotonic clock in seconds (batch durations).
         should_stop: Asked before each batch; True ends the prune there, as the writer's
@@ -119,7 +126,7 @@ async def prune(
             table: await _prune_table(batches, table, cutoff_ms, window_rows)
             for table in ("callbacks", "deliveries")
         }
-        if vacuum and await batches.go_on():
+        if vacuum and not before.reclaims_itself and await batches.go_on():
             mode = await _vacuum(batches, reader, vacuum_pages)
     after = await reader.space()
     answer = Pruned(
@@ -154,7 +161,9 @@ async def _prune_table(batches: _Batches, table: Table, cutoff_ms: int, window: 
     return deleted
 
 
-async def _vacuum(batches: _Batches, reader: Reader, pages: int) -> Literal["incremental", "full"]:
+async def _vacuum(
+    batches: _Batches, reader: StatusReads, pages: int
+) -> Literal["incremental", "full"]:
     """Give the free pages back (until told to stop), then checkpoint so that the file
     shrinks."""
     if (await reader.space()).auto_vacuum != AUTO_VACUUM_INCREMENTAL:

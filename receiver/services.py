@@ -21,8 +21,7 @@ from receiver.feed import LiveFeed
 from receiver.metrics import Metrics
 from receiver.models import DeliveryState
 from receiver.plugins.registry import LoadedPlugin
-from receiver.store import Reader
-from receiver.store.dashboard import DashboardReader
+from receiver.store import DashboardReads, StatusReads
 from receiver.store.deliveries import Redeliver
 from receiver.writer import Writer
 
@@ -34,6 +33,7 @@ class Services:
     Attributes:
         clock_ms: The wall clock, Unix epoch ms.
         metrics: This receiver's Prometheus metrics (``GET /metrics``).
+        reader: The status API's reads, on either backend (:class:`StatusReads`).
         dashboard: The dashboard's reads (``receiver.ui``), on the status API's connections.
         feed: Which tasks just changed, for the dashboard's live updates.
     """
@@ -42,11 +42,11 @@ class Services:
     plugins: tuple[LoadedPlugin, ...]
     credentials: Credentials
     writer: Writer
-    reader: Reader
+    reader: StatusReads
     dispatcher: Dispatcher
     clock_ms: Callable[[], int]
     metrics: Metrics
-    dashboard: DashboardReader
+    dashboard: DashboardReads
     feed: LiveFeed
 
     def started_plugins(self) -> frozenset[str]:

@@ -22,7 +22,7 @@ from receiver.models import Verdict
 from receiver.parsing import parse_callback
 from receiver.store import Router, WriteProbe
 from receiver.store.postgres import Replica
-from receiver.store.retention import PruneWindow
+from receiver.store.retention import IncrementalVacuum
 from receiver.transitions import IncomingCallback, Registration, TransitionRow
 from receiver.writer import Writer
 from submitter.protocol import TaskStatus
@@ -164,8 +164,8 @@ async def test_an_operation_that_fails_undoes_only_its_own_writes(pg_url: str) -
         assert isinstance(outcomes[1], TaskConflict) and isinstance(outcomes[2], TaskConflict)
         assert isinstance(outcomes[3], StoreUnavailable)  # Postgres text holds no NUL
         assert await w.submit(WriteProbe(42)) is None  # the batch's connection still works
-        with pytest.raises(StoreUnavailable, match="PruneWindow does not run on Postgres yet"):
-            await w.submit(PruneWindow("callbacks", 1, 0, 10))
+        with pytest.raises(StoreUnavailable, match="IncrementalVacuum does not run on Postgres"):
+            await w.submit(IncrementalVacuum(10))  # SQLite's alone
     assert rows(pg_url, "SELECT task_id, task_status FROM tasks ORDER BY task_id") == [
         ("t-1", "submitted"),
         ("t-2", "succeed"),

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from receiver.config import ConfigError, Settings, duration_ms, load_settings
+from receiver.config import Settings, duration_ms, load_settings
 from receiver.logging import configure_logging
 from receiver.models import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -96,16 +96,9 @@ def load(config: Path | None, db: Path | None, *, quiet: bool = True, **override
     warnings).
 
     Raises:
-        ConfigError: a bad setting or an unreadable config file; or
-            ``KLING_HOOKS_DATABASE_URL`` is set: the Postgres backend (issue 13) is not wired
-            into any command yet, and a command must not quietly use SQLite instead.
+        ConfigError: a bad setting or an unreadable config file.
     """
     settings = load_settings(config, kling_hooks_db=db, **overrides)
-    if settings.kling_hooks_database_url is not None:
-        raise ConfigError(
-            "KLING_HOOKS_DATABASE_URL: the Postgres backend is not complete yet, and no command"
-            " runs on it so far; unset it to use KLING_HOOKS_DB (SQLite)"
-        )
     level = settings.kling_hooks_log_level
     if quiet and level in ("debug", "info", "warning"):
         level = "error"

@@ -8,8 +8,10 @@
 * ``transaction``: the transaction a batch runs in, and the protocol of write operations;
 * ``deliveries``: the outbox operations (claim, finish, recover, replay);
 * ``pool``: the status API's read connections (a few, each on a thread of its own);
-* ``reads``: the status API's read-only queries;
-* ``dashboard``: the dashboard's read-only queries (files by id, the overview's counts);
+* ``reads``: the status API's read-only queries, and their protocol for either backend
+  (``StatusReads``);
+* ``dashboard``: the dashboard's read-only queries (files by id, the overview's counts), and
+  their protocol (``DashboardReads``);
 * ``retention``: pruning old rows in small batches, and giving free pages back (``prune``);
 * ``probe``: the write probe of ``GET /readyz`` while the last commit failed;
 * ``backup``: an online copy with SQLite's backup API (``kling-hooks backup``).
@@ -21,7 +23,7 @@ backend must keep").
 
 from receiver.errors import StoreUnavailable
 from receiver.store.batches import Router
-from receiver.store.dashboard import DashboardReader
+from receiver.store.dashboard import DashboardReader, DashboardReads
 from receiver.store.database import (
     SCHEMA_VERSION,
     DatabaseLock,
@@ -33,17 +35,19 @@ from receiver.store.database import (
 )
 from receiver.store.pool import ReadPool
 from receiver.store.probe import WriteProbe
-from receiver.store.reads import Reader
+from receiver.store.reads import Reader, StatusReads
 from receiver.store.transaction import ConnectionOp, Transaction, WriteOp
 
 __all__ = [
     "SCHEMA_VERSION",
     "ConnectionOp",
     "DashboardReader",
+    "DashboardReads",
     "DatabaseLock",
     "ReadPool",
     "Reader",
     "Router",
+    "StatusReads",
     "StoreUnavailable",
     "Transaction",
     "WriteOp",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from receiver.store.pool import ReadPool
 from receiver.store.rows import marks
@@ -69,7 +69,8 @@ class Overview:
     spend: list[tuple[int, str, float, int]]
 
 
-_FILE = "SELECT id, task_id, url, path, bytes, content_type FROM files"
+#: A :class:`StoredFile`'s columns, in its order (plain SQL, the Postgres reader's too).
+FILE_SELECT = "SELECT id, task_id, url, path, bytes, content_type FROM files"
 
 #: The id after which every row of ``{table}`` is at least as new as the cutoff by
 #: ``{column}``: ids grow with time, so scanning back from the newest row stops at the first
@@ -91,6 +92,20 @@ _SPEND = (
 )
 
 
+class DashboardReads(Protocol):
+    """The dashboard's reads, whichever backend holds the data: :class:`DashboardReader`
+    (SQLite) and ``receiver.store.postgres.PgDashboardReader`` give the same results for the
+    same rows (the methods' documentation is :class:`DashboardReader`'s)."""
+
+    async def file(self, file_id: int) -> StoredFile | None: ...
+
+    async def task_files(self, task_id: str) -> list[StoredFile]: ...
+
+    async def row_extras(self, task_ids: Sequence[str]) -> dict[str, RowExtras]: ...
+
+    async def overview(self, *, callbacks_since_ms: int, spend_since_ms: int) -> Overview: ...
+
+
 class DashboardReader:
     """Read-only queries of the dashboard.
 
@@ -104,12 +119,13 @@ class DashboardReader:
 
     async def file(self, file_id: int) -> StoredFile | None:
         """The saved file whose ``files.id`` is ``file_id``, or None."""
-        rows = await self._rows(f"{_FILE} WHERE id = ?", [file_id])
+        rows = await self._rows(f"{FILE_SELECT} WHERE id = ?", [file_id])
         return StoredFile(*rows[0]) if rows else None
 
     async def task_files(self, task_id: str) -> list[StoredFile]:
         """The files saved for one task, by id (the order of ``Task.files``)."""
-        return [StoredFile(*r) for r in await self._rows(f"{_FILE} WHERE task_id = ?", [task_id])]
+        rows = await self._rows(f"{FILE_SELECT} WHERE task_id = ? ORDER BY id", [task_id])
+        return [StoredFile(*r) for r in rows]
 
     async def row_extras(self, task_ids: Sequence[str]) -> dict[str, RowExtras]:
         """:class:`RowExtras` of each of ``task_ids`` (one query for a page of tasks)."""
@@ -127,10 +143,12 @@ class DashboardReader:
             )
             files: dict[str, list[StoredFile]] = {}
             for row in conn.execute(
-                f"{_FILE} WHERE task_id IN ({marks(len(ids))}) ORDER BY id", ids
+                f"{FILE_SELECT} WHERE task_id IN ({marks(len(ids))}) ORDER BY id", ids
             ).fetchall():
                 files.setdefault(row[1], []).append(StoredFile(*row))
-            return {i: RowExtras(_text(prompts.get(i)), _preview(files.get(i, []))) for i in ids}
+            return {
+                i: RowExtras(text_or_none(prompts.get(i)), preview(files.get(i, []))) for i in ids
+            }
 
         return await self._pool.run(read)
 
@@ -159,11 +177,12 @@ class DashboardReader:
         return await self._pool.run(read)
 
 
-def _text(value: object) -> str | None:
+def text_or_none(value: object) -> str | None:
+    """``value`` when it is a string, else None (a ``prompt`` that is not text)."""
     return value if isinstance(value, str) else None
 
 
-def _preview(files: list[StoredFile]) -> StoredFile | None:
+def preview(files: list[StoredFile]) -> StoredFile | None:
     """The first image, else the first video (a browser shows its first frame)."""
     for media in ("image/", "video/"):
         for f in files:

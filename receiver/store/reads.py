@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from receiver.models import (
     Backlog,
@@ -33,13 +33,18 @@ from receiver.store.pool import ReadPool
 from receiver.store.rows import json_object, select_list
 from submitter.protocol import Route, TaskStatus
 
+#: A row that has an ``id`` (sqlite3's, or psycopg's ``dict_row``).
+R = TypeVar("R", sqlite3.Row, dict[str, Any])
+
 #: Task fields read from other tables, each a JSON value made by a subquery. An aggregate
 #: takes its rows in the order of the subquery it reads (SQLite never flattens an ordered
 #: subquery into an aggregate), hence the nested SELECT ... ORDER BY.
-#: A delivery's fields come from ``d`` (deliveries) but for these.
-_DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"}
-_DELIVERY = select_list(Delivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
-_LISTED = select_list(ListedDelivery.model_fields, tables=_DELIVERY_SOURCES, default="d")
+#: A delivery's fields come from ``d`` (deliveries) but for these (``t``: transitions, ``k``:
+#: tasks); the SELECT lists of :class:`Delivery` and :class:`ListedDelivery` (plain SQL, the
+#: Postgres reader's too).
+DELIVERY_SOURCES = {"task_status": "t", "task_id": "t", "external_task_id": "k"}
+DELIVERY_SELECT = select_list(Delivery.model_fields, tables=DELIVERY_SOURCES, default="d")
+LISTED_SELECT = select_list(ListedDelivery.model_fields, tables=DELIVERY_SOURCES, default="d")
 
 
 def _json_list(fields: Iterable[str], select: str, rest: str) -> str:
@@ -58,7 +63,7 @@ _NESTED = {
     " FROM callbacks WHERE task_id = tasks.task_id GROUP BY verdict ORDER BY verdict)",
     "deliveries": _json_list(
         Delivery.model_fields,
-        _DELIVERY,
+        DELIVERY_SELECT,
         "FROM deliveries d JOIN transitions t ON t.id = d.transition_id"
         " WHERE t.task_id = tasks.task_id ORDER BY d.id",
     ),
@@ -69,7 +74,7 @@ _NESTED = {
     ),
 }
 #: The states of a delivery that is not over yet (``Backlog.pending``).
-_UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
+UNFINISHED = (DeliveryState.PENDING, DeliveryState.RUNNING, DeliveryState.FAILED)
 
 _LATEST_TRANSITION_BEFORE = (
     "(SELECT MAX(received_at) FROM transitions t WHERE t.task_id = tasks.task_id) < ?"
@@ -109,6 +114,45 @@ FROM (SELECT s.id, {} FROM (SELECT id FROM page ORDER BY id DESC LIMIT ?) s
     ),
     select_list(TaskSummary.model_fields, default="t"),
 )
+
+
+class StatusReads(Protocol):
+    """The status API's reads, whichever backend holds the data: :class:`Reader` (SQLite)
+    and ``receiver.store.postgres.PgReader`` give the same answers for the same rows (the
+    methods' documentation is :class:`Reader`'s). Every method raises
+    :class:`StoreUnavailable` when the database does not answer."""
+
+    async def ping(self) -> None: ...
+
+    async def task_answer(self, id_: str) -> str | None: ...
+
+    async def get_task(self, id_: str) -> Task | None: ...
+
+    async def task_page(
+        self,
+        *,
+        task_status: TaskStatus | None,
+        route: Route | None,
+        limit: int,
+        before_id: int | None,
+        transition_before: int | None = None,
+    ) -> str: ...
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None,
+        plugin: str | None,
+        limit: int,
+        before_id: int | None,
+        other_than: DeliveryState | None = None,
+    ) -> tuple[list[ListedDelivery], int | None]: ...
+
+    async def backlog(self) -> list[Backlog]: ...
+
+    async def prunable(self, cutoff_ms: int) -> retention.Prunable: ...
+
+    async def space(self) -> retention.Space: ...
 
 
 class Reader:
@@ -159,7 +203,7 @@ class Reader:
             transition_before: Only tasks whose latest transition was received before this
                 time, Unix ms (``kling-hooks reconcile`` looks for overdue tasks so).
         """
-        where, args = _filters(
+        where, args = filters(
             ("task_status = ?", task_status),
             ("route = ?", route),
             ("id < ?", before_id),
@@ -190,20 +234,20 @@ class Reader:
         Returns:
             ``(deliveries, next_cursor)``; ``next_cursor`` is None on the last page.
         """
-        where, args = _filters(
+        where, args = filters(
             ("d.state = ?", state),
             ("d.state != ?", other_than),
             ("d.plugin = ?", plugin),
             ("d.id < ?", before_id),
         )
         rows = await self._fetch(
-            f"SELECT {_LISTED} FROM deliveries d"
+            f"SELECT {LISTED_SELECT} FROM deliveries d"
             " JOIN transitions t ON t.id = d.transition_id"
             " JOIN tasks k ON k.task_id = t.task_id"
             f" WHERE {where} ORDER BY d.id DESC LIMIT ?",
             [*args, limit + 1],
         )
-        page, cursor = _paged(rows, limit)
+        page, cursor = paged(rows, limit)
         return [ListedDelivery.model_validate(dict(r)) for r in page], cursor
 
     async def backlog(self) -> list[Backlog]:
@@ -214,22 +258,14 @@ class Reader:
             whose deliveries are all done are left out). Done rows are not read: the query
             goes through the ``(state, id)`` index.
         """
-        states = [*_UNFINISHED, DeliveryState.DEAD]
+        states = [*UNFINISHED, DeliveryState.DEAD]
         rows = await self._fetch(
             "SELECT plugin, state, COUNT(*), MIN(created_at) FROM deliveries"
             f" WHERE state IN ({', '.join('?' * len(states))})"
             " GROUP BY plugin, state ORDER BY plugin",
             states,
         )
-        found: dict[str, Backlog] = {}
-        for plugin, state, count, oldest_at in rows:
-            was = found.get(plugin, Backlog(plugin))
-            if state == DeliveryState.DEAD:
-                found[plugin] = replace(was, dead=count)
-            else:
-                oldest = min(oldest_at, was.oldest_pending_at or oldest_at)
-                found[plugin] = replace(was, pending=was.pending + count, oldest_pending_at=oldest)
-        return list(found.values())
+        return backlog_of(rows)
 
     async def prunable(self, cutoff_ms: int) -> retention.Prunable:
         """What ``prune`` would remove before ``cutoff_ms`` (Unix ms), counted, and the old
@@ -257,13 +293,29 @@ def _task_answer(conn: sqlite3.Connection, id_: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:
-    """``WHERE`` text and arguments of the clauses whose value is not None."""
+def backlog_of(rows: Iterable[Sequence[Any]]) -> list[Backlog]:
+    """The :class:`Backlog` list of :meth:`Reader.backlog` from its rows ``(plugin, state,
+    count, oldest created_at)``, grouped by plugin and state, in plugin order."""
+    found: dict[str, Backlog] = {}
+    for plugin, state, count, oldest_at in rows:
+        was = found.get(plugin, Backlog(plugin))
+        if state == DeliveryState.DEAD:
+            found[plugin] = replace(was, dead=count)
+        else:
+            oldest = min(oldest_at, was.oldest_pending_at or oldest_at)
+            found[plugin] = replace(was, pending=was.pending + count, oldest_pending_at=oldest)
+    return list(found.values())
+
+
+def filters(*clauses: tuple[str, object]) -> tuple[str, list[object]]:
+    """``WHERE`` text and arguments of the ``(clause, value)`` pairs whose value is not None
+    (``"1 = 1"`` when none is)."""
     given = [(c, v) for c, v in clauses if v is not None]
     return " AND ".join(["1 = 1", *(c for c, _ in given)]), [v for _, v in given]
 
 
-def _paged(rows: list[sqlite3.Row], limit: int) -> tuple[list[sqlite3.Row], int | None]:
-    """The first ``limit`` rows, and the cursor of the next page (the last row's ``id``)."""
+def paged(rows: Sequence[R], limit: int) -> tuple[Sequence[R], int | None]:
+    """The first ``limit`` of the ``limit + 1`` rows read, and the cursor of the next page
+    (the last shown row's ``id``), None when there is no more."""
     page = rows[:limit]
     return page, (int(page[-1]["id"]) if len(rows) > limit else None)

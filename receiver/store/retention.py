@@ -16,13 +16,18 @@ many old ones it kept.
 Each batch is one write operation of the writer (:class:`PruneWindow`): it looks at the next
 ``window`` rows by id after a cursor and deletes those that qualify, so a batch's work is
 bounded whatever the table holds, and callbacks are committed between batches. ids grow with
-arrival, so the scan ends at the first window whose last row is newer than the cutoff.
+arrival, so the scan ends at the first window whose last row is newer than the cutoff. The
+rule and the statements are written once, with the driver's parameter mark
+(:meth:`PruneWindow.scan_sql`, :func:`prunable_sql`): SQLite runs them here, Postgres in
+``receiver.store.postgres.retention``.
 
 Space: deleted rows leave free pages inside the file. A database made by schema 4 or later
 has ``auto_vacuum = INCREMENTAL``, and :class:`IncrementalVacuum` gives back ``pages`` at a
 time, each step a write operation like any other. An older file has ``auto_vacuum = NONE``,
 which only a ``VACUUM`` can change: :class:`FullVacuum` does that once, alone on the writer's
-connection (callbacks wait for it; it rewrites the whole file).
+connection (callbacks wait for it; it rewrites the whole file). On Postgres, autovacuum makes
+the deleted rows' space reusable by itself: prune runs no vacuum step there
+(:attr:`Space.reclaims_itself`).
 
 Checkpoints never wait for readers: a reader holding a snapshot (a ``kling-hooks backup``, a
 slow status query) would otherwise make a ``TRUNCATE`` checkpoint wait the writer's whole
@@ -35,20 +40,23 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from receiver.store.transaction import Transaction
 
 #: Which table a :class:`PruneWindow` prunes.
 Table = Literal["callbacks", "deliveries"]
 
-#: Per table: the column that orders rows in time (ends the scan), and what qualifies a row.
+#: Per table: the column that orders rows in time (ends the scan), and what qualifies a row
+#: (``{m}``: the driver's parameter mark, whose one argument is the cutoff). Every backend runs
+#: this rule (``receiver.store.postgres.retention``).
 _SCAN: dict[Table, tuple[str, str]] = {
-    "callbacks": ("received_at", "received_at < :cutoff"),
+    "callbacks": ("received_at", "received_at < {m}"),
     "deliveries": (
         "created_at",
-        "state = 'done' AND updated_at < :cutoff"
+        "state = 'done' AND updated_at < {m}"
         " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
     ),
 }
@@ -86,18 +94,37 @@ class PruneWindow:
 
     def run(self, tx: Transaction) -> Windowed:
         """Runs in a savepoint of the writer's transaction."""
-        time_column, qualifies = _SCAN[self.table]
-        seen = tx.conn.execute(
-            f"SELECT id, {time_column} FROM {self.table} WHERE id > ? ORDER BY id LIMIT ?",
-            (self.after_id, self.window),
-        ).fetchall()
+        seen = tx.conn.execute(*self.scan_sql("?")).fetchall()
+        if not seen:
+            return self.windowed([], 0)
+        return self.windowed(seen, tx.conn.execute(*self.delete_sql("?", seen)).rowcount)
+
+    def scan_sql(self, mark: str) -> tuple[str, list[object]]:
+        """The window's ``SELECT id, time`` and its arguments, with ``mark`` as the driver's
+        parameter mark (``?`` for sqlite3, ``%s`` for psycopg)."""
+        time_column, _ = _SCAN[self.table]
+        return (
+            f"SELECT id, {time_column} FROM {self.table} WHERE id > {mark} ORDER BY id"
+            f" LIMIT {mark}",
+            [self.after_id, self.window],
+        )
+
+    def delete_sql(self, mark: str, seen: Sequence[Sequence[Any]]) -> tuple[str, list[object]]:
+        """The ``DELETE`` of the qualifying rows among ``seen`` (what :meth:`scan_sql` found,
+        not empty) and its arguments."""
+        _, qualifies = _SCAN[self.table]
+        return (
+            f"DELETE FROM {self.table} WHERE id > {mark} AND id <= {mark}"
+            f" AND {qualifies.format(m=mark)}",
+            [self.after_id, int(seen[-1][0]), self.cutoff_ms],
+        )
+
+    def windowed(self, seen: Sequence[Sequence[Any]], deleted: int) -> Windowed:
+        """This window's :class:`Windowed`, given the rows :meth:`scan_sql` found and how
+        many the ``DELETE`` removed (every backend decides the end of the scan so)."""
         if not seen:
             return Windowed(0, self.after_id, True)
         last_id, last_time = int(seen[-1][0]), int(seen[-1][1])
-        deleted = tx.conn.execute(
-            f"DELETE FROM {self.table} WHERE id > :after AND id <= :last AND {qualifies}",
-            {"after": self.after_id, "last": last_id, "cutoff": self.cutoff_ms},
-        ).rowcount
         finished = len(seen) < self.window or last_time >= self.cutoff_ms
         return Windowed(deleted, last_id, finished)
 
@@ -169,13 +196,23 @@ def checkpoint(conn: sqlite3.Connection) -> bool:
 
 @dataclass(frozen=True)
 class Space:
-    """How the file's pages are used: ``size_bytes`` (``page_count * page_size``),
-    ``free_bytes`` (free pages inside it) and its ``auto_vacuum`` mode (0 none, 1 full,
-    2 incremental)."""
+    """How the database's space is used.
+
+    Attributes:
+        size_bytes: SQLite: ``page_count * page_size``; Postgres: ``pg_database_size``.
+        free_bytes: SQLite: the free pages inside the file; Postgres: 0 (it keeps no such
+            count: dead rows' space is reused by new rows once autovacuum has seen them).
+        auto_vacuum: SQLite's ``auto_vacuum`` mode (0 none, 1 full, 2 incremental); 0 on
+            Postgres.
+        reclaims_itself: True when the database gives freed space back by itself
+            (Postgres's autovacuum), so ``prune`` runs none of the vacuum steps of this
+            module (they are SQLite's).
+    """
 
     size_bytes: int
     free_bytes: int
     auto_vacuum: int
+    reclaims_itself: bool = False
 
 
 def space(conn: sqlite3.Connection) -> Space:
@@ -199,20 +236,25 @@ class Prunable:
     kept_for_files: int
 
 
+def prunable_sql(mark: str) -> list[str]:
+    """The four counts of :class:`Prunable`, in its order, each a ``SELECT COUNT(*)`` whose
+    one argument is the cutoff (Unix ms); ``mark`` is the driver's parameter mark."""
+    _, callbacks = _SCAN["callbacks"]
+    _, deliveries = _SCAN["deliveries"]
+    return [
+        f"SELECT COUNT(*) FROM callbacks WHERE {callbacks.format(m=mark)}",
+        f"SELECT COUNT(*) FROM deliveries WHERE {deliveries.format(m=mark)}",
+        f"SELECT COUNT(*) FROM deliveries WHERE state = 'dead' AND updated_at < {mark}",
+        f"SELECT COUNT(*) FROM deliveries WHERE state = 'done' AND updated_at < {mark}"
+        " AND EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
+    ]
+
+
 def prunable(conn: sqlite3.Connection, cutoff_ms: int) -> Prunable:
     """Count, without changing anything, what :class:`PruneWindow` would remove before
     ``cutoff_ms`` (Unix ms), and the old deliveries it keeps (dead ones; done ones with a
     saved file). One scan of each table; meant for a read connection (plain ``sqlite3``)."""
-    _, callbacks = _SCAN["callbacks"]
-    _, deliveries = _SCAN["deliveries"]
-    queries = [
-        f"SELECT COUNT(*) FROM callbacks WHERE {callbacks}",
-        f"SELECT COUNT(*) FROM deliveries WHERE {deliveries}",
-        "SELECT COUNT(*) FROM deliveries WHERE state = 'dead' AND updated_at < :cutoff",
-        "SELECT COUNT(*) FROM deliveries WHERE state = 'done' AND updated_at < :cutoff"
-        " AND EXISTS (SELECT 1 FROM files f WHERE f.delivery_id = deliveries.id)",
-    ]
-    counts = [int(conn.execute(sql, {"cutoff": cutoff_ms}).fetchone()[0]) for sql in queries]
+    counts = [int(conn.execute(sql, (cutoff_ms,)).fetchone()[0]) for sql in prunable_sql("?")]
     return Prunable(*counts)
 
 

@@ -10,7 +10,11 @@ keep").
 * ``deliveries``: the outbox's claims (``FOR UPDATE SKIP LOCKED``, leased to a
   :class:`Replica`), outcomes, recovery of expired leases, and replays;
 * ``transaction``: a group-commit batch behind the writer's protocol, a savepoint per
-  operation.
+  operation;
+* ``retention``: prune's windows (SQLite's rule), and the counts of what a prune removes;
+* ``pool``: the read connections (``psycopg_pool``), failures as ``StoreUnavailable``;
+* ``reads`` and ``dashboard``: the status API's and the dashboard's reads, the SQLite
+  readers' answers for the same rows.
 
 The driver is psycopg 3 (``psycopg``, with ``psycopg_pool``), not asyncpg, for what this
 project needs of one:
@@ -30,6 +34,7 @@ project needs of one:
   path's few fixed statements.
 """
 
+from receiver.store.postgres.dashboard import PgDashboardReader
 from receiver.store.postgres.database import (
     MIGRATION_LOCK,
     SCHEMA_VERSION,
@@ -45,6 +50,8 @@ from receiver.store.postgres.database import (
     unreachable,
 )
 from receiver.store.postgres.deliveries import DEFAULT_LEASE_MS, ExpireLeases, Replica
+from receiver.store.postgres.pool import PgReadPool
+from receiver.store.postgres.reads import PgReader
 from receiver.store.postgres.transaction import PgTransaction
 
 __all__ = [
@@ -53,6 +60,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "ExpireLeases",
     "PgConnection",
+    "PgDashboardReader",
+    "PgReadPool",
+    "PgReader",
     "PgTransaction",
     "Replica",
     "WriterConnection",

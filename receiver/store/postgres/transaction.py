@@ -10,9 +10,10 @@ runs in a savepoint of its own, so that one that fails (a ``TaskConflict``, a va
 cannot store) undoes only its own writes, never the batch it shares.
 
 An operation whose SQL is SQLite's has Postgres statements only when it is listed in
-:data:`POSTGRES_OPS`: the write probe, and the outbox's claims, outcomes, recovery and replays
+:data:`POSTGRES_OPS`: the write probe, the outbox's claims, outcomes, recovery and replays
 (``receiver.store.postgres.deliveries``, which lease each claim to the transaction's
-:class:`~receiver.store.postgres.deliveries.Replica`). Any other (retention's) fails alone with
+:class:`~receiver.store.postgres.deliveries.Replica`), and retention's windows
+(``receiver.store.postgres.retention``). Any other (SQLite's vacuum steps) fails alone with
 ``StoreUnavailable``.
 """
 
@@ -29,8 +30,10 @@ from receiver.store.batches import Router
 from receiver.store.postgres.database import WriterConnection
 from receiver.store.postgres.deliveries import DELIVERY_OPS, Replica
 from receiver.store.postgres.records import Records
+from receiver.store.postgres.retention import prune_window
 from receiver.store.postgres.wakeups import due_after, notify
 from receiver.store.probe import PROBE_KEY, WriteProbe
+from receiver.store.retention import PruneWindow
 from receiver.store.transaction import Begin, WriteOp
 from receiver.transitions import HasBatch
 
@@ -52,6 +55,7 @@ TASK_LOCKS = int.from_bytes(b"khtk", "big")
 #: Operations with statements of their own on Postgres, by type: ``run(op, conn, replica)``.
 POSTGRES_OPS: dict[type, Callable[[Any, psycopg.Connection[Any], Replica], Any]] = {
     WriteProbe: _probe,
+    PruneWindow: prune_window,
     **DELIVERY_OPS,
 }
 
