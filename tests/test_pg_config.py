@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,11 +77,17 @@ async def test_serve_with_a_bad_database_url_stops_with_one_line(tmp_path: Path)
     assert not (tmp_path / "kling-hooks.db").exists()
 
 
-async def test_serve_on_postgres_is_refused_until_the_backend_is_complete(tmp_path: Path) -> None:
-    code, err = await serve_on(tmp_path, "postgresql://hooks@127.0.0.1:5432/kling_hooks")
-    assert code == 2
-    assert "the Postgres backend is not complete yet" in err
-    assert not (tmp_path / "kling-hooks.db").exists()
+async def test_serve_on_an_unreachable_postgres_stops_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a loopback port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, err = await serve_on(tmp_path, f"postgresql://hooks:hunter2@127.0.0.1:{port}/kh")
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("error: Postgres: connection failed: ")
+    assert f'"127.0.0.1", port {port} failed: Connection refused' in line
+    assert "hunter2" not in err
+    assert not (tmp_path / "kling-hooks.db").exists()  # no SQLite file made instead
 
 
 def test_a_sqlite_receiver_never_loads_psycopg() -> None:

@@ -118,10 +118,10 @@ async def test_a_replica_killed_mid_delivery_has_it_completed_by_another_after_t
                 sent = await http.post(url, json=task_body("840000000000002", "succeed", "kill-1"))
             assert sent.status_code == 200
             (first,) = await hook.wait_for(1)  # a is in the middle of the delivery
+            a.proc.kill()  # before the attempt's timeout_s: it never records an outcome
+            killed_at = asyncio.get_running_loop().time()
+            await a.proc.wait()
             async with serve(config, tmp_path, env=_replica_env(pg_url, "b")) as b:
-                a.proc.kill()  # before the attempt's timeout_s: it never records an outcome
-                killed_at = asyncio.get_running_loop().time()
-                await a.proc.wait()
                 done = await b.until(
                     lambda e: e.get("event") == "delivery_done",
                     timeout_s=TIMEOUT_S + LEASE_MARGIN_MS / 1000 + 30,
