@@ -1,5 +1,13 @@
 """Shared fixtures: a real receiver under uvicorn on 127.0.0.1 with a temporary SQLite file;
-a real Postgres server and a fresh database on it (``tests/pg_support.py``)."""
+a real Postgres server and a fresh database on it (``tests/pg_support.py``).
+
+The behavioural suites run on both stores: a module marked ``pytestmark =
+pytest.mark.both_backends`` runs each of its tests twice, ``[sqlite]`` and ``[postgres]``.
+For the ``[postgres]`` run, :func:`make_settings` points the receiver at a fresh Postgres
+database (``KLING_HOOKS_DATABASE_URL``), and :func:`rows` and :func:`deliveries` read that
+database instead of the SQLite file they are given (their SQL is written to mean the same on
+both).
+"""
 
 from __future__ import annotations
 
@@ -77,6 +85,40 @@ class Receiver:
         )
 
 
+#: The Postgres database of the running ``[postgres]`` test (None: SQLite). One test runs at a
+#: time in a pytest process; the ``backend`` fixture sets it and clears it.
+_POSTGRES_URL: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_backends: run each test on SQLite and on Postgres (conftest.py)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.fixturenames.append("backend")
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``"sqlite"`` or ``"postgres"``: the store the test's receivers run on."""
+    global _POSTGRES_URL
+    if request.param == "postgres":
+        _POSTGRES_URL = request.getfixturevalue("pg_url")
+    try:
+        yield str(request.param)
+    finally:
+        _POSTGRES_URL = None
+
+
+def postgres_url() -> str | None:
+    """The running ``[postgres]`` test's database URL; None on SQLite."""
+    return _POSTGRES_URL
+
+
 def make_settings(tmp_path: Path, **values: Any) -> Settings:
     base: dict[str, Any] = {
         "kling_hooks_db": tmp_path / "kling-hooks.db",
@@ -84,6 +126,8 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
         "kling_hooks_api_token": SecretStr(API_TOKEN),
         "kling_hooks_log_level": "warning",
     }
+    if _POSTGRES_URL is not None:
+        base["kling_hooks_database_url"] = SecretStr(_POSTGRES_URL)
     return Settings(**{**base, **values})
 
 
@@ -309,13 +353,17 @@ def _listens(event: dict[str, Any]) -> bool:
     return event.get("event") == "listening" or "Uvicorn running on" in event.get("event", "")
 
 
-def rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+def rows(db: Path, sql: str, *args: Any) -> list[Any]:
+    """The rows of one query (``?`` marks), as ``sqlite3.Row``: by index and by name. In a
+    ``[postgres]`` test, of the test's Postgres database instead of ``db``."""
+    if _POSTGRES_URL is not None:
+        return pg_support.rows(_POSTGRES_URL, sql.replace("?", "%s"), *args)
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         return conn.execute(sql, args).fetchall()
 
 
-def deliveries(db: Path) -> list[sqlite3.Row]:
+def deliveries(db: Path) -> list[Any]:
     return rows(
         db,
         "SELECT d.*, t.task_id, t.task_status FROM deliveries d"

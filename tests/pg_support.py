@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -127,3 +128,30 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Row(tuple):  # type: ignore[type-arg]
+    """A result row read by index and by column name, as ``sqlite3.Row`` is."""
+
+    _names: tuple[str, ...] = ()
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def rows(url: str, sql: str, *args: Any) -> list[Row]:
+    """The rows of one query (``%s`` marks) on the database ``url``, as :class:`Row`."""
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(sql, args)
+        names = tuple(c.name for c in cur.description or ())
+        out = []
+        for values in cur.fetchall():
+            row = Row(values)
+            row._names = names
+            out.append(row)
+        return out

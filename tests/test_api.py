@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import API_TOKEN, Receiver, make_settings, start_receiver, task_body
 
+pytestmark = pytest.mark.both_backends
+
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 EXT = "kh-api-0001"
 TASK = "867283741759111202"

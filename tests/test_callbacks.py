@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import Receiver, make_settings, start_receiver, task_body
 
+pytestmark = pytest.mark.both_backends
+
 EXT = "kh-test-0001"
 TASK = "867283741759111202"
 

@@ -28,6 +28,8 @@ from tests.conftest import (
 )
 from tests.test_api import assert_error
 
+pytestmark = pytest.mark.both_backends
+
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 FAILURE = "RuntimeError: recording plugin failure"
 DELIVERY_FIELDS = {"id", "plugin", "state", "attempts", "next_attempt_at", "last_error"}

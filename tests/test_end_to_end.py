@@ -7,12 +7,15 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from receiver.serving import running
 from submitter import KlingClient, KlingJWTAuth, Registrar
 from submitter.protocol import Route, TaskStatus
 from submitter.simulator import Faults, Simulator
 from tests.conftest import API_TOKEN, make_settings, start_receiver
+
+pytestmark = pytest.mark.both_backends
 
 SK = "sk-test-0123456789abcdef0123456789abcdef"
 

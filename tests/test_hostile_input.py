@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import API_TOKEN, Receiver, rows, task_body
 
+pytestmark = pytest.mark.both_backends
+
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 

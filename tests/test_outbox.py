@@ -33,6 +33,8 @@ from tests.conftest import (
     task_body,
 )
 
+pytestmark = pytest.mark.both_backends
+
 FAST = [0.05, 0.05]
 
 

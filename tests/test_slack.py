@@ -39,6 +39,8 @@ from tests.conftest import (
 )
 from tests.sinks import Answer, Sink, start_sink
 
+pytestmark = pytest.mark.both_backends
+
 FAST = [0.05, 0.05]
 HOOK_PATH = "/services/T0SECRET/B0SECRET/XSECRETTOKEN"
 SECRET_PART = "XSECRETTOKEN"

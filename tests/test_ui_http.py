@@ -10,10 +10,13 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from receiver.ui.rendering import CONTENT_SECURITY_POLICY
 from tests.conftest import API_TOKEN, KLING_HOOKS, SECRET, make_settings, start_receiver, task_body
 from tests.ui_support import start_rig
+
+pytestmark = pytest.mark.both_backends
 
 PAGES = ["/ui/", "/ui/deliveries", "/ui/overview"]
 SLACK_URL = "http://127.0.0.1:9/services/T0/B0/slack-secret-part"

@@ -26,6 +26,8 @@ from tests.conftest import (
 )
 from tests.sinks import Answer, Recorded, Sink, start_sink
 
+pytestmark = pytest.mark.both_backends
+
 FAST = [0.05, 0.05]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ=="
