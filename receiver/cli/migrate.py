@@ -1,0 +1,157 @@
+"""``kling-hooks migrate-store``: copy a SQLite database into Postgres
+(``receiver.store.postgres.copy``).
+
+It takes both databases as options, not from the settings: ``KLING_HOOKS_DB`` and
+``KLING_HOOKS_DATABASE_URL`` are not read. It holds the SQLite file's owner lock for the whole
+copy (a receiver running on it is refused), migrates the Postgres schema, and prints a line
+per committed batch and per table, then a summary.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import click
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from receiver.cli.options import EXIT_OK
+from receiver.errors import CopyRefused, DatabaseLocked
+from receiver.store import DatabaseLock
+from receiver.store.postgres import connect, migrate
+from receiver.store.postgres.copy import (
+    DEFAULT_BATCH_ROWS,
+    CopyReport,
+    TableCopy,
+    copy_store,
+    open_source,
+)
+
+
+def _sqlite_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """``--from sqlite:PATH`` as the Path."""
+    if not value.startswith("sqlite:") or len(value) == len("sqlite:"):
+        raise click.BadParameter(f"{value!r} is not sqlite:PATH", ctx, param)
+    return Path(value.removeprefix("sqlite:"))
+
+
+def _postgres_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--to postgresql://...``, checked to be a Postgres URL."""
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise click.BadParameter(f"{value!r} is not a postgresql:// URL", ctx, param)
+    return value
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, to print: ``postgresql://USER@HOST:PORT/DBNAME``."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "the --to URL"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+@click.command("migrate-store")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    callback=_sqlite_path,
+    metavar="sqlite:PATH",
+    help="the receiver's SQLite file (opened read-only)",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    callback=_postgres_url,
+    metavar="postgresql://...",
+    help="the Postgres database to copy into (migrated first)",
+)
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_ROWS,
+    help="rows per batch: one COPY and one commit each",
+)
+@click.option(
+    "--batch-pause-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    hidden=True,
+    help="sleep after each batch (tests interrupt a copy with it)",
+)
+def migrate_store(source: Path, target: str, batch_rows: int, batch_pause_ms: int) -> int:
+    """Copy a SQLite database into Postgres: meta, tasks, transitions, callbacks,
+    deliveries, files.
+
+    Rows keep their ids, in id order, in batches each committed; each table's identity is
+    then set past its highest id. Stop the receiver first: the SQLite file's owner lock is
+    held for the copy. Interrupted, run it again: it goes on where it ended, never copying a
+    row twice; on a complete copy it copies nothing. It refuses (exit 1) a SQLite file of an
+    older schema, and a Postgres database that holds rows not copied from this file as it
+    is now (another database, or the same one written to since).
+    """
+    conn = open_source(source)
+    lock = DatabaseLock(source)
+    try:
+        _take(lock)
+        report = _copy(conn, source, target, batch_rows, batch_pause_ms)
+    finally:
+        lock.release()
+        conn.close()
+    click.echo(_summary(report))
+    return EXIT_OK
+
+
+def _take(lock: DatabaseLock) -> None:
+    """Take the SQLite file's owner lock; a running receiver is a :class:`CopyRefused`."""
+    try:
+        lock.acquire()
+    except DatabaseLocked as exc:
+        raise CopyRefused(f"{exc}; stop the receiver before copying its database") from None
+
+
+def _copy(
+    conn: sqlite3.Connection, source: Path, target: str, batch_rows: int, pause_ms: int
+) -> CopyReport:
+    """Connect to ``target``, migrate it, and copy ``conn`` into it."""
+    try:
+        pg = connect(target)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CopyRefused(f"cannot connect to Postgres at {shown_url(target)}: {reason}") from None
+    with pg:
+        version = migrate(pg)
+        click.echo(f"copying {source} into {shown_url(target)} (Postgres schema {version})")
+        return copy_store(
+            conn,
+            source,
+            pg,
+            batch_rows=batch_rows,
+            progress=_print_progress,
+            after_batch=lambda: time.sleep(pause_ms / 1000) if pause_ms else None,
+        )
+
+
+def _print_progress(t: TableCopy) -> None:
+    if t.complete:
+        click.echo(
+            f"{t.table}: {t.copied:,} rows copied, {t.before:,} there already,"
+            f" {t.total:,} in the source ({t.seconds:.1f} s)"
+        )
+    else:
+        click.echo(f"  {t.table}: {t.before + t.copied:,}/{t.total:,}")
+
+
+def _summary(report: CopyReport) -> str:
+    if report.copied == 0:
+        held = ", ".join(f"{t.table} {t.before:,}" for t in report.tables)
+        return f"nothing to copy: the Postgres database holds every row already ({held})"
+    counts = ", ".join(f"{t.table} {t.copied:,}" for t in report.tables)
+    rate = report.copied / report.seconds if report.seconds > 0 else 0.0
+    return f"copied {report.copied:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s): {counts}"
