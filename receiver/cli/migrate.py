@@ -123,17 +123,23 @@ def _copy(
     try:
         pg = connect(target)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CopyRefused(f"cannot connect to Postgres at {shown_url(target)}: {reason}") from None
     with pg:
         version = migrate(pg)
-        click.echo(f"copying {source} into {shown_url(target)} (Postgres schema {version})")
+        header = [f"copying {source} into {shown_url(target)} (Postgres schema {version})"]
+
+        def progress(t: TableCopy) -> None:
+            while header:  # once the target is found sound: before the first table's line
+                click.echo(header.pop())
+            _print_progress(t)
+
         return copy_store(
             conn,
             source,
             pg,
             batch_rows=batch_rows,
-            progress=_print_progress,
+            progress=progress,
             after_batch=lambda: time.sleep(pause_ms / 1000) if pause_ms else None,
         )
 

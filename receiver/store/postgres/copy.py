@@ -133,10 +133,10 @@ def open_source(path: Path) -> sqlite3.Connection:
         if is_not_a_database(exc):
             raise NotADatabase(not_a_database_message(path, exc)) from None
         raise
-    missing = {"meta", *TABLES} - names
-    if missing and version == 0:
+    missing = ", ".join(t for t in ("meta", *TABLES) if t not in names)
+    if missing and version in (0, SQLITE_SCHEMA_VERSION):
         conn.close()
-        raise CopyRefused(f"{path} is not a kling-hooks database: it has no {sorted(missing)}")
+        raise CopyRefused(f"{path} is not a kling-hooks database: it has no table {missing}")
     if version < SQLITE_SCHEMA_VERSION:
         conn.close()
         raise CopyRefused(
