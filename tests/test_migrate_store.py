@@ -203,7 +203,7 @@ def test_a_copy_killed_mid_table_resumes_where_it_ended_without_duplicates(
     bulk_source: Path, pg_url: str
 ) -> None:
     command = [str(KLING_HOOKS), "migrate-store", "--from", f"sqlite:{bulk_source}"]
-    command += ["--to", pg_url, "--batch-rows", "500", "--batch-pause-ms", "200"]
+    command += ["--to", pg_url, "--batch-rows", "500", "--pause-ms", "200"]
     with subprocess.Popen(
         command, env=cli_env(), cwd=TREE, stdout=subprocess.PIPE, text=True
     ) as proc:

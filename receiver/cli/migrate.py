@@ -79,13 +79,12 @@ def shown_url(url: str) -> str:
     help="rows per batch: one COPY and one commit each",
 )
 @click.option(
-    "--batch-pause-ms",
+    "--pause-ms",
     type=click.IntRange(min=0),
     default=0,
-    hidden=True,
-    help="sleep after each batch (tests interrupt a copy with it)",
+    help="pause after each committed batch, ms: eases the load on a Postgres that is in use",
 )
-def migrate_store(source: Path, target: str, batch_rows: int, batch_pause_ms: int) -> int:
+def migrate_store(source: Path, target: str, batch_rows: int, pause_ms: int) -> int:
     """Copy a SQLite database into Postgres: meta, tasks, transitions, callbacks,
     deliveries, files.
 
@@ -95,12 +94,17 @@ def migrate_store(source: Path, target: str, batch_rows: int, batch_pause_ms: in
     row twice; on a complete copy it copies nothing. It refuses (exit 1) a SQLite file of an
     older schema, and a Postgres database that holds rows not copied from this file as it
     is now (another database, or the same one written to since).
+
+    \b
+    Example (the SQLite file is left as it was):
+      kling-hooks migrate-store --from sqlite:/var/lib/kling-hooks/kling-hooks.db \\
+        --to postgresql://kling@db.internal/kling_hooks
     """
     conn = open_source(source)
     lock = DatabaseLock(source)
     try:
         _take(lock)
-        report = _copy(conn, source, target, batch_rows, batch_pause_ms)
+        report = _copy(conn, source, target, batch_rows, pause_ms)
     finally:
         lock.release()
         conn.close()
@@ -150,7 +154,7 @@ def _print_progress(t: TableCopy) -> None:
             f"{t.table}: {t.copied:,} rows copied, {t.before:,} there already,"
             f" {t.total:,} in the source ({t.seconds:.1f} s)"
         )
-    else:
+    elif t.before + t.copied < t.total:  # the table's last batch: its own line follows
         click.echo(f"  {t.table}: {t.before + t.copied:,}/{t.total:,}")
 
 

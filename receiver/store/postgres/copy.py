@@ -182,7 +182,7 @@ def copy_store(
         batch_rows: Rows per batch (one ``COPY``, one commit), at least 1.
         progress: Called with the table's :class:`TableCopy` after each batch, and once more
             when the table is complete.
-        after_batch: Called after each commit (the CLI's ``--batch-pause-ms``, for tests).
+        after_batch: Called after each commit (the CLI's ``--pause-ms`` sleeps there).
 
     Returns:
         A :class:`CopyReport`; ``copied`` is 0 when the target already held every row.
