@@ -228,6 +228,35 @@ def test_a_copy_killed_mid_table_resumes_where_it_ended_without_duplicates(
     assert migrate_store(bulk_source, pg_url).stdout.splitlines()[-1].startswith("nothing to copy")
 
 
+def test_a_copy_whose_connection_is_lost_stops_with_one_line_and_resumes(
+    bulk_source: Path, pg_url: str
+) -> None:
+    command = [str(KLING_HOOKS), "migrate-store", "--from", f"sqlite:{bulk_source}"]
+    command += ["--to", pg_url, "--batch-rows", "500", "--pause-ms", "300"]
+    with subprocess.Popen(
+        command, env=cli_env(), cwd=TREE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            if line.startswith("  tasks: "):
+                break
+        ended = pg_rows(  # the server ends the copy's session (a restart, a failover)
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        assert ended == [(True,)]
+        err = proc.stderr.read()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: the copy stopped: ")
+    assert err.rstrip().endswith("run migrate-store again to go on")
+    assert 500 <= pg_rows(pg_url, "SELECT COUNT(*) FROM tasks")[0][0] < 3000
+    resumed = migrate_store(bulk_source, pg_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(bulk_source, pg_url)
+
+
 # -- refusals: one line on stderr, exit 1, nothing copied ------------------------------------
 
 

@@ -32,8 +32,8 @@ from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USA
 from receiver.config import ConfigError
 from receiver.errors import (
     BackupError,
-    CopyRefused,
     DatabaseLocked,
+    MigrateStoreError,
     NotADatabase,
     SchemaTooNew,
 )
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SchemaTooNew,
         NotADatabase,
         BackupError,
-        CopyRefused,
+        MigrateStoreError,
         httpx.HTTPError,
     ) as exc:
         click.echo(f"error: {exc}", err=True)

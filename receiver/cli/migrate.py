@@ -18,7 +18,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from receiver.cli.options import EXIT_OK
-from receiver.errors import CopyRefused, DatabaseLocked
+from receiver.errors import DatabaseLocked, MigrateStoreError
 from receiver.store import DatabaseLock
 from receiver.store.postgres import connect, migrate
 from receiver.store.postgres.copy import (
@@ -113,11 +113,13 @@ def migrate_store(source: Path, target: str, batch_rows: int, pause_ms: int) -> 
 
 
 def _take(lock: DatabaseLock) -> None:
-    """Take the SQLite file's owner lock; a running receiver is a :class:`CopyRefused`."""
+    """Take the SQLite file's owner lock; a running receiver is a :class:`MigrateStoreError`."""
     try:
         lock.acquire()
     except DatabaseLocked as exc:
-        raise CopyRefused(f"{exc}; stop the receiver before copying its database") from None
+        raise MigrateStoreError(f"{exc}; stop the receiver before copying its database") from None
+    except OSError as exc:
+        raise MigrateStoreError(f"cannot take the owner lock {lock.path}: {exc}") from None
 
 
 def _copy(
@@ -127,8 +129,9 @@ def _copy(
     try:
         pg = connect(target)
     except psycopg.OperationalError as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CopyRefused(f"cannot connect to Postgres at {shown_url(target)}: {reason}") from None
+        raise MigrateStoreError(
+            f"cannot connect to Postgres at {shown_url(target)}: {_first_line(exc)}"
+        ) from None
     with pg:
         version = migrate(pg)
         header = [f"copying {source} into {shown_url(target)} (Postgres schema {version})"]
@@ -138,14 +141,25 @@ def _copy(
                 click.echo(header.pop())
             _print_progress(t)
 
-        return copy_store(
-            conn,
-            source,
-            pg,
-            batch_rows=batch_rows,
-            progress=progress,
-            after_batch=lambda: time.sleep(pause_ms / 1000) if pause_ms else None,
-        )
+        try:
+            return copy_store(
+                conn,
+                source,
+                pg,
+                batch_rows=batch_rows,
+                progress=progress,
+                after_batch=lambda: time.sleep(pause_ms / 1000) if pause_ms else None,
+            )
+        except (psycopg.Error, sqlite3.Error) as exc:
+            raise MigrateStoreError(
+                f"the copy stopped: {_first_line(exc)}; the batches committed stay:"
+                " run migrate-store again to go on"
+            ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of ``exc``'s message (psycopg's go on with hints), else its type."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _print_progress(t: TableCopy) -> None:

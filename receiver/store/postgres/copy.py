@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from receiver.errors import CopyRefused, NotADatabase
+from receiver.errors import MigrateStoreError, NotADatabase
 from receiver.store.database import (
     SCHEMA_VERSION as SQLITE_SCHEMA_VERSION,
 )
@@ -117,29 +117,33 @@ def open_source(path: Path) -> sqlite3.Connection:
         A ``sqlite3`` connection (``mode=ro``) in autocommit mode.
 
     Raises:
-        CopyRefused: the file does not exist, has no kling-hooks tables, or its schema is
-            older than this program's (the message says how to migrate it first).
+        MigrateStoreError: the file does not exist, cannot be opened or read, has no
+            kling-hooks tables, or its schema is older than this program's (the message says
+            how to migrate it first).
         NotADatabase, SchemaTooNew: from :func:`receiver.store.check_schema`.
     """
     if not path.is_file():
-        raise CopyRefused(f"{path} does not exist: nothing to copy (is --from right?)")
-    check_schema(path)
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        raise MigrateStoreError(f"{path} does not exist: nothing to copy (is --from right?)")
+    try:
+        check_schema(path)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:  # NotADatabase and SchemaTooNew go through
+        raise MigrateStoreError(f"cannot open {path} read-only: {exc}") from None
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         conn.close()
         if is_not_a_database(exc):
             raise NotADatabase(not_a_database_message(path, exc)) from None
-        raise
+        raise MigrateStoreError(f"cannot read {path}: {exc}") from None
     missing = ", ".join(t for t in ("meta", *TABLES) if t not in names)
     if missing and version in (0, SQLITE_SCHEMA_VERSION):
         conn.close()
-        raise CopyRefused(f"{path} is not a kling-hooks database: it has no table {missing}")
+        raise MigrateStoreError(f"{path} is not a kling-hooks database: it has no table {missing}")
     if version < SQLITE_SCHEMA_VERSION:
         conn.close()
-        raise CopyRefused(
+        raise MigrateStoreError(
             f"{path} has schema version {version}, older than this kling-hooks copies"
             f" ({SQLITE_SCHEMA_VERSION}): migrate it first (start `kling-hooks serve --db"
             f" {path}` once, which migrates it, and stop it), then run migrate-store again"
@@ -188,7 +192,7 @@ def copy_store(
         A :class:`CopyReport`; ``copied`` is 0 when the target already held every row.
 
     Raises:
-        CopyRefused: the target holds rows that did not come from this source as it is now
+        MigrateStoreError: the target holds rows that did not come from this source as it is now
             (see the module docstring), or another copy into it is running; nothing was
             written.
         psycopg.Error: a batch failed (it was rolled back; the committed ones stay).
@@ -196,7 +200,7 @@ def copy_store(
     started = time.perf_counter()
     locked = target.execute("SELECT pg_try_advisory_lock(%s)", (COPY_LOCK,)).fetchone()
     if not locked or not locked[0]:
-        raise CopyRefused("another migrate-store is copying into this Postgres database")
+        raise MigrateStoreError("another migrate-store is copying into this Postgres database")
     source.execute("BEGIN")  # one snapshot for the whole run
     try:
         sqlite_schema = int(source.execute("PRAGMA user_version").fetchone()[0])
@@ -227,14 +231,14 @@ def _check_target(
     if got is None:
         held = [f"{t} {n:,}" for t, (n, _) in counts.items() if n]
         if held:
-            raise CopyRefused(
+            raise MigrateStoreError(
                 f"the Postgres database already holds rows that were not copied by"
                 f" migrate-store ({', '.join(held)}): copy into an empty database"
             )
         return
     recorded = json.loads(got[0])
     if recorded.get("fingerprint") != json.loads(marker)["fingerprint"]:
-        raise CopyRefused(
+        raise MigrateStoreError(
             f"the Postgres database holds a copy of {recorded.get('source')} as it was then,"
             f" and {source_path} differs from it now (another database, or one a receiver"
             " wrote to since): copy into an empty database"
@@ -243,7 +247,7 @@ def _check_target(
         pg_count, pg_max = counts[table]
         count, top = source.execute(f"SELECT COUNT(*), MAX(id) FROM {table}").fetchone()
         if pg_count > count or (pg_max or 0) > (top or 0):
-            raise CopyRefused(
+            raise MigrateStoreError(
                 f"the Postgres database's {table} holds rows that are not in {source_path}"
                 f" ({pg_count:,} rows up to id {pg_max}; the source has {count:,} up to id"
                 f" {top}): a receiver has written to it; copy into an empty database"
