@@ -19,9 +19,11 @@ import pytest
 
 from bench.bulkdb import build
 from receiver import store
+from receiver.models import Verdict
 from receiver.store import DatabaseLock
 from receiver.store.postgres import Replica, connect, migrate
 from receiver.store.postgres.copy import COPY_LOCK, SOURCE_KEY, TABLES
+from receiver.transitions import Registration
 from receiver.writer import Writer
 from submitter.protocol import TaskStatus
 from submitter.tokens import new_secret
@@ -359,6 +361,34 @@ async def test_a_source_written_to_since_the_copy_began_is_refused(
     finally:
         await writer.close()
     assert_refused(migrate_store(source, pg_url), "differs from it now", "empty database")
+
+
+async def test_a_source_row_rewritten_in_place_since_the_copy_is_refused(
+    source: Path, pg_url: str
+) -> None:
+    """A late registration fills in a copied task's route and request: no row is added."""
+    writer = await Writer.open(source)
+    writer.start()
+    try:
+        await writer.submit(callback("t-early", "processing", "ext-early", at_ms=3))
+        assert migrate_store(source, pg_url).returncode == 0
+        counts = {t: sqlite_rows(source, t)[1] for t in TABLES}
+        late = Registration(
+            "t-early",
+            "ext-early",
+            "videos/text2video",
+            '{"prompt": "a cat"}',
+            TaskStatus.SUBMITTED,
+            1,
+            4,
+        )
+        assert await writer.submit(late) == Verdict.STALE
+    finally:
+        await writer.close()
+    assert {t: len(sqlite_rows(source, t)[1]) for t in TABLES} == {
+        t: len(rows) for t, rows in counts.items()
+    }
+    assert_refused(migrate_store(source, pg_url), "differs from it now")
 
 
 async def test_a_copy_a_receiver_wrote_to_afterwards_is_refused(source: Path, pg_url: str) -> None:

@@ -18,9 +18,10 @@ nothing.
 **Whose rows.** The source's identity is recorded in the target's ``meta`` under
 :data:`SOURCE_KEY`, in the first batch's transaction: ``{"source": PATH, "fingerprint":
 HEX}``, where the fingerprint (:func:`fingerprint`) is a SHA-256 of the source's ``meta`` rows
-and, per table, its row count, highest id and latest write time. A copy starts only into a
-target whose tables are all empty, and goes on only into one whose recorded fingerprint is
-the source's now and whose tables hold no more rows, and no higher ids, than the source's.
+and, per table, its row count, highest id and sums of the columns a receiver rewrites. A
+copy starts only into a target whose tables are all empty, and goes on only into one whose
+recorded fingerprint is the source's now and whose tables hold no more rows, and no higher
+ids, than the source's.
 So another database is refused, and so is the same file after a receiver wrote to it since
 the copy began (rows already copied may have changed: copy into an empty database again),
 and a target a receiver has written to.
@@ -66,13 +67,18 @@ SOURCE_KEY = "migrate_store_source"
 #: time. The bytes of ``"khcopy01"``, apart from the migrations' lock.
 COPY_LOCK = int.from_bytes(b"khcopy01", "big")
 
-#: Per table, the column whose highest value changes when a row of it is written again.
-_WRITTEN_AT = {
-    "tasks": "last_received_at",
-    "transitions": "received_at",
-    "callbacks": "received_at",
-    "deliveries": "updated_at",
-    "files": "saved_at",
+#: Per table, what the fingerprint sums besides the count and the highest id: the columns
+#: that change when a row is written again in place (transitions and callbacks never are).
+#: A task's last_received_at moves with every callback, its route, request and created_at
+#: are filled in by a late registration; each change of a delivery sets its updated_at; a
+#: file saved again gets a new saved_at. Times are summed modulo 2**31 - 1 (no overflow).
+_REWRITTEN = {
+    "tasks": "SUM(last_received_at % 2147483647), COUNT(route), COUNT(request_json),"
+    " COUNT(created_at)",
+    "transitions": "0",
+    "callbacks": "0",
+    "deliveries": "SUM(updated_at % 2147483647), SUM(attempts)",
+    "files": "SUM(saved_at % 2147483647)",
 }
 
 
@@ -153,16 +159,16 @@ def open_source(path: Path) -> sqlite3.Connection:
 
 def fingerprint(source: sqlite3.Connection) -> str:
     """The source's identity and state: SHA-256 (hex) of its ``meta`` rows (the write
-    probe's excluded) and, per table of :data:`TABLES`, its count, highest id and highest
-    write time (:data:`_WRITTEN_AT`). Another database, or the same one after any write that
-    adds, removes or rewrites a row, has another fingerprint."""
+    probe's excluded) and, per table of :data:`TABLES`, its count, highest id and the sums of
+    :data:`_REWRITTEN`. Another database, or the same one after a receiver's write that adds,
+    removes or rewrites a row, has another fingerprint (one full scan of each table)."""
     meta = source.execute(
         "SELECT key, value FROM meta WHERE key != ? ORDER BY key", (PROBE_KEY,)
     ).fetchall()
     state: list[object] = [[list(r) for r in meta]]
     for table in TABLES:
         row = source.execute(
-            f"SELECT COUNT(*), MAX(id), MAX({_WRITTEN_AT[table]}) FROM {table}"
+            f"SELECT COUNT(*), MAX(id), {_REWRITTEN[table]} FROM {table}"
         ).fetchone()
         state.append([table, *row])
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()
