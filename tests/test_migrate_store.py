@@ -320,6 +320,18 @@ def test_an_unreachable_postgres_is_refused(source: Path) -> None:
     assert "hunter2" not in run.stderr
 
 
+def test_a_postgres_role_that_may_not_create_tables_is_refused(source: Path, pg_url: str) -> None:
+    role = f"reader_{os.getpid()}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")  # Postgres 15: no CREATE on schema public
+    try:
+        run = migrate_store(source, pg_url.replace("postgres@", f"{role}@", 1))
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+    assert_refused(run, "cannot migrate the Postgres schema at", "permission denied")
+
+
 def test_a_running_receiver_on_the_sqlite_file_is_refused(source: Path, pg_url: str) -> None:
     with DatabaseLock(source):  # what `kling-hooks serve` holds while it runs
         run = migrate_store(source, pg_url)

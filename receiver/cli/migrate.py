@@ -133,7 +133,12 @@ def _copy(
             f"cannot connect to Postgres at {shown_url(target)}: {_first_line(exc)}"
         ) from None
     with pg:
-        version = migrate(pg)
+        try:
+            version = migrate(pg)  # SchemaTooNew goes through: the CLI prints it
+        except psycopg.Error as exc:
+            raise MigrateStoreError(
+                f"cannot migrate the Postgres schema at {shown_url(target)}: {_first_line(exc)}"
+            ) from None
         header = [f"copying {source} into {shown_url(target)} (Postgres schema {version})"]
 
         def progress(t: TableCopy) -> None:
