@@ -12,22 +12,22 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from receiver.cli.options import EXIT_OK
 from receiver.errors import DatabaseLocked, MigrateStoreError
 from receiver.store import DatabaseLock
-from receiver.store.postgres import connect, migrate
-from receiver.store.postgres.copy import (
-    DEFAULT_BATCH_ROWS,
-    CopyReport,
-    TableCopy,
-    copy_store,
-    open_source,
-)
+
+if TYPE_CHECKING:
+    from receiver.store.postgres.copy import CopyReport, TableCopy
+
+# psycopg (and the Postgres store) is imported by the command when it runs: a SQLite receiver
+# never loads it (tests/test_pg_config.py).
+
+#: Rows per batch by default (one ``COPY`` and one commit each).
+DEFAULT_BATCH_ROWS = 5000
 
 
 def _sqlite_path(ctx: click.Context, param: click.Parameter, value: str) -> Path:
@@ -46,6 +46,9 @@ def _postgres_url(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 def shown_url(url: str) -> str:
     """``url`` without its password, to print: ``postgresql://USER@HOST:PORT/DBNAME``."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         parts = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
@@ -100,6 +103,8 @@ def migrate_store(source: Path, target: str, batch_rows: int, pause_ms: int) -> 
       kling-hooks migrate-store --from sqlite:/var/lib/kling-hooks/kling-hooks.db \\
         --to postgresql://kling@db.internal/kling_hooks
     """
+    from receiver.store.postgres.copy import open_source
+
     conn = open_source(source)
     lock = DatabaseLock(source)
     try:
@@ -126,6 +131,11 @@ def _copy(
     conn: sqlite3.Connection, source: Path, target: str, batch_rows: int, pause_ms: int
 ) -> CopyReport:
     """Connect to ``target``, migrate it, and copy ``conn`` into it."""
+    import psycopg
+
+    from receiver.store.postgres import connect, migrate
+    from receiver.store.postgres.copy import copy_store
+
     try:
         pg = connect(target)
     except psycopg.OperationalError as exc:

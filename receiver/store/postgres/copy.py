@@ -57,9 +57,6 @@ from submitter.protocol import TaskStatus
 #: The tables copied, in this order: a table comes after those its rows name.
 TABLES = ("tasks", "transitions", "callbacks", "deliveries", "files")
 
-#: Rows per batch (one ``COPY`` and one commit each).
-DEFAULT_BATCH_ROWS = 5000
-
 #: The target's ``meta`` key that names the source its rows came from.
 SOURCE_KEY = "migrate_store_source"
 
@@ -179,7 +176,7 @@ def copy_store(
     source_path: Path,
     target: PgConnection,
     *,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int,
     progress: Progress = lambda t: None,
     after_batch: Callable[[], None] = lambda: None,
 ) -> CopyReport:
