@@ -9,6 +9,7 @@ Hierarchy::
     │   └── NotADatabase         the file is not a SQLite database (serve stops, exit 1)
     ├── BackupError              ``kling-hooks backup`` could not make a sound copy (exit 1)
     ├── DatabaseLocked           another process owns the database (serve stops, exit 1)
+    ├── MigrateStoreError        ``kling-hooks migrate-store`` refused, or its copy stopped (exit 1)
     ├── TaskConflict             task_id and external_task_id name two tasks (409)
     ├── BodyTooLarge             a request body is over KLING_HOOKS_MAX_BODY_BYTES (413)
     ├── Refused                  a request the HTTP API refuses, with its status
@@ -60,6 +61,14 @@ class BackupError(ReceiverError):
 
 class DatabaseLocked(ReceiverError):
     """Another process holds the database's lock: one process owns a database."""
+
+
+class MigrateStoreError(ReceiverError):
+    """``kling-hooks migrate-store`` refused to copy (the SQLite file is missing, not a
+    kling-hooks database, of an older schema or owned by a running receiver; the Postgres
+    server cannot be reached; the Postgres database holds rows that did not come from this
+    source as it is now), or its copy stopped on a database error (the batches committed
+    stay, and a second run goes on); the message says which, and what to do."""
 
 
 class TaskConflict(ReceiverError):

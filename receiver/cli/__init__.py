@@ -3,17 +3,17 @@
 Commands, by module: ``serve``, ``simulate``, ``demo`` (``servers``); ``submit``
 (``submit``); ``tasks``, ``task``, ``deliveries``, ``redeliver``, ``plugins``, ``token``,
 ``secret`` (``status``); ``kling get``, ``kling list``, ``reconcile`` (``kling``); ``prune``,
-``backup`` (``care``); ``config check``, ``config show`` (``config``). The options
-they share are defined once in ``options``.
+``backup`` (``care``); ``migrate-store`` (``migrate``); ``config check``, ``config show``
+(``config``). The options they share are defined once in ``options``.
 ``kling-hooks COMMAND --help`` shows each command's options with their defaults.
 
 Exit codes: 0 success; 1 Kling or the receiver answered with an error (an unknown task or
 delivery, a delivery running now), or could not be reached, or the database cannot be used
 (owned by another process, newer than this program, not a database, a backup refused or
-unsound); 2 bad usage (an unknown option, a bad ``--since``, ``redeliver`` without an ID or
-``--all``), a bad setting or plugin table, or a body that breaks a documented Kling rule
-(nothing was sent); 3 ``submit`` created the task at Kling but the receiver could not record
-it. Errors are one line on stderr.
+unsound, a ``migrate-store`` copy refused); 2 bad usage (an unknown option, a bad
+``--since``, ``redeliver`` without an ID or ``--all``), a bad setting or plugin table, or a
+body that breaks a documented Kling rule (nothing was sent); 3 ``submit`` created the task at
+Kling but the receiver could not record it. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from typing import Any
 import click
 import httpx
 
-from receiver.cli import care, config, kling, servers, status, submit
+from receiver.cli import care, config, kling, migrate, servers, status, submit
 from receiver.cli.options import CONTEXT_SETTINGS, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from receiver.config import ConfigError
 from receiver.errors import (
     BackupError,
     DatabaseLocked,
+    MigrateStoreError,
     NotADatabase,
     SchemaTooNew,
     StoreUnavailable,
@@ -86,6 +87,7 @@ for command in (
     kling.reconcile,
     care.prune,
     care.backup,
+    migrate.migrate_store,
     servers.simulate,
     servers.demo,
     config.config,
@@ -131,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NotADatabase,
         BackupError,
         StoreUnavailable,
+        MigrateStoreError,
         httpx.HTTPError,
     ) as exc:
         click.echo(f"error: {exc}", err=True)
