@@ -205,9 +205,12 @@ def _new_database(directory: Path) -> Path:
 
 
 def _settings(db: Path, receiver_url: str, slack_url: str, downloads: Path) -> Settings:
-    """The demo receiver's settings: fresh secrets, the downloader and the Slack plugin."""
+    """The demo receiver's settings: fresh secrets, the downloader and the Slack plugin, and a
+    SQLite file of its own even where ``KLING_HOOKS_DATABASE_URL`` is set (the demo's tasks
+    are simulated: they must not land in a real database)."""
     return Settings(
         kling_hooks_db=db,
+        kling_hooks_database_url=None,
         kling_hooks_public_url=receiver_url,
         kling_hooks_api_url=receiver_url,
         kling_api_key=SecretStr("demo-key"),

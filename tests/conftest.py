@@ -94,22 +94,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_backends: run each test on SQLite and on Postgres (conftest.py)"
     )
+    config.addinivalue_line(
+        "markers", "sqlite_only(why): in a both_backends module, a test about SQLite's file"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("both_backends"):
-        metafunc.fixturenames.append("backend")
+    definition = metafunc.definition
+    if definition.get_closest_marker("both_backends") and not definition.get_closest_marker(
+        "sqlite_only"
+    ):
         metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """``"sqlite"`` or ``"postgres"``: the store the test's receivers run on."""
+    """``"sqlite"`` or ``"postgres"``: the store the test's receivers run on (``sqlite``
+    unless the test is a ``both_backends`` one's ``[postgres]`` run)."""
     global _POSTGRES_URL
-    if request.param == "postgres":
+    name = str(getattr(request, "param", "sqlite"))
+    if name == "postgres":
         _POSTGRES_URL = request.getfixturevalue("pg_url")
     try:
-        yield str(request.param)
+        yield name
     finally:
         _POSTGRES_URL = None
 
@@ -320,6 +327,8 @@ async def serve(
         KLING_HOOKS_LOG_FORMAT="json",
         KLING_HOOKS_LOG_LEVEL="info",
     )
+    if _POSTGRES_URL is not None:  # a [postgres] test: the server runs on its database
+        full_env["KLING_HOOKS_DATABASE_URL"] = _POSTGRES_URL
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         *launcher,
@@ -361,6 +370,16 @@ def rows(db: Path, sql: str, *args: Any) -> list[Any]:
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         return conn.execute(sql, args).fetchall()
+
+
+def execute(db: Path, sql: str, *args: Any) -> None:
+    """Run one statement (``?`` marks) and commit: on ``db``, or in a ``[postgres]`` test on
+    its Postgres database (what a crash leaves behind, written by hand)."""
+    if _POSTGRES_URL is not None:
+        pg_support.execute(_POSTGRES_URL, sql.replace("?", "%s"), *args)
+        return
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(sql, args)
 
 
 def deliveries(db: Path) -> list[Any]:

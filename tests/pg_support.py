@@ -14,6 +14,7 @@ Where there is no server and no ``initdb``, Postgres tests are skipped, except i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -144,10 +145,16 @@ class Row(tuple):  # type: ignore[type-arg]
         return list(self._names)
 
 
+def execute(url: str, sql: str, *args: Any) -> None:
+    """Run one statement (``%s`` marks) on the database ``url``, and commit."""
+    with psycopg.connect(url) as conn:
+        conn.execute(sql, args or None)  # no arguments: a % in the SQL is a plain %
+
+
 def rows(url: str, sql: str, *args: Any) -> list[Row]:
     """The rows of one query (``%s`` marks) on the database ``url``, as :class:`Row`."""
     with psycopg.connect(url) as conn:
-        cur = conn.execute(sql, args)
+        cur = conn.execute(sql, args or None)  # no arguments: a % in the SQL is a plain %
         names = tuple(c.name for c in cur.description or ())
         out = []
         for values in cur.fetchall():
@@ -155,3 +162,43 @@ def rows(url: str, sql: str, *args: Any) -> list[Row]:
             row._names = names
             out.append(row)
         return out
+
+
+class Gate:
+    """A TCP forwarder on 127.0.0.1 in front of the Postgres server of ``url``: while open it
+    forwards each connection; :meth:`shut` stops listening and cuts every connection (the
+    server is away, as when it restarts); :meth:`open` listens again on the same port."""
+
+    def __init__(self, url: str) -> None:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        self._target = (str(params["host"]), int(params["port"] or 5432))
+        self.port = _free_port()
+        self.url = url.replace(f":{self._target[1]}/", f":{self.port}/")
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(
+            self._link, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def shut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._links):
+            w.close()
+        await self._server.wait_closed()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._links -= {writer, up_writer}

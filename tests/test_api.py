@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_TOKEN, Receiver, make_settings, start_receiver, task_body
+from tests.conftest import (
+    API_TOKEN,
+    Receiver,
+    make_settings,
+    postgres_url,
+    start_receiver,
+    task_body,
+)
 
 pytestmark = pytest.mark.both_backends
 
@@ -438,12 +445,18 @@ def env_without_kling() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
 
 
+def _store_env() -> dict[str, str]:
+    """The test's Postgres database for a command, in a ``[postgres]`` test."""
+    url = postgres_url()
+    return {} if url is None else {"KLING_HOOKS_DATABASE_URL": url}
+
+
 async def run_cli(*args: str, cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         str(KLING_HOOKS),
         *args,
         cwd=cwd,
-        env=env_without_kling(),
+        env={**env_without_kling(), **_store_env()},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Receiver, make_settings, start_receiver, task_body
+from tests.conftest import rows as stored_rows
 
 pytestmark = pytest.mark.both_backends
 
@@ -18,8 +19,8 @@ TASK = "867283741759111202"
 
 
 def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
+    """The rows of ``sql`` as plain tuples, from the test's store (``tests.conftest.rows``)."""
+    return [tuple(r) for r in stored_rows(db, sql)]
 
 
 def db_of(r: Receiver) -> Path:
@@ -176,6 +177,7 @@ async def test_streamed_oversized_body_is_413_at_the_limit(tmp_path: Path) -> No
         assert rows(db_of(r), "SELECT COUNT(*) FROM callbacks") == [(0,)]
 
 
+@pytest.mark.sqlite_only  # Postgres away: tests/test_pg_outage.py
 async def test_database_that_cannot_commit_gives_503_and_nothing_is_lost(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, kling_hooks_busy_timeout_ms=100, kling_hooks_retry_after_s=7)
     async with start_receiver(settings) as r:

@@ -28,6 +28,7 @@ from tests.conftest import (
     SECRET,
     Receiver,
     make_settings,
+    postgres_url,
     serve,
     start_receiver,
     task_body,
@@ -41,6 +42,8 @@ from tests.test_deliveries_api import (
     secret_plugin,
     succeed,
 )
+
+pytestmark = pytest.mark.both_backends
 
 KLING_HOOKS = Path(sys.executable).parent / "kling-hooks"
 # The console script imports this tree's packages, not a copy installed earlier.
@@ -78,6 +81,8 @@ def cli_env(**values: str) -> dict[str, str]:
     """``os.environ`` without any KLING_* variable, plus ``values`` (names in upper case), with
     this tree first on ``PYTHONPATH``."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLING_")}
+    if (url := postgres_url()) is not None:  # a [postgres] test: commands use its database
+        env["KLING_HOOKS_DATABASE_URL"] = url
     return {**env, "PYTHONPATH": TREE, **{k.upper(): v for k, v in values.items()}}
 
 
@@ -409,6 +414,7 @@ async def test_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
     assert len(run.err.splitlines()) == 1  # one line, no traceback
 
 
+@pytest.mark.sqlite_only  # about --db and the SQLite file it names
 async def test_token_for_a_database_that_does_not_exist_exits_2_and_creates_nothing(
     tmp_path: Path,
 ) -> None:
@@ -611,6 +617,7 @@ async def test_serve_with_a_plugins_dir_that_does_not_exist_exits_2_naming_it(
     assert str(missing) in run.err
 
 
+@pytest.mark.sqlite_only  # about --db and the SQLite file it names
 async def test_serve_runs_the_plugins_of_its_plugins_dir(tmp_path: Path) -> None:
     folder = tmp_path / "plugins"
     folder.mkdir()
@@ -764,6 +771,7 @@ STATUS_COMMANDS = [
 ]
 
 
+@pytest.mark.sqlite_only  # about --db and the SQLite file it names
 async def test_url_and_json_options_work_on_every_command_that_takes_them(
     receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -813,6 +821,7 @@ async def test_limit_and_cursor_page_through_tasks(receiver: Receiver, tmp_path:
     assert page["next_cursor"] is None
 
 
+@pytest.mark.sqlite_only  # about --db and the SQLite file it names
 async def test_config_and_db_options_work_on_every_command_that_takes_them(
     tmp_path: Path, sim: Simulator, sim_url: str
 ) -> None:
@@ -875,6 +884,7 @@ async def test_an_unreachable_receiver_is_named_with_the_setting_that_chose_it(
     assert len(run.err.splitlines()) == 1
 
 
+@pytest.mark.sqlite_only  # about --db and the SQLite file it names
 async def test_secret_prints_the_signing_callback_secret_of_the_environment(
     tmp_path: Path,
 ) -> None:

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import sqlite3
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterable
@@ -39,7 +38,10 @@ from submitter.media import mp4_bytes, png_bytes
 from submitter.protocol import TaskStatus
 from submitter.safehttp import Resolver
 from tests.conftest import API_TOKEN, Outcomes, make_settings, start_receiver, task_body
+from tests.conftest import rows as stored_rows
 from tests.sinks import Answer, start_sink
+
+pytestmark = pytest.mark.both_backends
 
 PNG = png_bytes(seed=1)
 MP4 = mp4_bytes(seed=2)
@@ -730,10 +732,11 @@ async def test_a_succeeded_task_files_are_saved_listed_and_not_fetched_again_on_
     assert (folder / "image-0.png").read_bytes() == PNG
     assert (folder / "video-0.mp4").read_bytes() == MP4
     assert [req.path for req in sink.requests] == ["/out/0.png", "/out/v.mp4"]  # none on replay
-    with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
-        names = ("url", "path", "bytes", "sha256", "content_type")
-        rows = conn.execute(f"SELECT {', '.join(names)} FROM files ORDER BY id").fetchall()
-    assert [dict(zip(names, row, strict=True)) for row in rows] == expected
+    names = ("url", "path", "bytes", "sha256", "content_type")
+    saved = stored_rows(
+        tmp_path / "kling-hooks.db", f"SELECT {', '.join(names)} FROM files ORDER BY id"
+    )
+    assert [dict(zip(names, row, strict=True)) for row in saved] == expected
 
 
 class Finished:

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from tests.conftest import (
     API_TOKEN,
@@ -23,6 +24,8 @@ from tests.conftest import (
     start_receiver,
     task_body,
 )
+
+pytestmark = pytest.mark.both_backends
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]

@@ -28,6 +28,7 @@ from tests.conftest import (
     Outcomes,
     RecordingPlugin,
     deliveries,
+    execute,
     make_settings,
     start_receiver,
     task_body,
@@ -281,8 +282,7 @@ async def test_restart_resumes_a_delivery_left_running(tmp_path: Path) -> None:
         await outcomes.until(lambda seen: len(seen) == 1)
     db = tmp_path / "kling-hooks.db"
     # What a SIGKILL during an attempt leaves behind (tests/test_crash.py does it for real).
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE deliveries SET state = 'running', next_attempt_at = NULL")
+    execute(db, "UPDATE deliveries SET state = 'running', next_attempt_at = NULL")
     second = RecordingPlugin()
     async with start_receiver(settings, [second]) as r:
         outcomes = Outcomes(r)
@@ -378,8 +378,7 @@ async def test_a_delivery_interrupted_on_its_last_attempt_is_dead_after_restart(
         await outcomes.until(lambda seen: len(seen) == 1)
     db = tmp_path / "kling-hooks.db"
     # The second (last) attempt was running when the process died, say because it crashed it.
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE deliveries SET state = 'running', attempts = 2")
+    execute(db, "UPDATE deliveries SET state = 'running', attempts = 2")
     second = RecordingPlugin(PluginSettings(retry_schedule_s=[3600]))
     async with start_receiver(settings, [second]):
         pass

@@ -21,6 +21,7 @@ from receiver.store.postgres import PgDashboardReader, PgReader, PgReadPool
 from receiver.store.postgres.pool import PgAsyncConnection
 from submitter.protocol import Route, TaskStatus
 from tests.pg_reads_support import TASK_IDS, Backend, at, both
+from tests.pg_support import Gate
 
 
 async def walk_tasks(
@@ -226,46 +227,6 @@ def test_a_postgres_read_pool_needs_a_connection_and_a_timeout() -> None:
         asyncio.run(PgReadPool.open("postgresql://127.0.0.1/x", size=0))
     with pytest.raises(ValueError, match="timeout_s=0 is not positive"):
         asyncio.run(PgReadPool.open("postgresql://127.0.0.1/x", timeout_s=0))
-
-
-class Gate:
-    """A TCP forwarder on 127.0.0.1 in front of the Postgres server of ``url``: while open it
-    forwards each connection; :meth:`shut` stops listening and cuts every connection (the
-    server is away, as when it restarts); :meth:`open` listens again on the same port."""
-
-    def __init__(self, url: str) -> None:
-        params = psycopg.conninfo.conninfo_to_dict(url)
-        self._target = (str(params["host"]), int(params["port"] or 5432))
-        self.port = _closed_port()
-        self.url = url.replace(f":{self._target[1]}/", f":{self.port}/")
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(
-            self._link, "127.0.0.1", self.port, reuse_address=True
-        )
-
-    async def shut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._links):
-            w.close()
-        await self._server.wait_closed()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._links |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._links -= {writer, up_writer}
 
 
 async def test_reads_fail_while_postgres_is_away_and_recover_by_themselves(pg_url: str) -> None:

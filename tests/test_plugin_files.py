@@ -19,6 +19,8 @@ from receiver.plugins.files import (
     writable_directory,
 )
 
+pytestmark = pytest.mark.both_backends
+
 
 def test_a_safe_external_task_id_is_kept_as_it_is() -> None:
     assert path_segment("kh-01JD0000000000000000000000") == "kh-01JD0000000000000000000000"

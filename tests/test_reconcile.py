@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import signal
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,10 @@ from tests.conftest import (
     start_receiver,
     task_body,
 )
+from tests.conftest import rows as stored_rows
 from tests.test_cli import cli_env, kling_hooks
+
+pytestmark = pytest.mark.both_backends
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -151,8 +153,7 @@ async def test_reconcile_recovers_a_task_whose_terminal_callback_was_lost_and_sa
             await simulator.wait_idle()  # the task ended; its terminal callback met the kill
             assert down.proc.returncode == -signal.SIGKILL
         assert simulator.tasks[sub.task_id].task_status.value == "succeed"
-        with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
-            [(stored,)] = conn.execute("SELECT task_status FROM tasks")
+        [(stored,)] = stored_rows(tmp_path / "kling-hooks.db", "SELECT task_status FROM tasks")
         assert stored == "processing"  # and, without reconcile, it would stay so
 
         async with serve(config, tmp_path, env=DEBUG) as up:
@@ -180,8 +181,12 @@ async def test_reconcile_recovers_a_task_whose_terminal_callback_was_lost_and_sa
     assert again.out.splitlines()[-1] == "0 overdue, 0 moved forward, 0 failed"  # terminal now
     assert task["task_status"] == "succeed"
     assert [t["task_status"] for t in task["transitions"]] == ["submitted", "processing", "succeed"]
-    with sqlite3.connect(tmp_path / "kling-hooks.db") as conn:
-        sources = dict(conn.execute("SELECT task_status, source FROM transitions"))
+    sources = {
+        r[0]: r[1]
+        for r in stored_rows(
+            tmp_path / "kling-hooks.db", "SELECT task_status, source FROM transitions"
+        )
+    }
     assert sources == {
         "submitted": "registration",
         "processing": "callback",

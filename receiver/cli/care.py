@@ -16,6 +16,7 @@ from receiver import credentials
 from receiver.cli.options import (
     ANY_PATH,
     EXIT_OK,
+    EXIT_USAGE,
     json_option,
     load,
     parse_duration,
@@ -109,6 +110,19 @@ def _pruned_text(p: Pruned) -> str:
     return "\n".join(lines)
 
 
+def _use_pg_dump(url: str, file: Path) -> str:
+    """What to run instead of ``backup`` on Postgres (the URL without its password)."""
+    from receiver.store.postgres import describe  # psycopg: for Postgres only
+
+    where = describe(url)
+    return (
+        f"error: the database is Postgres ({where}): back it up with pg_dump, which copies one"
+        " snapshot while the replicas run:\n"
+        f"  pg_dump --format=custom --file {file} '{where}'\n"
+        f"restore into an empty database with: pg_restore --dbname '{where}' {file}"
+    )
+
+
 @click.command()
 @click.argument("file", type=ANY_PATH)
 @click.option("--force", is_flag=True, help="replace FILE if it exists")
@@ -119,8 +133,16 @@ def backup(file: Path, force: bool, config: Path | None, db: Path | None) -> int
     SQLite's backup API copies one snapshot into a temporary file beside FILE, which is
     checked (PRAGMA integrity_check) and then renamed to FILE. To restore: stop the
     receiver, put FILE in place of the database, remove its -wal and -shm files, start.
+
+    On Postgres (KLING_HOOKS_DATABASE_URL) use pg_dump, which copies one snapshot while the
+    replicas run: this command prints the pg_dump and pg_restore lines and exits 2.
     """
     settings = load(config, db)
+    if settings.kling_hooks_database_url is not None:
+        click.echo(
+            _use_pg_dump(settings.kling_hooks_database_url.get_secret_value(), file), err=True
+        )
+        return EXIT_USAGE
     report = backup_database(settings.kling_hooks_db, file, force=force)
     click.echo(
         f"backed up {settings.kling_hooks_db} to {report.path}: {report.tasks:,} tasks,"

@@ -313,8 +313,8 @@ class Redeliver(DeliveryOp[int]):
         """The replay's ``UPDATE`` and its arguments, with ``mark`` as the driver's parameter
         mark (``?`` for sqlite3, ``%s`` for psycopg)."""
         where, args = ["state != 'running'"], list[Any]()
-        if self.loaded is not None:
-            where.append(f"plugin IN ({', '.join([mark] * len(self.loaded))})")
+        if self.loaded is not None:  # none loaded: nothing matches (Postgres has no IN ())
+            where.append(f"plugin IN ({', '.join([mark] * len(self.loaded)) or 'NULL'})")
             args.extend(sorted(self.loaded))
         for column, value in (
             ("id", self.delivery_id),

@@ -39,18 +39,27 @@ PgConnection = psycopg.Connection[TupleRow]
 #: How long a connection attempt may take, seconds, unless the URL says (``connect_timeout``):
 #: libpq's default is to wait for ever, and a callback must get its 503 instead.
 CONNECT_TIMEOUT_S = 5
+#: How long sent data may stay unacknowledged before the kernel drops the connection, ms
+#: (libpq's ``tcp_user_timeout``), unless the URL says: a server that vanished from the network
+#: (no reset, no answer) fails the writer's statement then, instead of holding every callback.
+TCP_USER_TIMEOUT_MS = 10_000
 
 
 def connect(url: str) -> PgConnection:
     """A connection to ``url`` in autocommit mode (a transaction is opened explicitly), whose
     commits wait for the server's WAL flush (``synchronous_commit = on``); an attempt gives up
-    after :data:`CONNECT_TIMEOUT_S` unless the URL sets ``connect_timeout``.
+    after :data:`CONNECT_TIMEOUT_S`, and a silent server fails a statement after
+    :data:`TCP_USER_TIMEOUT_MS`, unless the URL sets ``connect_timeout`` or
+    ``tcp_user_timeout``.
 
     Raises:
         psycopg.OperationalError: the server cannot be reached or refuses the connection.
     """
-    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
-        url = psycopg.conninfo.make_conninfo(url, connect_timeout=CONNECT_TIMEOUT_S)
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    defaults = {"connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
+    extra = {k: v for k, v in defaults.items() if k not in given}
+    if extra:
+        url = psycopg.conninfo.make_conninfo(url, **extra)
     conn = psycopg.connect(url, autocommit=True)
     conn.execute("SET synchronous_commit = on")
     return conn
@@ -149,10 +158,12 @@ def connect_writer(url: str) -> WriterConnection:
 
 
 def describe(url: str) -> str:
-    """``host:port/dbname`` of ``url``, for logs and messages (never the password)."""
+    """``postgresql://user@host:port/dbname`` of ``url``, for logs and messages: the password
+    and the other parameters left out."""
     info = psycopg.conninfo.conninfo_to_dict(url)
     host, port = info.get("host") or "localhost", info.get("port") or "5432"
-    return f"postgresql://{host}:{port}/{info.get('dbname') or info.get('user') or ''}"
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{host}:{port}/{info.get('dbname') or info.get('user') or ''}"
 
 
 def unreachable(exc: psycopg.Error) -> StoreUnavailable:
