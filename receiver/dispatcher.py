@@ -337,7 +337,7 @@ class Dispatcher:
             attempt=job.event.attempt,
         )
         try:
-            await self._writer.submit(op)
+            stored = await self._writer.submit(op)
         except StoreUnavailable as exc:
             log.error("delivery_outcome_not_stored", delivery_id=op.delivery_id, error=str(exc))
             self._unrecorded.append((job, outcome))
@@ -352,6 +352,9 @@ class Dispatcher:
                 )
                 await self._record(job, plain)
             return  # else it stays running in the store until the next start recovers it
+        if not stored:  # the lease was lost: another attempt owns the delivery now
+            log.warning("delivery_outcome_ignored", delivery_id=op.delivery_id, attempt=op.attempt)
+            return
         self._log(job, outcome)  # after the commit: the log never runs ahead of the store
         for listener in self._listeners:
             try:

@@ -104,10 +104,11 @@ async def test_an_expired_lease_is_recovered_and_finished_by_another_replica(
         assert _state(pg_url, first.event.delivery_id)[:4] == ("failed", 1, 1_100, None)
         second = await _claim_one(b, 1_200)
         assert (second.event.delivery_id, second.event.attempt) == (first.event.delivery_id, 2)
-        await b.submit(Finish(second.event.delivery_id, "t-0", Outcome(DeliveryState.DONE), 1_300))
+        done = Outcome(DeliveryState.DONE)
+        assert await b.submit(Finish(second.event.delivery_id, "t-0", done, 1_300)) is True
         # a's attempt ends at last: its outcome and its files are not b's delivery's
         late = Outcome(DeliveryState.FAILED, 9_999, "late", files=(late_file,))
-        await a.submit(Finish(first.event.delivery_id, "t-0", late, 1_400))
+        assert await a.submit(Finish(first.event.delivery_id, "t-0", late, 1_400)) is False
     assert _state(pg_url, first.event.delivery_id) == ("done", 2, None, None, None, None)
     assert rows(pg_url, "SELECT count(*) FROM files") == [(0,)]
 

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from receiver.dispatcher import Dispatcher
 from receiver.errors import StoreUnavailable
@@ -37,9 +38,10 @@ async def test_a_late_finish_of_an_earlier_attempt_by_the_same_replica_is_ignore
         assert (second.event.delivery_id, first.event.attempt, second.event.attempt) == (d, 1, 2)
         # attempt 1 ends at last, on the replica that holds attempt 2's claim: ignored
         late = Outcome(DeliveryState.FAILED, 9_999, "late", files=(late_file,))
-        await a.submit(Finish(d, "t-0", late, 1_300, attempt=1))
+        assert await a.submit(Finish(d, "t-0", late, 1_300, attempt=1)) is False
         assert _state(pg_url, d)[:5] == ("running", 2, None, "a", 1_200 + 1_000)
-        await a.submit(Finish(d, "t-0", Outcome(DeliveryState.DONE), 1_400, attempt=2))
+        done = Finish(d, "t-0", Outcome(DeliveryState.DONE), 1_400, attempt=2)
+        assert await a.submit(done) is True
     assert _state(pg_url, d) == ("done", 2, None, None, None, None)
     assert rows(pg_url, "SELECT count(*) FROM files") == [(0,)]
 
@@ -48,10 +50,10 @@ async def test_the_dispatcher_fences_its_finish_by_the_events_attempt(pg_url: st
     now = [100]
     gate = asyncio.Event()
     plugin = RecordingPlugin(PluginSettings(retry_schedule_s=[1, 1]), name="slack", gate=gate)
-    recorded = asyncio.Event()
+    recorded: list[object] = []
     async with replicas(pg_url, "a") as (a,):
         dispatcher = Dispatcher(a, [LoadedPlugin(plugin, "test")], clock_ms=lambda: now[0])
-        dispatcher.add_listener(lambda job, outcome: recorded.set())
+        dispatcher.add_listener(lambda job, outcome: recorded.append(outcome))
         await dispatcher.start()
         try:
             await _tasks(a, 1)
@@ -62,10 +64,17 @@ async def test_the_dispatcher_fences_its_finish_by_the_events_attempt(pg_url: st
             assert (event.attempt, again.event.attempt) == (1, 2)
             now[0] = 1_300
             gate.set()  # attempt 1 returns: the dispatcher records done for attempt 1
-            await asyncio.wait_for(recorded.wait(), 10)
+            with structlog.testing.capture_logs() as logged:
+                await dispatcher.close()  # waits for the attempt and its Finish
         finally:
             await dispatcher.close()
     assert _state(pg_url, event.delivery_id)[:4] == ("running", 2, None, "a")
+    ignored = [e for e in logged if e["event"] == "delivery_outcome_ignored"]
+    assert ignored == [
+        {"event": "delivery_outcome_ignored", "log_level": "warning"}
+        | {"delivery_id": event.delivery_id, "attempt": 1}
+    ]
+    assert recorded == []  # the listeners hear only of outcomes that were stored
 
 
 async def test_an_expired_lease_is_swept_while_its_replica_still_runs(pg_url: str) -> None:

@@ -83,3 +83,25 @@ def test_service_exposure_is_at_most_2(units: Path, name: str) -> None:
     found = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", done.stdout)
     assert found, done.stdout[-2000:]
     assert float(found[1]) <= MAX_EXPOSURE, done.stdout
+
+
+def test_the_postgres_drop_in_passes_verify_and_keeps_the_exposure(units: Path) -> None:
+    """``kling-hooks-postgres.conf``, installed as the service's drop-in (README.md, "Scaling
+    out"), is read by systemd without a warning and loosens none of the hardening."""
+    drop_ins = units / "kling-hooks.service.d"
+    drop_ins.mkdir()
+    # verify reads the drop-ins beside the unit: one with an unknown key is reported
+    (drop_ins / "probe.conf").write_text("[Service]\nNoSuchKey=1\n")
+    probed = systemd_analyze("verify", str(units / "kling-hooks.service"))
+    assert "probe.conf:2: Unknown key 'NoSuchKey'" in probed.stderr, probed.stderr
+    (drop_ins / "probe.conf").unlink()
+    (drop_ins / "postgres.conf").write_text((UNITS / "kling-hooks-postgres.conf").read_text())
+    done = systemd_analyze("verify", str(units / "kling-hooks.service"))
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    security = systemd_analyze(
+        "security", "--offline=true", "--no-pager", str(units / "kling-hooks.service")
+    )
+    found = re.search(
+        r"Overall exposure level for kling-hooks.service: (\d+\.\d+)", security.stdout
+    )
+    assert found and float(found[1]) <= MAX_EXPOSURE, security.stdout

@@ -183,8 +183,12 @@ _UPSERT_FILE = (
 
 
 @dataclass(frozen=True)
-class Finish(DeliveryOp[None]):
+class Finish(DeliveryOp[bool]):
     """Store an attempt's :class:`Outcome` (and the files it saved) for a running delivery.
+
+    Returns:
+        Whether it was stored: False when the delivery was no longer running that attempt
+        (on Postgres: its lease expired and another attempt took it over); nothing changed.
 
     Args:
         attempt: Which attempt ended (the event's ``attempt``, the claim's ``attempts``).
@@ -206,9 +210,9 @@ class Finish(DeliveryOp[None]):
         """Without files it is one UPDATE: it needs no savepoint of its own."""
         return not self.outcome.files
 
-    def apply(self, conn: sqlite3.Connection) -> None:
+    def apply(self, conn: sqlite3.Connection) -> bool:
         o = self.outcome
-        conn.execute(
+        cur = conn.execute(
             "UPDATE deliveries SET state = ?, next_attempt_at = ?, last_error = ?, updated_at = ?"
             " WHERE id = ? AND state = 'running'",
             (
@@ -219,11 +223,12 @@ class Finish(DeliveryOp[None]):
                 self.delivery_id,
             ),
         )
-        if o.files:
+        if cur.rowcount and o.files:
             conn.executemany(
                 _UPSERT_FILE,
                 [(self.task_id, self.delivery_id, *astuple(f), self.now_ms) for f in o.files],
             )
+        return cur.rowcount == 1
 
 
 @dataclass(frozen=True)

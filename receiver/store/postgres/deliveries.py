@@ -41,9 +41,10 @@ Limits, for the dispatcher's wiring to keep in mind:
   sweep and Recover release it as expired.
 * A Finish with no ``attempt`` is matched by replica only (the fence before attempts): an
   earlier attempt's late outcome on the same replica is then taken for the current one.
-* The dispatcher does not run ExpireLeases yet: until it does, an expired lease is released
-  only by a replica's start-up Recover.
-* A Finish that is ignored raises nothing: its caller cannot tell it from one that counted.
+* The dispatcher runs ExpireLeases with its claim once the earliest lease or retry it knows
+  of has come (``receiver.dispatcher``).
+* A Finish that is ignored raises nothing; it returns False, and the dispatcher logs it
+  (``delivery_outcome_ignored``).
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ _UPSERT_FILE = (
 )
 
 
-def finish(op: Finish, conn: psycopg.Connection[Any], replica: Replica) -> None:
+def finish(op: Finish, conn: psycopg.Connection[Any], replica: Replica) -> bool:
     """:class:`Finish` on Postgres: the outcome and its files (upserted by (task, url), as on
     SQLite) are stored only while ``replica`` holds the claim of ``op.attempt`` (of any
     attempt when it is None); otherwise nothing is."""
@@ -202,6 +203,7 @@ def finish(op: Finish, conn: psycopg.Connection[Any], replica: Replica) -> None:
             _UPSERT_FILE,
             [(op.task_id, op.delivery_id, *astuple(f), op.now_ms) for f in o.files],
         )
+    return cur.rowcount == 1
 
 
 #: Running rows whose lease ran out (or that have none): any replica may release them.
