@@ -224,6 +224,22 @@ def _postgres_lines(ctx: Context, rounds: Sequence[dict[str, Sample]]) -> list[t
         "one replica stores the burst while the no-op plugin refuses to start, then 1 or 2 "
         f"replicas drain it; handler starts per replica with 2 (median): {', '.join(r2)}."
     )
+    pairs = [
+        ("ingest 1 replica", "pg.ingest.r1.c64", "ingest.none.c64", "rps"),
+        ("ingest 2 replicas", "pg.ingest.r2.c64", "ingest.none.c64", "rps"),
+        ("backlog 1 replica", "pg.backlog1.r1", "fanout.backlog1", "value"),
+        ("backlog 2 replicas", "pg.backlog1.r2", "fanout.backlog1", "value"),
+        ("GET /tasks/{id} 16 conns", "pg.status.get_task.c16", "status.get_task.c16", "rps"),
+        ("page of 50 16 conns", "pg.status.list.c16", "status.list.c16", "rps"),
+    ]
+    found = [
+        f"{label} {table.cell(table.Spread.of(_per_round(rounds, a, b, f)), 'ratio')}"
+        for label, a, b, f in pairs
+    ]
+    text += f" Postgres / SQLite in the same round, median [min{table.DASH}max]: " + "; ".join(
+        x for x in found if not x.endswith(table.DASH)
+    )
+    text += "."
     copied = ctx.extra.get("pg-status")
     if isinstance(copied, pg.StatusCopy):
         rows = ", ".join(f"{n:,} {t}" for t, n in copied.rows.items())
@@ -234,3 +250,12 @@ def _postgres_lines(ctx: Context, rounds: Sequence[dict[str, Sample]]) -> list[t
             f"{_median(rounds, 'pg.status.startup', 'value'):,.0f} ms."
         )
     return [("", text)]
+
+
+def _per_round(rounds: Sequence[dict[str, Sample]], key: str, over: str, field: str) -> list[float]:
+    """Per round, ``field`` of ``key`` over ``field`` of ``over`` (rounds with both)."""
+    return [
+        r[key][field] / r[over][field]
+        for r in rounds
+        if key in r and over in r and r[over].get(field, 0) > 0 and field in r[key]
+    ]
