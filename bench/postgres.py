@@ -151,3 +151,33 @@ def outbox(url: str) -> tuple[int, int]:
     """``(deliveries, of which done)`` in the database ``url`` now."""
     states = delivery_states(url)
     return sum(states.values()), states.get("done", 0)
+
+
+def server_cpu_s(url: str) -> float:
+    """CPU seconds the Postgres server of ``url`` has used so far: its postmaster's own and
+    its ended children's (``/proc/PID/stat``), plus every live child's (the backends, the
+    WAL writer, the checkpointer...). NaN when the server is not on this machine.
+
+    The postmaster is the parent of the backend that answers this connection.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    backend = int(row[0]) if row else 0
+    try:
+        postmaster = int(_stat(backend)[1])
+        total = sum(int(f) for f in _stat(postmaster)[11:15])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _stat(int(entry))
+                if int(fields[1]) == postmaster:
+                    total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state first)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()

@@ -239,6 +239,14 @@ def _postgres_lines(ctx: Context, rounds: Sequence[dict[str, Sample]]) -> list[t
     text += f" Postgres / SQLite in the same round, median [min{table.DASH}max]: " + "; ".join(
         x for x in found if not x.endswith(table.DASH)
     )
+    cpu = [
+        f"{n} replica{'s' * (n > 1)} {_median(rounds, f'pg.ingest.r{n}.c64', 'pg_cpu'):.0%}"
+        for n in pg.REPLICAS
+    ]
+    text += f". Postgres server's CPU over the ingest runs (share of one core): {', '.join(cpu)}"
+    text += "; the receivers': " + ", ".join(
+        f"{_median(rounds, f'pg.ingest.r{n}.c64', 'server_cpu'):.0%}" for n in pg.REPLICAS
+    )
     text += "."
     copied = ctx.extra.get("pg-status")
     if isinstance(copied, pg.StatusCopy):

@@ -3,6 +3,9 @@ API with ``KLING_HOOKS_DATABASE_URL`` set, each configuration on a database of i
 one Postgres server (a throwaway cluster with ``fsync`` and ``synchronous_commit`` on, or
 ``--postgres-url``), in the same rounds as the SQLite jobs.
 
+The Postgres server's CPU share of one core over each timed ingest run is noted too
+(``pg_cpu``: :func:`bench.postgres.server_cpu_s`, NaN for a server on another machine).
+
 - Ingest (:func:`ingest_job`): 1 replica, then 2 replicas sharing one listening socket
   (``serve --fd``; one wrk at 64 connections, the kernel handing each connection to one of
   them), each on a fresh database: the warm-up feed, then distinct new-transition callbacks
@@ -113,8 +116,10 @@ def ingest_job(ctx: Context) -> dict[str, Sample]:
             receiver(name, workdir, ctx.problems, database_url=url, replicas=replicas) as rx,
         ):
             warm(ctx, rx, 64, tally=rx.tally)
+            pg_before = postgres.server_cpu_s(url)
             result, cpu_s = timed(ctx, rx, ctx.feeds.ingest, 64, tally=rx.tally)
             found = sample(result, cpu_s)
+            found["pg_cpu"] = (postgres.server_cpu_s(url) - pg_before) / max(result.span_s, 1e-9)
             found["hwm_mib"] = rx.hwm_mib()
         out[f"pg.ingest.r{replicas}.c64"] = found
         ctx.done_with(workdir)
