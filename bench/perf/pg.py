@@ -77,8 +77,8 @@ def server(url: str | None) -> Iterator[Server]:
                 raise RuntimeError("--postgres: no initdb (apt-get install postgresql)")
             url = stack.enter_context(postgres.throwaway_cluster(bin_dir, fsync=True))
         with psycopg.connect(url, autocommit=True) as conn:
-            shown = {name: str(conn.execute(f"SHOW {name}").fetchone()) for name in SHOWN}
-        shown = {k: v.strip("(),'") for k, v in shown.items()}
+            rows = {name: conn.execute(f"SHOW {name}").fetchone() for name in SHOWN}
+        shown = {name: str(row[0]) if row else "?" for name, row in rows.items()}
         yield Server(url, throwaway, shown)
 
 
