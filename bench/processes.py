@@ -58,10 +58,17 @@ def receiver_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def serve_command(
-    port: int, *, db: Path, config: Path | None = None, plugins_dir: Path | None = None
+    port: int,
+    *,
+    db: Path,
+    config: Path | None = None,
+    plugins_dir: Path | None = None,
+    fd: int | None = None,
 ) -> list[str]:
-    """The ``kling-hooks serve`` command line on 127.0.0.1:``port``."""
-    command = [*server_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    """The ``kling-hooks serve`` command line on 127.0.0.1:``port``, or, given ``fd``, on
+    that inherited listening socket (``serve --fd``; ``port`` is then ignored)."""
+    where = ["--fd", str(fd)] if fd is not None else ["--host", "127.0.0.1", "--port", str(port)]
+    command = [*server_command(), "serve", *where]
     command += ["--db", str(db)]
     if config is not None:
         command += ["--config", str(config)]
@@ -71,16 +78,20 @@ def serve_command(
 
 
 def start_server(
-    command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+    command: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` with stdout and stderr into ``log_path`` (default env:
-    :func:`receiver_env`)."""
+    :func:`receiver_env`), handing it the file descriptors ``pass_fds``."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
             list(command),
             env=dict(env if env is not None else receiver_env()),
             stdout=log,
             stderr=subprocess.STDOUT,
+            pass_fds=tuple(pass_fds),
         )
 
 
@@ -108,6 +119,28 @@ def wait_ready(
                     return time.monotonic() - started
             time.sleep(READY_POLL_S)
     raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{tail(log_path)}")
+
+
+def wait_logged(
+    text: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = READY_TIMEOUT_S
+) -> float:
+    """Wait until ``log_path`` holds ``text`` (a server on a shared socket, which no URL
+    reaches alone, says it serves: ``receiver_started``).
+
+    Returns:
+        Seconds from now until it did.
+
+    Raises:
+        RuntimeError: the process exited first, or ``text`` was not logged within ``timeout_s``.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if text in tail(log_path, chars=1 << 20):
+            return time.monotonic() - started
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log_path)}")
+        time.sleep(READY_POLL_S)
+    raise RuntimeError(f"{text!r} not logged after {timeout_s} s:\n{tail(log_path)}")
 
 
 def tail(log_path: Path, chars: int = 2000) -> str:

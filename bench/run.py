@@ -4,11 +4,16 @@
     python bench/run.py --quick                 # tiny sizes, 1 round (a smoke test)
     python bench/run.py --only ingest,status --rounds 5 --json figures.json
     python bench/run.py --bulk-db /var/tmp/kh-bulk.db     # build the 1M-task database once
+    python bench/run.py --postgres --only ingest,fanout,status   # and the Postgres column
 
 Figure groups (``--only``): ``ingest`` (2), ``duplicates`` (3), ``fanout`` (4), ``status``
 (5), ``footprint`` (6), ``peer`` (7); the ceiling (1) runs whenever a group needs its ratios.
 ``fanout`` and ``footprint`` also run the ingest job (the fan-out latency load is half of its
 maximum; three footprint figures come from its run).
+
+``--postgres`` adds the Postgres jobs (:mod:`bench.perf.pg`) to the ingest, fanout and status
+groups, in the same rounds: on a throwaway cluster it starts with fsync on, or on the server
+of ``--postgres-url`` (an admin URL: a role that may create databases).
 
 Method: in every round each configuration (one job of :data:`JOBS`: its own server
 processes on loopback, started afresh) runs once, in an order rotated by one job per round
@@ -41,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.perf import fanout, footprint, ingest, notes, status, table, targets
+from bench.perf import fanout, footprint, ingest, notes, pg, status, table, targets
 from bench.perf.servers import sink_server
 from bench.perf.sizes import FULL, QUICK, Context, Sample, Sizes, build_feeds
 
@@ -59,15 +64,23 @@ JOBS: dict[str, tuple[str, Job]] = {
     "connections": ("footprint", footprint.connections_job),
     "download": ("footprint", footprint.download_job),
     "peer": ("peer", ingest.peer_job),
+    "pg-ingest": ("ingest", pg.ingest_job),
+    "pg-fanout": ("fanout", pg.fanout_job),
+    "pg-status": ("status", pg.status_job),
 }
 
 
-def jobs_for(groups: frozenset[str]) -> list[str]:
-    """The jobs a run of ``groups`` needs, in :data:`JOBS` order."""
+def jobs_for(groups: frozenset[str], postgres: bool = False) -> list[str]:
+    """The jobs a run of ``groups`` needs, in :data:`JOBS` order (the ``pg-*`` jobs only
+    with ``postgres``)."""
     wanted = set(groups)
     if wanted & {"ingest", "duplicates", "status", "peer"}:
         wanted.add("ceiling")
-    names = [name for name, (group, _) in JOBS.items() if group in wanted]
+    names = [
+        name
+        for name, (group, _) in JOBS.items()
+        if group in wanted and (postgres or not name.startswith("pg-"))
+    ]
     if wanted & {"fanout", "footprint"} and "ingest" not in names:
         names.insert(0, "ingest")
     return names
@@ -100,6 +113,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bulk-db", type=Path, help="the status figures' database: reused, or built there"
     )
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="add the Postgres jobs (a throwaway cluster with fsync on, unless --postgres-url)",
+    )
+    parser.add_argument(
+        "--postgres-url", help="with --postgres: the admin URL of a server to use instead"
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the run directory (logs, databases)"
     )
     args = parser.parse_args(argv)
@@ -108,6 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown group(s) {', '.join(unknown)} (groups: {GROUPS})")
     args.groups = frozenset(groups)
+    if args.postgres_url and not args.postgres:
+        parser.error("--postgres-url needs --postgres")
     args.rounds = args.rounds or (1 if args.quick else 3)
     if args.rounds < 1 or (args.duration is not None and args.duration <= 0):
         parser.error("--rounds >= 1 and --duration > 0")
@@ -153,6 +176,26 @@ def run_directory(keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def prepare_status(ctx: Context, bulk_db: Path | None, names: list[str]) -> None:
+    """The status figures' database (and its Postgres copy when ``pg-status`` runs); a
+    set-up that raises is a problem, and its jobs are left out of ``names``."""
+    if "status" not in ctx.groups:
+        return
+    try:
+        data = status.prepare(ctx, bulk_db)
+        ctx.extra["status"] = data
+    except Exception:
+        ctx.problems.append(f"status set-up raised:\n{traceback.format_exc()}")
+        names[:] = [n for n in names if n not in ("status", "pg-status")]
+        return
+    if "pg-status" in names:
+        try:
+            ctx.extra["pg-status"] = pg.prepare(ctx, data)
+        except Exception:
+            ctx.problems.append(f"Postgres status set-up raised:\n{traceback.format_exc()}")
+            names.remove("pg-status")
+
+
 def report(
     ctx: Context, args: argparse.Namespace, rounds: list[dict[str, Sample]], orders: list[list[str]]
 ) -> str:
@@ -163,7 +206,9 @@ def report(
     tasks = data.tasks if isinstance(data, status.StatusData) else sizes.tasks
     rows = [
         row
-        for row in table.rows(sizes.connections, sizes.download_bytes, tasks, sizes.burst)
+        for row in table.rows(
+            sizes.connections, sizes.download_bytes, tasks, sizes.burst, postgres=args.postgres
+        )
         if row.group in shown_groups
         and (row.group != "ceiling" or any(row.key in r for r in rounds))
     ]
@@ -188,18 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     started, when = time.monotonic(), datetime.now(UTC)
     args.load_before = os.getloadavg()[0]
     raise_fd_limit()
-    names = jobs_for(args.groups)
+    names = jobs_for(args.groups, args.postgres)
     rounds: list[dict[str, Sample]] = []
     orders: list[list[str]] = []
-    with run_directory(args.keep) as workdir, sink_server(workdir) as sink:
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(run_directory(args.keep))
+        sink = stack.enter_context(sink_server(workdir))
         feeds = build_feeds(workdir, sizes, sink.url)
         ctx = Context(sizes, workdir, sink, feeds, args.groups, keep=args.keep)
-        if "status" in args.groups:
-            try:
-                ctx.extra["status"] = status.prepare(ctx, args.bulk_db)
-            except Exception:
-                ctx.problems.append(f"status set-up raised:\n{traceback.format_exc()}")
-                names.remove("status")
+        if args.postgres:
+            ctx.extra["postgres"] = stack.enter_context(pg.server(args.postgres_url))
+        prepare_status(ctx, args.bulk_db, names)
+        copied = ctx.extra.get("pg-status")
+        if isinstance(copied, pg.StatusCopy) and not args.keep:
+            stack.callback(pg.drop, ctx, copied.url)
         for round_no in range(1, args.rounds + 1):
             ctx.round_no = round_no
             orders.append(round_order(names, round_no))

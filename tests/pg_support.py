@@ -2,11 +2,10 @@
 
 ``KLING_HOOKS_TEST_DATABASE_URL`` names a server to use (``.ci/run`` starts one and sets it:
 ``postgresql://postgres@127.0.0.1:PORT/postgres``, a role that may create databases). Unset,
-the first test that needs Postgres starts one cluster for its pytest worker with Debian's
-``initdb`` and ``pg_ctl`` (package ``postgresql``) in a temporary directory, as the
-``postgres`` user when running as root, listening on 127.0.0.1 on a free port; it is stopped
-when the worker ends. Each test gets a database of its own (``CREATE DATABASE``), dropped
-after it.
+the first test that needs Postgres starts one cluster for its pytest worker
+(:func:`bench.postgres.throwaway_cluster`, ``fsync=off``: Debian's ``initdb`` and ``pg_ctl`` in
+a temporary directory, on 127.0.0.1); it is stopped when the worker ends. Each test gets a
+database of its own (``CREATE DATABASE``), dropped after it.
 
 Where there is no server and no ``initdb``, Postgres tests are skipped, except in CI
 (``CI=true``), where they fail: no Postgres test is skipped in CI (issue 13).
@@ -16,72 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from bench.postgres import fresh_database, pg_bin, throwaway_cluster, with_database
+from bench.processes import free_port
+
+__all__ = ["URL_VARIABLE", "fresh_database", "server", "with_database"]
+
 URL_VARIABLE = "KLING_HOOKS_TEST_DATABASE_URL"
-
-
-def _pg_bin() -> Path | None:
-    """The newest ``/usr/lib/postgresql/N/bin`` with ``initdb`` (Debian's layout), else the
-    folder of an ``initdb`` on PATH."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name),
-    )
-    if found:
-        return Path(found[-1]).parent
-    on_path = shutil.which("initdb")
-    return Path(on_path).parent if on_path else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run(command: list[str], *, check: bool = True) -> None:
-    """Run a server command; its error output is in the exception when it fails."""
-    subprocess.run(command, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-@contextlib.contextmanager
-def throwaway_cluster(bin_dir: Path) -> Iterator[str]:
-    """Run a new cluster until the block ends; yields the URL of its ``postgres`` database.
-
-    As root the cluster runs as the ``postgres`` user (Postgres refuses to run as root).
-    ``fsync=off``: the cluster is thrown away, and the tests never cut its power.
-    """
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="kling-hooks-pg-"))
-    if as_postgres:
-        shutil.chown(folder, "postgres", "postgres")
-    data = folder / "data"
-    pg_ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data)]
-    try:
-        initdb = [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"]
-        _run([*initdb, "-A", "trust", "-E", "UTF8", "--no-sync"])
-        port = _free_port()
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        _run([*pg_ctl, "-l", str(folder / "log"), "-w", "-o", options, "start"])
-        try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        finally:
-            _run([*pg_ctl, "-m", "immediate", "stop"], check=False)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -92,7 +38,7 @@ def server() -> Iterator[str]:
     if given:
         yield given
         return
-    bin_dir = _pg_bin()
+    bin_dir = pg_bin()
     if bin_dir is None:
         message = f"no Postgres: set {URL_VARIABLE}, or install Debian's postgresql (initdb)"
         if os.environ.get("CI") == "true":
@@ -100,35 +46,6 @@ def server() -> Iterator[str]:
         pytest.skip(message)
     with throwaway_cluster(bin_dir) as url:
         yield url
-
-
-def with_database(url: str, name: str) -> str:
-    """``url`` with its database replaced by ``name``."""
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return _to_url(params)
-
-
-def _to_url(params: dict[str, object]) -> str:
-    user = params.get("user", "postgres")
-    host = params.get("host", "127.0.0.1")
-    port = params.get("port", 5432)
-    password = f":{params['password']}" if params.get("password") else ""
-    return f"postgresql://{user}{password}@{host}:{port}/{params['dbname']}"
-
-
-@contextlib.contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """Create an empty database on the server of ``admin_url``; yields its URL; drops it
-    after (closing what is still connected to it)."""
-    name = f"kh_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Row(tuple):  # type: ignore[type-arg]
@@ -172,7 +89,7 @@ class Gate:
     def __init__(self, url: str) -> None:
         params = psycopg.conninfo.conninfo_to_dict(url)
         self._target = (str(params["host"]), int(params["port"] or 5432))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = url.replace(f":{self._target[1]}/", f":{self.port}/")
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()

@@ -38,3 +38,31 @@ def test_quick_harness_run_exits_0_with_every_row_of_the_table_measured(tmp_path
     rounds = json.loads(figures.read_text())["rounds"]
     assert len(rounds) == 1
     assert {row.key for row in rows} <= set(rounds[0])
+
+
+def test_quick_harness_run_on_postgres_measures_every_postgres_row_without_loss(
+    tmp_path: Path, pg_server: str
+) -> None:
+    """``--quick --postgres`` on the test server (``--postgres-url``: CI's, or the worker's
+    throwaway cluster): ingest on 1 and 2 replicas, the backlog drained by 1 and 2, the
+    status API; exit 0 means no lossy receiver, every delivery done and started once."""
+    figures = tmp_path / "figures.json"
+    command = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--postgres"]
+    command += ["--postgres-url", pg_server, "--only", "ingest,fanout,status"]
+    done = subprocess.run(
+        [*command, "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    lines = done.stdout.splitlines()
+    for row in table.pg_rows(QUICK.tasks, QUICK.burst):
+        found = [x for x in lines if x.startswith(f"| {row.figure} | {row.conns} | ")]
+        assert len(found) == 1, f"row {row.key!r} missing:\n{done.stdout}"
+        cells = found[0].split(" | ")
+        assert cells[2] != table.DASH, f"row {row.key!r} not measured: {found[0]}"
+        assert cells[-1].strip(" |") not in ("", table.DASH), f"no ratio: {found[0]}"
+    rounds = json.loads(figures.read_text())["rounds"]
+    assert rounds[0]["pg.backlog1.r2"]["deliveries"] == QUICK.burst

@@ -29,6 +29,8 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -43,23 +45,25 @@ THREE = ("noop", "noop_b", "noop_c")
 DRAIN_RATE_PER_S = 200
 
 
+def starts_in(path: Path, prefix: str) -> Iterator[tuple[str, float]]:
+    """``(task_id, Unix s)`` of each handler start one no-op plugin recorded in ``path``
+    for tasks whose task_id starts with ``prefix``."""
+    for line in path.read_text().splitlines():
+        task_id, _, at = line.partition("\t")
+        if task_id.startswith(prefix):
+            yield task_id, float(at)
+
+
 def starts(rx: Receiver, prefix: str) -> list[tuple[str, float]]:
-    """``(task_id, Unix s)`` of each handler start the no-op plugins recorded for tasks
-    whose task_id starts with ``prefix``, over all of ``rx``'s no-op plugins."""
-    found = []
-    for path in rx.starts_files.values():
-        for line in path.read_text().splitlines():
-            task_id, _, at = line.partition("\t")
-            if task_id.startswith(prefix):
-                found.append((task_id, float(at)))
-    return found
+    """:func:`starts_in` over all of ``rx``'s no-op plugins (and replicas)."""
+    return [found for path in rx.starts_files.values() for found in starts_in(path, prefix)]
 
 
-def _drain_timeout_s(deliveries: int) -> float:
+def drain_timeout_s(deliveries: int) -> float:
     return 60 + deliveries / DRAIN_RATE_PER_S
 
 
-def _events_per_s(ctx: Context, key: str, rx: Receiver, wanted: int) -> tuple[float, float]:
+def events_per_s(ctx: Context, key: str, rx: Receiver, wanted: int) -> tuple[float, float]:
     """``(events/s, span s)`` over the handler starts of the ingest feed's callbacks."""
     found = starts(rx, "i")
     if len(found) != wanted:
@@ -74,11 +78,11 @@ def _burst(ctx: Context, key: str, plugins: tuple[str, ...]) -> Sample:
     burst, warmup = ctx.sizes.burst, ctx.sizes.warmup
     with receiver(key, workdir, ctx.problems, noop=plugins) as rx:
         warm(ctx, rx, 64, tally=rx.tally)
-        wait_deliveries(rx, warmup * len(plugins), _drain_timeout_s(warmup * len(plugins)))
+        wait_deliveries(rx, warmup * len(plugins), drain_timeout_s(warmup * len(plugins)))
         result, _ = timed(ctx, rx, ctx.feeds.ingest, 64, duration_s=0, limit=burst, tally=rx.tally)
         expected = rx.tally.new * len(plugins)
-        drain_s = wait_deliveries(rx, expected, _drain_timeout_s(expected))
-    value, span_s = _events_per_s(ctx, key, rx, burst * len(plugins))
+        drain_s = wait_deliveries(rx, expected, drain_timeout_s(expected))
+    value, span_s = events_per_s(ctx, key, rx, burst * len(plugins))
     ctx.done_with(workdir)
     return {
         "value": value,
@@ -103,8 +107,8 @@ def _backlog(ctx: Context, key: str, plugins: tuple[str, ...]) -> Sample:
         timed(ctx, rx, ctx.feeds.ingest, 64, duration_s=0, limit=burst, tally=rx.tally)
         expected = rx.tally.new * len(plugins)
     with receiver(key, workdir, ctx.problems, noop=plugins, db=db) as rx:
-        drain_s = wait_deliveries(rx, expected, _drain_timeout_s(expected))
-    value, span_s = _events_per_s(ctx, key, rx, burst * len(plugins))
+        drain_s = wait_deliveries(rx, expected, drain_timeout_s(expected))
+    value, span_s = events_per_s(ctx, key, rx, burst * len(plugins))
     ctx.done_with(workdir)
     return {"value": value, "deliveries": expected, "span_s": span_s, "drain_s": drain_s}
 
@@ -200,14 +204,14 @@ def latency_job(ctx: Context) -> dict[str, Sample]:
     workdir = ctx.rundir("fanout.latency")
     with receiver("fanout.latency", workdir, ctx.problems, noop=ONE) as rx:
         warm(ctx, rx, 64, tally=rx.tally)
-        wait_deliveries(rx, sizes.warmup, _drain_timeout_s(sizes.warmup))
+        wait_deliveries(rx, sizes.warmup, drain_timeout_s(sizes.warmup))
         thread, background = _background(ctx, rx, target)
         acked, new, ok, probe_cpu = asyncio.run(
             probe(rx.url, items, sizes.probe_rate_per_s, sizes.duration_s)
         )
         thread.join()
         rx.tally.add(new, ok)
-        wait_deliveries(rx, rx.tally.new, _drain_timeout_s(rx.tally.new))
+        wait_deliveries(rx, rx.tally.new, drain_timeout_s(rx.tally.new))
     started = dict(starts(rx, "p"))
     ctx.done_with(workdir)
     latencies = [(started[t] - at) * 1000 for t, at in acked.items() if t in started]

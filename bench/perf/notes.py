@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 
-from bench.perf import fanout, noop_plugin, table
+from bench.perf import fanout, noop_plugin, pg, table
 from bench.perf.sizes import Context, Sample
 from bench.perf.status import StatusData
 from bench.workload import IMAGES_PER_BODY
@@ -150,6 +150,7 @@ def lines(
         ),
     ]
     out += _status_lines(ctx, rounds)
+    out += _postgres_lines(ctx, rounds)
     out += [
         (
             "footprint",
@@ -200,4 +201,69 @@ def _status_lines(ctx: Context, rounds: Sequence[dict[str, Sample]]) -> list[tup
             f"({data.doc_bytes['list']:,} bytes), serialised again on each request. Start-up "
             f"on this database: {_median(rounds, 'status.startup', 'value'):,.0f} ms.",
         ),
+    ]
+
+
+def _postgres_lines(ctx: Context, rounds: Sequence[dict[str, Sample]]) -> list[tuple[str, str]]:
+    server = ctx.extra.get("postgres")
+    if not isinstance(server, pg.Server):
+        return []
+    shown = ", ".join(f"{k} {v}" for k, v in server.settings.items())
+    where = "a throwaway cluster started by the harness" if server.throwaway else "--postgres-url"
+    r2 = [
+        f"replica {k} {_median(rounds, 'pg.backlog1.r2', f'replica{k}_starts'):,.0f}"
+        for k in (1, 2)
+    ]
+    text = (
+        f"Postgres: {where} on 127.0.0.1 ({shown}); every configuration on a database of its "
+        "own; receivers with KLING_HOOKS_DATABASE_URL, KLING_HOOKS_REPLICA_ID per replica and "
+        "log level info (nothing is logged per callback or delivery below debug; info logs "
+        "receiver_started, which says a replica on a shared socket serves). 2 replicas = two "
+        "`kling-hooks serve --fd N` processes on one listening socket (one wrk at 64 conns, "
+        "the kernel handing each connection to one of them); their CPU is summed. Fan-out: "
+        "one replica stores the burst while the no-op plugin refuses to start, then 1 or 2 "
+        f"replicas drain it; handler starts per replica with 2 (median): {', '.join(r2)}."
+    )
+    pairs = [
+        ("ingest 1 replica", "pg.ingest.r1.c64", "ingest.none.c64", "rps"),
+        ("ingest 2 replicas", "pg.ingest.r2.c64", "ingest.none.c64", "rps"),
+        ("backlog 1 replica", "pg.backlog1.r1", "fanout.backlog1", "value"),
+        ("backlog 2 replicas", "pg.backlog1.r2", "fanout.backlog1", "value"),
+        ("GET /tasks/{id} 16 conns", "pg.status.get_task.c16", "status.get_task.c16", "rps"),
+        ("page of 50 16 conns", "pg.status.list.c16", "status.list.c16", "rps"),
+    ]
+    found = [
+        f"{label} {table.cell(table.Spread.of(_per_round(rounds, a, b, f)), 'ratio')}"
+        for label, a, b, f in pairs
+    ]
+    text += f" Postgres / SQLite in the same round, median [min{table.DASH}max]: " + "; ".join(
+        x for x in found if not x.endswith(table.DASH)
+    )
+    cpu = [
+        f"{n} replica{'s' * (n > 1)} {_median(rounds, f'pg.ingest.r{n}.c64', 'pg_cpu'):.0%}"
+        for n in pg.REPLICAS
+    ]
+    text += f". Postgres server's CPU over the ingest runs (share of one core): {', '.join(cpu)}"
+    text += "; the receivers': " + ", ".join(
+        f"{_median(rounds, f'pg.ingest.r{n}.c64', 'server_cpu'):.0%}" for n in pg.REPLICAS
+    )
+    text += "."
+    copied = ctx.extra.get("pg-status")
+    if isinstance(copied, pg.StatusCopy):
+        rows = ", ".join(f"{n:,} {t}" for t, n in copied.rows.items())
+        text += (
+            f" Status: the same database copied into Postgres by bench/pgbulk.py ({rows}; "
+            f"{copied.size_bytes / 1024**3:.2f} GiB, {copied.copy_s:.0f} s with its indexes "
+            "and VACUUM ANALYZE); start-up on it "
+            f"{_median(rounds, 'pg.status.startup', 'value'):,.0f} ms."
+        )
+    return [("", text)]
+
+
+def _per_round(rounds: Sequence[dict[str, Sample]], key: str, over: str, field: str) -> list[float]:
+    """Per round, ``field`` of ``key`` over ``field`` of ``over`` (rounds with both)."""
+    return [
+        r[key][field] / r[over][field]
+        for r in rounds
+        if key in r and over in r and r[over].get(field, 0) > 0 and field in r[key]
     ]

@@ -31,7 +31,8 @@ class Row:
         unit: The value's unit.
         value: The sample field shown as the value.
         latency: The latency fields shown (ms), of ``p50``, ``p99``, ``p999``.
-        ceiling: The row key whose ``rps`` of the same round is the ratio's denominator.
+        ceiling: The row key whose ``ceiling_field`` of the same round is the ratio's
+            denominator (for the Postgres fan-out rows: SQLite's backlog figure, ``value``).
     """
 
     key: str
@@ -42,10 +43,14 @@ class Row:
     value: str = "rps"
     latency: tuple[str, ...] = LATENCY
     ceiling: str | None = None
+    ceiling_field: str = "rps"
 
 
-def rows(sizes_connections: int, download_bytes: int, tasks: int, burst: int) -> list[Row]:
-    """Every row, in the table's order, for a run of these sizes."""
+def rows(
+    sizes_connections: int, download_bytes: int, tasks: int, burst: int, *, postgres: bool = False
+) -> list[Row]:
+    """Every row, in the table's order, for a run of these sizes (with ``postgres``, the
+    Postgres rows of :func:`pg_rows` at the end)."""
     big = (
         f"{download_bytes / 1024**3:g} GiB"
         if download_bytes >= 1024**3
@@ -229,6 +234,51 @@ def rows(sizes_connections: int, download_bytes: int, tasks: int, burst: int) ->
             ceiling=post64,
         ),
     ]
+    return out + (pg_rows(tasks, burst) if postgres else [])
+
+
+def pg_rows(tasks: int, burst: int) -> list[Row]:
+    """The Postgres column (``bench/run.py --postgres``): ingest on 1 and 2 replicas against
+    the ceiling at 64 connections, the backlog drained by 1 and 2 replicas against SQLite's
+    backlog figure of the same round, the status API against its ceiling."""
+    out = [
+        Row(
+            f"pg.ingest.r{n}.c64",
+            "ingest",
+            f"2 ingest on Postgres, {n} replica{'s' * (n > 1)}, no plugins",
+            "64",
+            "req/s",
+            ceiling="ceiling.post.c64",
+        )
+        for n in (1, 2)
+    ]
+    out += [
+        Row(
+            f"pg.backlog1.r{n}",
+            "fanout",
+            f"4a fan-out on Postgres, backlog of {burst:,}: 1 no-op plugin, {n} replica"
+            f"{'s' * (n > 1)} ({TIMES} SQLite's backlog)",
+            "",
+            "events/s",
+            value="value",
+            latency=(),
+            ceiling="fanout.backlog1",
+            ceiling_field="value",
+        )
+        for n in (1, 2)
+    ]
+    for load, label in (("get_task", "GET /tasks/{id}"), ("list", "GET /tasks?…&limit=50")):
+        out += [
+            Row(
+                f"pg.status.{load}.c{c}",
+                "status",
+                f"5 {label} on Postgres, {tasks:,} tasks",
+                c,
+                "req/s",
+                ceiling=f"ceiling.{load}.c{c}",
+            )
+            for c in ("1", "16")
+        ]
     return out
 
 
@@ -241,8 +291,11 @@ def ratios(rounds: Rounds, row: Row) -> list[float]:
     """Per round, the row's value over its ceiling's ``rps`` of the same round."""
     found = []
     for r in rounds:
-        if row.ceiling and row.key in r and row.ceiling in r and r[row.ceiling]["rps"] > 0:
-            found.append(r[row.key][row.value] / r[row.ceiling]["rps"])
+        if not (row.ceiling and row.key in r and row.ceiling in r):
+            continue
+        below = r[row.ceiling].get(row.ceiling_field, 0.0)
+        if below > 0:
+            found.append(r[row.key][row.value] / below)
     return found
 
 

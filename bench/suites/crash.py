@@ -100,14 +100,9 @@ def outbox_of(db: Path | str) -> tuple[int, int]:
     """``(deliveries, of which done)`` in ``db``: a SQLite file, or a Postgres URL."""
     if isinstance(db, Path):
         return outbox(db)
-    import psycopg
+    from bench import postgres  # psycopg: for Postgres only
 
-    with psycopg.connect(db) as pg:
-        row = pg.execute(
-            "SELECT count(*), count(*) FILTER (WHERE state = 'done') FROM deliveries"
-        ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+    return postgres.outbox(db)
 
 
 def _servers(config: Path, database_url: str | None, replicas: int) -> list[ServeProcess]:
