@@ -27,6 +27,7 @@ from receiver.transitions import IncomingCallback, Registration, TransitionRow
 from receiver.writer import Writer
 from submitter.protocol import TaskStatus
 from tests.conftest import task_body
+from tests.pg_support import execute
 
 
 def _two_plugins(task_status: str, route: str | None) -> list[str]:
@@ -127,6 +128,25 @@ async def test_a_late_lower_state_is_stale_and_a_repeated_one_duplicate(pg_url: 
     assert rows(pg_url, "SELECT task_status, first_seen_at, last_received_at FROM tasks") == [
         ("succeed", 1, 9)
     ]
+
+
+async def test_a_forward_move_whose_transition_is_stored_already_is_undone(pg_url: str) -> None:
+    # A task whose row went back below a state it has a transition for (as a hand edit or a
+    # restore might leave it): the move to that state again must not be half-recorded.
+    async with replicas(pg_url) as (a, _):
+        await a.submit(callback("t-1", "succeed", at_ms=1))
+        processing = TaskStatus.PROCESSING
+        execute(
+            pg_url,
+            "UPDATE tasks SET task_status = %s, status_rank = %s",
+            processing.value,
+            processing.rank,
+        )
+        again = await a.submit(callback("t-1", "succeed", at_ms=2))
+    assert again == Verdict.DUPLICATE  # the key decided: recorded already
+    assert rows(pg_url, "SELECT task_status, last_received_at FROM tasks") == [("processing", 2)]
+    assert rows(pg_url, "SELECT count(*) FROM transitions") == [(1,)]
+    assert rows(pg_url, "SELECT count(*) FROM callbacks") == [(2,)]
 
 
 async def test_registration_then_callbacks_across_replicas(pg_url: str) -> None:

@@ -60,17 +60,25 @@ def _marks(n: int) -> str:
 
 
 def _forward(changes: dict[str, str]) -> str:
-    """The conditional upsert of a task: ``changes`` is what a forward move sets, by column
-    (SQL over ``k``, the stored row, and ``excluded``, the proposed one)."""
+    """The conditional upsert of a task and the insert of its transition, in one statement
+    (one round trip): ``changes`` is what a forward move sets, by column (SQL over ``k``, the
+    stored row, and ``excluded``, the proposed one). Its arguments: the task's columns and
+    its rank, then the transition's columns. It returns no row when the task did not move,
+    else ``(route, transition id)``, the id NULL when the transition's key was taken."""
     sets = ", ".join(f"{c} = {v}" for c, v in changes.items())
     return (
+        "WITH moved AS ("
         f"INSERT INTO tasks AS k ({', '.join(_TASK_COLUMNS)}, status_rank)"
         f" VALUES ({_marks(len(_TASK_COLUMNS) + 1)})"
         " ON CONFLICT (task_id) DO UPDATE SET task_status = excluded.task_status,"
         f" status_rank = excluded.status_rank, {sets}"
         " WHERE k.status_rank < excluded.status_rank"
         " AND k.external_task_id = excluded.external_task_id"
-        " RETURNING k.route"
+        " RETURNING k.route),"
+        f" added AS (INSERT INTO transitions ({', '.join(_TRANSITION_COLUMNS)})"
+        f" SELECT {_marks(len(_TRANSITION_COLUMNS))} FROM moved"
+        " ON CONFLICT (task_id, task_status) DO NOTHING RETURNING id)"
+        " SELECT moved.route, (SELECT id FROM added) FROM moved"
     )
 
 
@@ -110,11 +118,6 @@ _REGISTRATION_TOUCH = (
     " EXISTS (SELECT 1 FROM transitions t WHERE t.task_id = %(task_id)s"
     " AND t.task_status = %(task_status)s)"
 )
-_INSERT_TRANSITION = (
-    f"INSERT INTO transitions ({', '.join(_TRANSITION_COLUMNS)})"
-    f" VALUES ({_marks(len(_TRANSITION_COLUMNS))})"
-    " ON CONFLICT (task_id, task_status) DO NOTHING RETURNING id"
-)
 _INSERT_CALLBACK = (
     f"INSERT INTO callbacks ({', '.join(_CALLBACK_COLUMNS)})"
     f" VALUES ({_marks(len(_CALLBACK_COLUMNS))})"
@@ -123,6 +126,10 @@ _INSERT_DELIVERY = (
     "INSERT INTO deliveries (transition_id, plugin, state, next_attempt_at, created_at,"
     " updated_at) VALUES (%s, %s, %s, %s, %s, %s)"
 )
+
+
+#: The savepoint each operation of a batch runs in (``PgTransaction.run`` opens and ends it).
+OP_SAVEPOINT = "op"
 
 
 class _AlreadyStored(Exception):
@@ -211,24 +218,23 @@ class Records:
         return Verdict.DUPLICATE if row[1] else Verdict.STALE
 
     def _forward(self, sql: str, task: TaskRow, transition: TransitionRow) -> TransitionRow | None:
-        """Create or move the task forward, with its transition and outbox rows, in a
-        savepoint: None when the task did not move (nothing was written)."""
-        self.conn.execute("SAVEPOINT forward")
-        try:
-            moved = self.conn.execute(sql, (*_task_values(task), task.task_status.rank)).fetchone()
-            if moved is None:
-                self.conn.execute("RELEASE forward")
-                return None
-            got = self.conn.execute(_INSERT_TRANSITION, _transition_values(transition)).fetchone()
-            if got is None:  # the key is taken: the state was stored, though it ranked lower
-                raise _AlreadyStored
-            recorded = dataclasses.replace(transition, id=int(got[0]))
-            self._outbox(recorded, moved[0])
-        except BaseException:
-            self.conn.execute("ROLLBACK TO forward")
-            self.conn.execute("RELEASE forward")
-            raise
-        self.conn.execute("RELEASE forward")
+        """Create or move the task forward with its transition (one statement), then its
+        outbox rows: None when the task did not move (nothing was written).
+
+        It is the operation's first write, inside the operation's savepoint
+        (:data:`OP_SAVEPOINT`, ``receiver.store.postgres.transaction``): a move whose
+        transition key was taken is undone by rolling back to it (:class:`_AlreadyStored`).
+        """
+        args = (*_task_values(task), task.task_status.rank, *_transition_values(transition))
+        moved = self.conn.execute(sql, args).fetchone()
+        if moved is None:
+            return None
+        route, transition_id = moved
+        if transition_id is None:  # the key is taken: the state was stored, though it ranked lower
+            self.conn.execute(f"ROLLBACK TO {OP_SAVEPOINT}")
+            raise _AlreadyStored
+        recorded = dataclasses.replace(transition, id=int(transition_id))
+        self._outbox(recorded, route)
         return recorded
 
     def _outbox(self, t: TransitionRow, route: str | None) -> None:

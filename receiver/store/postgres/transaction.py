@@ -29,7 +29,7 @@ from receiver.errors import StoreUnavailable
 from receiver.store.batches import Router
 from receiver.store.postgres.database import WriterConnection
 from receiver.store.postgres.deliveries import DELIVERY_OPS, Replica
-from receiver.store.postgres.records import Records
+from receiver.store.postgres.records import OP_SAVEPOINT, Records
 from receiver.store.postgres.retention import prune_window
 from receiver.store.postgres.wakeups import due_after, notify
 from receiver.store.probe import PROBE_KEY, WriteProbe
@@ -131,7 +131,7 @@ class PgTransaction:
         Raises:
             StoreUnavailable: the operation has no Postgres statements yet.
         """
-        self.conn.execute("SAVEPOINT op")
+        self.conn.execute(f"SAVEPOINT {OP_SAVEPOINT}")
         # What the operation added to the batch's lists goes with its writes when it fails:
         # the commit listeners hear only of rows that were committed.
         kept = len(self.batch.transitions), len(self.batch.callbacks)
@@ -148,10 +148,10 @@ class PgTransaction:
         except BaseException:
             del self.batch.transitions[kept[0] :], self.batch.callbacks[kept[1] :]
             self.batch.outbox_due_at = kept_due
-            self.conn.execute("ROLLBACK TO op")
-            self.conn.execute("RELEASE op")
+            self.conn.execute(f"ROLLBACK TO {OP_SAVEPOINT}")
+            self.conn.execute(f"RELEASE {OP_SAVEPOINT}")
             raise
-        self.conn.execute("RELEASE op")
+        self.conn.execute(f"RELEASE {OP_SAVEPOINT}")
         return result
 
     def commit(self) -> None:
