@@ -65,3 +65,30 @@ async def _outage(r: Receiver, gate: Gate) -> None:
     assert (await until_ok(lambda: r.http.get(f"{r.url}/readyz"))).json() == {"ok": True}
     task = await until_ok(lambda: r.get_task("ext-2"))  # the reads are back too
     assert task.json()["task_status"] == "submitted"
+
+
+async def test_the_first_callback_after_postgres_came_back_is_stored_at_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # Postgres restarts while no callback arrives: the writer's connection is dead, and only
+    # using it tells. The first callback afterwards must not pay for that with a 503 (Kling
+    # does not retry): the dead connection is replaced at BEGIN and the batch goes on.
+    connect_writer(pg_url).close()
+    gate = Gate(pg_url)
+    await gate.open()
+    settings = make_settings(tmp_path, kling_hooks_database_url=SecretStr(gate.url))
+    try:
+        async with start_receiver(settings) as r:
+            body = task_body("700000000000003", "submitted", "ext-3")
+            assert (
+                await r.post_callback("ext-0", task_body("7000", "submitted", "ext-0"))
+            ).status_code == 200
+            await gate.shut()  # every connection cut, none used meanwhile
+            await gate.open()
+            first = await r.post_callback("ext-3", body)
+            assert first.status_code == 200, first.text
+    finally:
+        await gate.shut()
+    assert rows(
+        pg_url, "SELECT count(*) FROM transitions WHERE task_id = %s", "700000000000003"
+    ) == [(1,)]

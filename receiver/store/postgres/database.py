@@ -147,6 +147,26 @@ class WriterConnection:
                 raise unreachable(exc) from None
         return self._conn
 
+    def begin(self) -> PgConnection:
+        """``BEGIN`` on the open connection, and the connection. A connection that turns out
+        dead at ``BEGIN`` (the server restarted while the receiver was idle: psycopg learns it
+        only on use) is replaced, and ``BEGIN`` sent once more: nothing was sent in that
+        transaction yet, so trying again is safe.
+
+        Raises:
+            StoreUnavailable: the server cannot be reached now.
+            psycopg.Error: ``BEGIN`` failed on a live connection.
+        """
+        conn = self.current()
+        try:
+            conn.execute("BEGIN")
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            conn = self.current()  # a new connection
+            conn.execute("BEGIN")
+        return conn
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

@@ -103,14 +103,14 @@ class PgTransaction:
         and a task's writes are serialised across replicas for the rest of the transaction.
         (Two task_ids with the same hash share a lock: they wait, no more.)
 
-        A connection that was lost is replaced first (``WriterConnection.current``).
+        A connection that was lost is replaced first (``WriterConnection.begin``), so the
+        first batch after a server restart commits, rather than failing on the old one.
 
         Raises:
             StoreUnavailable: the server cannot be reached.
             psycopg.Error: ``BEGIN`` or the locks failed (the transaction is rolled back).
         """
-        conn = writer_conn.current()
-        conn.execute("BEGIN")
+        conn = writer_conn.begin()
         try:
             names = sorted({k[0] for op in ops if (k := op.task_keys) is not None})
             if names:
