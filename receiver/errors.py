@@ -63,6 +63,11 @@ class DatabaseLocked(ReceiverError):
     """Another process holds the database's lock: one process owns a database."""
 
 
+class ReplicaInUse(ReceiverError):
+    """A running replica of the same Postgres database holds this replica id
+    (``KLING_HOOKS_REPLICA_ID``, the host name by default)."""
+
+
 class MigrateStoreError(ReceiverError):
     """``kling-hooks migrate-store`` refused to copy (the SQLite file is missing, not a
     kling-hooks database, of an older schema or owned by a running receiver; the Postgres

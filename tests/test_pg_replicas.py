@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 from bench.suites import crash
 from receiver.backends import LEASE_MARGIN_MS
 from submitter.tokens import CallbackTokens
-from tests.conftest import DEBUG, SECRET, Server, serve, task_body
+from tests.conftest import DEBUG, KLING_HOOKS, SECRET, Server, serve, task_body
 from tests.sinks import Answer, Sink, start_sink
 from tests.test_pg_writes import rows
 
@@ -140,3 +141,23 @@ async def test_crash_suite_on_two_replicas_loses_nothing_and_finishes_every_deli
     report = await crash.run(full=False, workdir=tmp_path, database_url=pg_url, replicas=2)
     print(report.format())
     assert report.ok, report.format()
+
+
+async def test_a_second_replica_under_a_running_replicas_id_stops_with_one_line(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # Two replicas under one id would take each other's claims back at start and run one
+    # delivery twice at once: the second one does not start.
+    async with start_sink() as hook, replicas(pg_url, tmp_path, hook, 1):  # "replica-0"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
+        env.update(_replica_env(pg_url, "replica-0"), KLING_HOOKS_SECRET=SECRET)
+        proc = await asyncio.create_subprocess_exec(
+            str(KLING_HOOKS), "serve", "--port", "0", cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert err.decode().splitlines() == [
+        "error: KLING_HOOKS_REPLICA_ID=replica-0 is in use by a running replica of this"
+        " database (unset, it is the host name): give each replica its own"
+    ]

@@ -35,6 +35,7 @@ from receiver.errors import (
     DatabaseLocked,
     MigrateStoreError,
     NotADatabase,
+    ReplicaInUse,
     SchemaTooNew,
     StoreUnavailable,
 )
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BackupError,
         StoreUnavailable,
         MigrateStoreError,
+        ReplicaInUse,
         httpx.HTTPError,
     ) as exc:
         click.echo(f"error: {exc}", err=True)

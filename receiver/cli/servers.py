@@ -75,10 +75,12 @@ def serve(
         if settings.kling_hooks_database_url is None:  # Postgres: replicas share it, no lock
             owned.enter_context(DatabaseLock(settings.kling_hooks_db))  # a second serve stops
             check_schema(settings.kling_hooks_db)  # a newer release's database: one line
-        else:  # unreachable, or a newer release's schema: one line, exit 1
+        else:  # unreachable, a newer schema, its replica id taken: one line, exit 1
+            from receiver.backends import replica_id
             from receiver.store.postgres import check_reachable
 
-            check_reachable(settings.kling_hooks_database_url.get_secret_value())
+            url = settings.kling_hooks_database_url.get_secret_value()
+            check_reachable(url, replica_id(settings))  # and no replica runs under its id
         server = Server(
             uvicorn.Config(
                 create_app(settings, database_locked=True, on_started=_freeze_start_up),

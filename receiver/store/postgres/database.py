@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import psycopg
 import psycopg.conninfo
+import psycopg.errors
 from psycopg.rows import TupleRow
 
-from receiver.errors import SchemaTooNew, StoreUnavailable
+from receiver.errors import ReplicaInUse, SchemaTooNew, StoreUnavailable
 from receiver.store.database import migration_files
 
 #: The schema this program knows: the highest ``migrations/NNNN_*.sql`` of this package.
@@ -211,13 +212,40 @@ def get_or_create_meta(
     return str(row[0]), cur.rowcount == 1
 
 
-def check_reachable(url: str) -> None:
-    """Connect to ``url`` and bring its schema up to date, then disconnect: what ``serve``
-    checks before it starts, so that a server it cannot use stops it with one line.
+#: The first key of the replica locks (``pg_advisory_lock(int, int)``, ``hashtext`` of the
+#: replica id second: two ids of one hash share a lock, and the second refuses to start):
+#: the bytes of ``"khrp"``. A running replica holds its own on its ``LISTEN`` connection
+#: (``receiver.store.postgres.wakeups.Listener``).
+REPLICA_LOCKS = int.from_bytes(b"khrp", "big")
+#: How long a replica waits for its lock at start, seconds: a replica restarted right after a
+#: crash finds its lock held until Postgres has ended the dead session (milliseconds).
+REPLICA_LOCK_WAIT_S = 5
+#: The statements that take the lock, waiting at most :data:`REPLICA_LOCK_WAIT_S` (Postgres
+#: raises ``LockNotAvailable`` then), and end the wait's limit for the session.
+TAKE_REPLICA_LOCK = (
+    f"SET lock_timeout = '{REPLICA_LOCK_WAIT_S}s'",
+    "SELECT pg_advisory_lock(%s, hashtext(%s))",
+    "RESET lock_timeout",
+)
+
+
+def replica_in_use(replica_id: str) -> ReplicaInUse:
+    """The error of a replica id that a running replica holds already."""
+    return ReplicaInUse(
+        f"KLING_HOOKS_REPLICA_ID={replica_id} is in use by a running replica of this database"
+        " (unset, it is the host name): give each replica its own"
+    )
+
+
+def check_reachable(url: str, replica_id: str) -> None:
+    """Connect to ``url``, bring its schema up to date, and check that no running replica
+    holds ``replica_id``; then disconnect: what ``serve`` checks before it starts, so that a
+    server it cannot use stops it with one line.
 
     Raises:
         StoreUnavailable: the server cannot be reached, refuses us, or a migration failed.
         SchemaTooNew: the database is newer than this program.
+        ReplicaInUse: a running replica holds ``replica_id``.
     """
     try:
         conn = connect(url)
@@ -225,6 +253,12 @@ def check_reachable(url: str) -> None:
         raise unreachable(exc) from None
     try:
         migrate(conn)
+        limit, take, _ = TAKE_REPLICA_LOCK
+        conn.execute(limit)
+        try:
+            conn.execute(take, (REPLICA_LOCKS, replica_id))
+        except psycopg.errors.LockNotAvailable:
+            raise replica_in_use(replica_id) from None
     except psycopg.Error as exc:
         raise StoreUnavailable(f"Postgres: the migrations failed: {exc}") from None
     finally:

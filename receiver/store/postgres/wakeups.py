@@ -28,10 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import structlog
 
+from receiver.errors import StoreUnavailable
 from receiver.models import DeliveryState
 from receiver.store.deliveries import Claim, Claimed, Finish, Recover, Redeliver
+from receiver.store.postgres.database import REPLICA_LOCKS, TAKE_REPLICA_LOCK, replica_in_use
 from receiver.store.postgres.deliveries import ExpireLeases, Replica
 
 log = structlog.get_logger("kling_hooks.postgres")
@@ -66,8 +69,15 @@ class Listener:
     """Listens on :data:`CHANNEL` on a connection of its own, and calls ``on_due(due_ms)``
     for each notification of another replica.
 
-    When the connection is lost it connects again (with backoff), and then calls
-    ``on_due(0)`` once: what was notified meanwhile is unknown, so the dispatcher looks now.
+    The connection also holds the replica's lock (``pg_advisory_lock`` on ``REPLICA_LOCKS``
+    and the replica id, waited for at most ``REPLICA_LOCK_WAIT_S``) for as long as the
+    replica runs: two replicas
+    under one id would take each other's claims back at start and run a delivery twice at
+    once, so the second one does not start (:meth:`start` raises).
+
+    When the connection is lost it connects again (with backoff), takes the lock again, and
+    then calls ``on_due(0)`` once: what was notified meanwhile is unknown, so the dispatcher
+    looks now.
 
     Args:
         url: The database's URL.
@@ -80,40 +90,52 @@ class Listener:
         self._replica = replica
         self._on_due = on_due
         self._task: asyncio.Task[None] | None = None
-        self._listening = asyncio.Event()
 
-    async def start(self, *, timeout_s: float = 10.0) -> None:
-        """Start listening; returns once ``LISTEN`` is in force (or after ``timeout_s``, the
-        listener then going on trying in the background)."""
-        self._task = asyncio.create_task(self._run(), name="kling-hooks-listener")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), timeout_s)
+    async def start(self) -> None:
+        """Connect, take the replica's lock, ``LISTEN``; then listen in the background.
+
+        Raises:
+            ReplicaInUse: a running replica holds this replica id.
+            StoreUnavailable: the server cannot be reached.
+        """
+        try:
+            conn = await self._connect()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"Postgres: {exc}") from None
+        if conn is None:
+            raise replica_in_use(self._replica.replica_id)
+        self._task = asyncio.create_task(self._run(conn), name="kling-hooks-listener")
 
     async def close(self) -> None:
-        """Stop listening and close the connection."""
+        """Stop listening and close the connection (which releases the replica's lock)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self) -> None:
+    async def _connect(self) -> psycopg.AsyncConnection[Any] | None:
+        """A connection that holds the replica's lock and listens; None (closed) when
+        another session holds the lock."""
+        conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        limit, take, unlimit = TAKE_REPLICA_LOCK
+        try:
+            await conn.execute(limit)
+            try:
+                await conn.execute(take, (REPLICA_LOCKS, self._replica.replica_id))
+            except psycopg.errors.LockNotAvailable:
+                await conn.close()
+                return None
+            await conn.execute(unlimit)
+            await conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _run(self, conn: psycopg.AsyncConnection[Any]) -> None:
         delay_s = RECONNECT_MIN_S
-        first = True
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            except psycopg.Error as exc:
-                log.warning("listen_connect_failed", error=str(exc), retry_in_s=delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
-                continue
-            try:
-                await conn.execute(f"LISTEN {CHANNEL}")
-                self._listening.set()
-                if not first:
-                    log.info("listen_reconnected")
-                    self._on_due(0)
-                first, delay_s = False, RECONNECT_MIN_S
                 async for note in conn.notifies():
                     self._received(note.payload)
             except psycopg.Error as exc:
@@ -121,6 +143,21 @@ class Listener:
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()
+            while True:  # connect again, with backoff
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                try:
+                    got = await self._connect()
+                except psycopg.Error as exc:
+                    log.warning("listen_connect_failed", error=str(exc), retry_in_s=delay_s)
+                    continue
+                if got is None:  # it went to another process while we were away
+                    log.error("replica_id_in_use", replica_id=self._replica.replica_id)
+                    continue
+                conn, delay_s = got, RECONNECT_MIN_S
+                log.info("listen_reconnected")
+                self._on_due(0)
+                break
 
     def _received(self, payload: str) -> None:
         due, _, sender = payload.partition(" ")
