@@ -98,3 +98,18 @@ def test_a_sqlite_receiver_never_loads_psycopg() -> None:
         "sys.exit('psycopg' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+async def test_db_on_the_command_line_wins_over_the_database_url(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # nothing listens there: Postgres is not asked
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
+    env["KLING_HOOKS_DATABASE_URL"] = f"postgresql://hooks@127.0.0.1:{port}/kh"
+    proc = await asyncio.create_subprocess_exec(
+        str(KLING_HOOKS), "token", "--db", str(tmp_path / "given.db"), cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().startswith(f"error: no database at {tmp_path / 'given.db'}")

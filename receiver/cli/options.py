@@ -55,7 +55,7 @@ def settings_options(f: F) -> F:
         "--db",
         type=ANY_PATH,
         show_default="KLING_HOOKS_DB, else ./kling-hooks.db",
-        help="the receiver's SQLite file",
+        help="the receiver's SQLite file (given, it wins over KLING_HOOKS_DATABASE_URL)",
     )(f)
     return click.option(
         "--config",
@@ -95,10 +95,15 @@ def load(config: Path | None, db: Path | None, *, quiet: bool = True, **override
     too), with logging set up; ``quiet`` commands log errors only (they print their own
     warnings).
 
+    ``--db PATH`` names a SQLite file, so given, it wins over ``KLING_HOOKS_DATABASE_URL`` as
+    any command-line option wins over the environment.
+
     Raises:
         ConfigError: a bad setting or an unreadable config file.
     """
     settings = load_settings(config, kling_hooks_db=db, **overrides)
+    if db is not None and settings.kling_hooks_database_url is not None:
+        settings = settings.model_copy(update={"kling_hooks_database_url": None})
     level = settings.kling_hooks_log_level
     if quiet and level in ("debug", "info", "warning"):
         level = "error"
