@@ -60,16 +60,18 @@ def receiver_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def serve_command(
     port: int,
     *,
-    db: Path,
+    db: Path | None,
     config: Path | None = None,
     plugins_dir: Path | None = None,
     fd: int | None = None,
 ) -> list[str]:
     """The ``kling-hooks serve`` command line on 127.0.0.1:``port``, or, given ``fd``, on
-    that inherited listening socket (``serve --fd``; ``port`` is then ignored)."""
+    that inherited listening socket (``serve --fd``; ``port`` is then ignored); ``db`` None
+    for a receiver on Postgres (``--db`` would win over its ``KLING_HOOKS_DATABASE_URL``)."""
     where = ["--fd", str(fd)] if fd is not None else ["--host", "127.0.0.1", "--port", str(port)]
     command = [*server_command(), "serve", *where]
-    command += ["--db", str(db)]
+    if db is not None:
+        command += ["--db", str(db)]
     if config is not None:
         command += ["--config", str(config)]
     if plugins_dir is not None:

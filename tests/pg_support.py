@@ -102,13 +102,23 @@ class Gate:
     async def shut(self) -> None:
         assert self._server is not None
         self._server.close()
-        for w in list(self._links):
+        links, self._links = list(self._links), set()
+        for w in links:
             w.close()
+        for w in links:  # every socket closed before the gate says it is shut
+            with contextlib.suppress(ConnectionError, OSError):
+                await w.wait_closed()
         await self._server.wait_closed()
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._links |= {writer, up_writer}
+        self._links.add(writer)  # closed by shut() even while the upstream connects
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            self._links.discard(writer)
+            return
+        self._links.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):

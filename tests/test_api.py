@@ -481,6 +481,8 @@ async def test_api_token_is_generated_once_kept_in_the_db_and_printed_by_the_cli
         assert r.services.credentials.api_token_generated is False
         again = await r.http.get(f"{r.url}/tasks", headers={"Authorization": f"Bearer {token}"})
         assert again.status_code == 200
-    code, out, err = await run_cli("token", "--db", str(settings.kling_hooks_db), cwd=tmp_path)
+    # the receiver's database: its SQLite file, or the test's Postgres one (no --db: it wins)
+    where = [] if postgres_url() else ["--db", str(settings.kling_hooks_db)]
+    code, out, err = await run_cli("token", *where, cwd=tmp_path)
     assert code == 0, err
     assert out.strip() == token

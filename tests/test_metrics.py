@@ -273,7 +273,9 @@ async def test_a_metrics_token_replaces_the_api_token_on_metrics_only(tmp_path: 
 
 
 async def test_two_receivers_in_one_process_count_apart(tmp_path: Path) -> None:
-    first, second = make_settings(tmp_path / "a"), make_settings(tmp_path / "b")
+    # (on Postgres the two are replicas of one database: each needs its own replica id)
+    first = make_settings(tmp_path / "a", kling_hooks_replica_id="first")
+    second = make_settings(tmp_path / "b", kling_hooks_replica_id="second")
     async with start_receiver(first) as a, start_receiver(second) as b:
         assert (await a.post_callback("kh-1", task_body("1", "succeed", "kh-1"))).is_success
         counted_a, counted_b = await scrape(a), await scrape(b)

@@ -198,7 +198,7 @@ def _start_replicas(
         config, found = _config(workdir, own, *tables)
         starts.update({(p if k == 1 else f"{p}@{k}"): path for p, path in found.items()})
         command = processes.serve_command(
-            0, db=workdir / f"{own}.db", config=config, plugins_dir=plugins_dir, fd=sock.fileno()
+            0, db=None, config=config, plugins_dir=plugins_dir, fd=sock.fileno()
         )
         logs.append(workdir / f"{own}.log")
         env = pg_env(database_url, f"{name}-{k}")
@@ -313,7 +313,10 @@ def receiver(
         else:
             config, starts = _config(workdir, name, *tables)
             port = processes.free_port()
-            command = processes.serve_command(port, db=db, config=config, plugins_dir=plugins_dir)
+            on_file = db if database_url is None else None
+            command = processes.serve_command(
+                port, db=on_file, config=config, plugins_dir=plugins_dir
+            )
             env = None if database_url is None else pg_env(database_url, f"{name}-1")
             run = stack.enter_context(running(name, command, workdir, port, env=env))
             rx = Receiver(**vars(run), db=db, database_url=database_url, starts_files=starts)
