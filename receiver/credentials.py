@@ -92,7 +92,8 @@ async def resolve_from_file(settings: Settings, *, must_exist: bool = False) -> 
             needed = "KLING_HOOKS_SECRET"
         raise ConfigError(
             f"no database at {path.resolve()}: give the receiver's (--config FILE, --db PATH or "
-            f"KLING_HOOKS_DB), or set {needed} to the receiver's values"
+            f"KLING_HOOKS_DB; KLING_HOOKS_DATABASE_URL on Postgres), or set {needed} to the"
+            " receiver's values"
         )
     conn = await store.connect(path)
     try:

@@ -51,6 +51,10 @@ def serve(
 ) -> int:
     """Run the receiver (callbacks + status API) under uvicorn.
 
+    Its store is the SQLite file of --db / KLING_HOOKS_DB, or the Postgres database of
+    KLING_HOOKS_DATABASE_URL, which several replicas may share (each with its own
+    KLING_HOOKS_REPLICA_ID).
+
     It listens on an inherited socket when it has one (--fd N, else systemd's LISTEN_FDS
     when LISTEN_PID is this process), otherwise on --host:--port.
     """
