@@ -336,6 +336,7 @@ def test_a_running_receiver_on_the_sqlite_file_is_refused(source: Path, pg_url: 
     with DatabaseLock(source):  # what `kling-hooks serve` holds while it runs
         run = migrate_store(source, pg_url)
     assert_refused(run, f"{source} is in use by process {os.getpid()}", "stop the receiver")
+    assert "KLING_HOOKS_DB" not in run.stderr  # serve's advice is not this command's
     assert pg_rows(pg_url, "SELECT to_regclass('tasks')") == [(None,)]  # not even migrated
 
 

@@ -122,7 +122,8 @@ def _take(lock: DatabaseLock) -> None:
     try:
         lock.acquire()
     except DatabaseLocked as exc:
-        raise MigrateStoreError(f"{exc}; stop the receiver before copying its database") from None
+        who = str(exc).split(": one process owns")[0]  # "PATH is in use by process N (...)"
+        raise MigrateStoreError(f"{who}: stop the receiver before copying its database") from None
     except OSError as exc:
         raise MigrateStoreError(f"cannot take the owner lock {lock.path}: {exc}") from None
 
