@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Scope
 
 from receiver import store
 from receiver.api import API_ROUTES
-from receiver.backends import open_store
+from receiver.backends import open_store, store_label
 from receiver.callbacks import CALLBACK_ROUTES, CallbackFastPath
 from receiver.config import Settings
 from receiver.dispatcher import Dispatcher
@@ -121,15 +121,6 @@ def _how_to_read_token(settings: Settings) -> str:
     return f"kling-hooks token --db {settings.kling_hooks_db}"
 
 
-def _store_label(settings: Settings) -> str:
-    """Where the receiver's data is, for its start-up line (no password)."""
-    if settings.kling_hooks_database_url is None:
-        return str(settings.kling_hooks_db)
-    from receiver.store.postgres import describe
-
-    return describe(settings.kling_hooks_database_url.get_secret_value())
-
-
 def _count_overload(scope: Scope) -> None:
     """Count a callback refused by the in-flight limit (``reason="overloaded"``)."""
     found = scope.get("state", {}).get("services")
@@ -174,7 +165,7 @@ def create_app(
         async with open_services(settings, enabled, clock_ms, locked=database_locked) as services:
             log.info(
                 "receiver_started",
-                db=_store_label(settings),
+                db=store_label(settings),
                 public_url=settings.public_url,
                 plugins=[p.name for p in enabled],
             )

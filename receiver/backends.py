@@ -36,8 +36,6 @@ class OpenStore:
     """The store's parts, open (the writer not started yet).
 
     Attributes:
-        label: Where the data is, for the log: the SQLite path, or Postgres's host and
-            database (never its password).
         sqlite_path: The SQLite file; None on Postgres.
         sweep: Releases expired leases (Postgres); None on SQLite.
         listen: ``listen(on_due)``: an async context that calls ``on_due(due_ms)`` for each
@@ -48,12 +46,21 @@ class OpenStore:
     reader: StatusReads
     dashboard: DashboardReads
     credentials: Credentials
-    label: str
     sqlite_path: Path | None = None
     sweep: Sweep | None = None
     listen: (
         Callable[[Callable[[int], None]], contextlib.AbstractAsyncContextManager[None]] | None
     ) = None
+
+
+def store_label(settings: Settings) -> str:
+    """Where the receiver's data is, for its log: the SQLite path, or Postgres's
+    ``postgresql://user@host:port/dbname`` (never the password)."""
+    if settings.kling_hooks_database_url is None:
+        return str(settings.kling_hooks_db)
+    from receiver.store.postgres import describe  # psycopg: for Postgres only
+
+    return describe(settings.kling_hooks_database_url.get_secret_value())
 
 
 def replica_id(settings: Settings) -> str:
@@ -101,7 +108,6 @@ async def _sqlite(settings: Settings, router: Router) -> AsyncIterator[OpenStore
             reader=store.Reader(readers),
             dashboard=store.DashboardReader(readers),
             credentials=creds,
-            label=str(db),
             sqlite_path=db,
         )
     finally:
@@ -152,7 +158,6 @@ async def _postgres(
             reader=PgReader(pool),
             dashboard=PgDashboardReader(pool),
             credentials=creds,
-            label=postgres.describe(url),
             sweep=postgres.ExpireLeases,
             listen=listen,
         )

@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from receiver.config import ConfigError, load_settings
-from tests.conftest import KLING_HOOKS
+from tests import pg_support
+from tests.conftest import KLING_HOOKS, make_settings, postgres_url, start_receiver, task_body
 
 
 def test_unset_database_url_keeps_sqlite_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,3 +114,20 @@ async def test_db_on_the_command_line_wins_over_the_database_url(tmp_path: Path)
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert err.decode().startswith(f"error: no database at {tmp_path / 'given.db'}")
+
+
+@pytest.mark.both_backends
+async def test_the_postgres_run_of_a_both_backends_test_is_on_postgres(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # The guard of the mechanism itself: a [postgres] run whose receiver quietly ran on
+    # SQLite would pass every both_backends test twice and prove nothing. Like those tests,
+    # this one does not ask for the backend fixture: it reads which run it is from its id.
+    backend = request.node.callspec.params["backend"]
+    async with start_receiver(make_settings(tmp_path)) as r:
+        assert (await r.post_callback("ext-g", task_body("9001", "submitted", "ext-g"))).is_success
+    url = postgres_url()
+    assert (backend, url is not None) in {("sqlite", False), ("postgres", True)}
+    assert (tmp_path / "kling-hooks.db").exists() is (backend == "sqlite")
+    if url is not None:
+        assert pg_support.rows(url, "SELECT task_id FROM tasks") == [("9001",)]

@@ -8,6 +8,7 @@ is cut, and new ones are refused, as when Postgres restarts or fails over."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -20,11 +21,13 @@ from tests.pg_support import Gate, rows
 RETRY_PAUSE_S = 0.2
 
 
-async def until_ok(send: object, timeout_s: float = 30.0) -> httpx.Response:
+async def until_ok(
+    send: Callable[[], Awaitable[httpx.Response]], timeout_s: float = 30.0
+) -> httpx.Response:
     """Send again, as Kling or a client would after a 503, until a 200 (or the timeout)."""
     async with asyncio.timeout(timeout_s):
         while True:
-            answer = await send()  # type: ignore[operator]
+            answer = await send()
             if answer.status_code == 200:
                 return answer
             assert answer.status_code == 503, answer.text
